@@ -1,0 +1,216 @@
+# Copyright 2026 The hf_vitprune Authors. Licensed under the Apache License, Version 2.0.
+"""PrunedViT model configuration.
+
+This file is shipped to the Hugging Face Hub next to `config.json` when a model is saved with
+`trust_remote_code`: it must stay flat and import only torch, transformers and its sibling files.
+"""
+
+from fractions import Fraction
+
+from huggingface_hub.dataclasses import strict
+from transformers import ViTConfig
+
+PRUNING_METHODS = ("variance", "medad", "evit", "entropy", "random")
+"""Token-scoring criteria known to `PrunedViTConfig.pruning_method` (`None` switches pruning off)."""
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@strict
+class PrunedViTConfig(ViTConfig):
+    r"""
+    Configuration of a [`PrunedViTModel`]: a ViT / DeiT whose pruning layers drop the least important patch tokens
+    after attention and (optionally) fuse them into one extra token.
+
+    It holds every field of [`~transformers.ViTConfig`] plus the pruning fields below, so any ViT or DeiT checkpoint
+    config can be turned into a pruned one (`PrunedViTConfig.from_pretrained("facebook/deit-small-patch16-224",
+    keep_rate=0.5)`).
+
+    Method: Igaue & Aizawa, "Patch Pruning Strategy Based on Robust Statistical Measures of Attention Weight
+    Diversity in Vision Transformers", arXiv:2507.19175 (2025). Baselines: EViT (Liang et al., ICLR 2022) and
+    attention entropy (Igaue & Aizawa, "Renyi Attention Entropy for Patch Pruning", 2026).
+
+    Args:
+        pruning_method (`str` or `None`, *optional*, defaults to `"variance"`):
+            How a pruning layer scores each candidate token (higher = more important, kept):
+            `"variance"` (variance over heads of the class token's attention to the token, paper eq. 6),
+            `"medad"` (median absolute deviation over heads, paper eq. 7), `"evit"` (mean over heads, EViT,
+            paper eq. 5), `"entropy"` (minus the Renyi entropy of the token's own attention row, averaged over
+            heads), `"random"` (uniform random scores). `None` switches pruning off: the model is then exactly the
+            stock ViT.
+        keep_rate (`float` or `list[float]`, *optional*, defaults to 0.7):
+            Fraction of the candidate tokens a pruning layer keeps, in (0, 1]; a list gives one rate per entry of
+            `prune_layers`. A layer keeps `ceil(keep_rate * candidates)` tokens (computed exactly, so at least one),
+            where the candidates are all non-prefix tokens present at that layer, a fused token made by an earlier
+            pruning layer included. `1.0` keeps everything (the layer is then an ordinary ViT layer).
+        prune_layers (`list[int]`, *optional*, defaults to `[3, 6, 9]`):
+            0-indexed layers that prune, strictly increasing, each `< num_hidden_layers` (the paper's blocks 4, 7
+            and 10 of a 12-layer model).
+        fuse_pruned (`bool`, *optional*, defaults to `True`):
+            Whether each pruning layer appends one fused token: the pruned tokens averaged with weights
+            `softmax(s / (std(s) * fusion_temperature))`, `s` their criterion scores and `std(s)` the standard
+            deviation of the scores over that image's candidates (paper eq. 8 with a scale-free normalisation).
+        fusion_temperature (`float`, *optional*, defaults to 1.0):
+            Temperature of the fusion softmax, > 0. Small values approach "take the best pruned token", large
+            values a plain mean of the pruned tokens. The default was chosen by measurement (see the README).
+        renyi_alpha (`float`, *optional*, defaults to 1.0):
+            Order alpha > 0 of the Renyi entropy used by `pruning_method="entropy"`; 1.0 is the Shannon entropy.
+
+    Raises:
+        ValueError: when a pruning field is out of range; the message names the field and the allowed values.
+    """
+
+    model_type = "pruned_vit"
+    base_model_types = ("vit",)
+    num_prefix_tokens = 1
+    keys_to_ignore_at_inference = ["hidden_states", "attentions", "kept_patch_indices"]
+
+    pruning_method: str | None = "variance"
+    keep_rate: float | int | list[float | int] = 0.7
+    prune_layers: list[int] | None = None
+    fuse_pruned: bool = True
+    fusion_temperature: float | int = 1.0
+    renyi_alpha: float | int = 1.0
+
+    def __post_init__(self, **kwargs):
+        # A config dict read from a plain ViT/DeiT checkpoint carries its own `model_type`: never let it shadow ours.
+        kwargs.pop("model_type", None)
+        if self.prune_layers is None:
+            self.prune_layers = [3, 6, 9]
+        else:
+            self.prune_layers = list(self.prune_layers)
+        if isinstance(self.keep_rate, tuple):
+            self.keep_rate = list(self.keep_rate)
+        self.check_pruning_fields()
+        super().__post_init__(**kwargs)
+
+    def check_pruning_fields(self) -> None:
+        """Validate the pruning fields against each other.
+
+        Raises:
+            ValueError: naming the offending field, its value and what is allowed.
+        """
+        if self.pruning_method is not None and self.pruning_method not in PRUNING_METHODS:
+            raise ValueError(
+                f"pruning_method={self.pruning_method!r} is not known. Use one of {list(PRUNING_METHODS)}, "
+                "or None to switch pruning off."
+            )
+        layers = self.prune_layers
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
+            raise ValueError(f"prune_layers must be a list of integer layer indices, got {layers!r}.")
+        for i in layers:
+            if not 0 <= i < self.num_hidden_layers:
+                raise ValueError(
+                    f"prune_layers={layers} holds {i}, which is not a layer of this model: indices are 0-indexed "
+                    f"and must lie in [0, {self.num_hidden_layers - 1}] (num_hidden_layers={self.num_hidden_layers})."
+                )
+        if any(b <= a for a, b in zip(layers, layers[1:])):
+            raise ValueError(f"prune_layers must be strictly increasing (sorted, no repeats), got {layers}.")
+        rates = self.keep_rate if isinstance(self.keep_rate, list) else [self.keep_rate]
+        if isinstance(self.keep_rate, list) and len(rates) != len(layers):
+            raise ValueError(
+                f"keep_rate is a list of {len(rates)} values but prune_layers={layers} has {len(layers)} pruning "
+                "layers: give one keep rate per pruning layer, or a single float for all of them."
+            )
+        for rate in rates:
+            if not _is_number(rate) or not 0 < rate <= 1:
+                raise ValueError(
+                    f"keep_rate must be a number in (0, 1] (or a list of such numbers, one per pruning layer); "
+                    f"got {self.keep_rate!r}. 1.0 keeps every token; a keep rate of 0 would drop them all."
+                )
+        if not isinstance(self.fuse_pruned, bool):
+            raise ValueError(f"fuse_pruned must be True or False, got {self.fuse_pruned!r}.")
+        if not _is_number(self.fusion_temperature) or not self.fusion_temperature > 0:
+            raise ValueError(f"fusion_temperature must be a number > 0, got {self.fusion_temperature!r}.")
+        if not _is_number(self.renyi_alpha) or not self.renyi_alpha > 0:
+            raise ValueError(
+                f"renyi_alpha must be a number > 0 (1.0 = Shannon entropy), got {self.renyi_alpha!r}."
+            )
+
+    def layer_keep_rate(self, layer_idx: int) -> float | None:
+        """The keep rate of layer `layer_idx`, or `None` if that layer does not prune.
+
+        Args:
+            layer_idx (`int`): 0-indexed layer.
+
+        Returns:
+            `float` in (0, 1], or `None` when pruning is off or the layer is not in `prune_layers`.
+        """
+        if self.pruning_method is None or layer_idx not in self.prune_layers:
+            return None
+        if isinstance(self.keep_rate, list):
+            return self.keep_rate[self.prune_layers.index(layer_idx)]
+        return self.keep_rate
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        """Read a config dict, adopting a plain ViT/DeiT checkpoint's config as the base of a pruned one.
+
+        Mirrors [`~transformers.PretrainedConfig.get_config_dict`]; a checkpoint of one of `cls.base_model_types`
+        loses its `model_type` and `architectures` so the result is a genuine `cls` config.
+
+        Raises:
+            ValueError: for a checkpoint whose architecture this class cannot hold (e.g. a distilled DeiT, with its
+                extra distillation token, loaded as a plain `PrunedViTConfig`).
+        """
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        model_type = config_dict.get("model_type")
+        if model_type in cls.base_model_types:
+            config_dict = {k: v for k, v in config_dict.items() if k not in ("model_type", "architectures")}
+        elif model_type not in (None, cls.model_type):
+            raise ValueError(
+                f"{pretrained_model_name_or_path!r} is a `{model_type}` checkpoint; {cls.__name__} holds "
+                f"`{cls.model_type}` or plain {list(cls.base_model_types)} checkpoints. "
+                + (
+                    "Distilled DeiT checkpoints (class + distillation token, model_type 'deit') load with "
+                    "PrunedDeiTConfig / PrunedDeiTForImageClassificationWithTeacher."
+                    if model_type in ("deit", "pruned_deit")
+                    else "Plain ViT checkpoints (model_type 'vit', e.g. facebook/deit-small-patch16-224) load with "
+                    "PrunedViTConfig / PrunedViTForImageClassification."
+                    if model_type in ("vit", "pruned_vit")
+                    else "Only ViT / DeiT checkpoints are supported."
+                )
+            )
+        return config_dict, kwargs
+
+
+@strict
+class PrunedDeiTConfig(PrunedViTConfig):
+    r"""
+    Configuration of a [`PrunedDeiTModel`]: a distilled DeiT (class token + distillation token, as
+    `facebook/deit-small-distilled-patch16-224`) with patch pruning. Same fields as [`PrunedViTConfig`]; the two
+    prefix tokens are never pruned and the criteria read the class token's attention.
+    """
+
+    model_type = "pruned_deit"
+    base_model_types = ("deit",)
+    num_prefix_tokens = 2
+
+
+def exact_keep_count(keep_rate: float, num_candidates: int) -> int:
+    """Number of tokens a pruning layer keeps: `ceil(keep_rate * num_candidates)`, without float error.
+
+    The rate is read as the decimal it prints as (`0.07` is 7/100, so `0.07 * 100` gives 7, where float
+    arithmetic gives 8). Because of the ceiling, at least one token is kept whenever there is one.
+
+    Args:
+        keep_rate (`float`): in (0, 1].
+        num_candidates (`int`): non-prefix tokens present at the layer, >= 0.
+
+    Returns:
+        `int` in [min(1, num_candidates), num_candidates].
+
+    Raises:
+        ValueError: if `keep_rate` is not in (0, 1] or `num_candidates` is negative.
+    """
+    if not _is_number(keep_rate) or not 0 < keep_rate <= 1:
+        raise ValueError(f"keep_rate must be a number in (0, 1], got {keep_rate!r}.")
+    if num_candidates < 0:
+        raise ValueError(f"num_candidates must be >= 0, got {num_candidates}.")
+    product = Fraction(repr(float(keep_rate))) * num_candidates
+    return min(num_candidates, -(-product.numerator // product.denominator))
+
+
+__all__ = ["PRUNING_METHODS", "PrunedDeiTConfig", "PrunedViTConfig", "exact_keep_count"]

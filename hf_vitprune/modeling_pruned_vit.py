@@ -1,0 +1,781 @@
+# Copyright 2026 The hf_vitprune Authors. Licensed under the Apache License, Version 2.0.
+# Built on transformers' `modeling_vit.py` / `modeling_deit.py` (Copyright Google AI, Ross Wightman, The HuggingFace
+# Inc. team, Apache License 2.0), whose structure and style it follows.
+"""PyTorch PrunedViT: ViT / DeiT with attention-statistics patch pruning and fusion.
+
+Method: Igaue & Aizawa, "Patch Pruning Strategy Based on Robust Statistical Measures of Attention Weight Diversity in
+Vision Transformers", arXiv:2507.19175 (2025): at the pruning layers each non-prefix token is scored by how diverse
+the class token's attention to it is across heads (variance, eq. 6, or median absolute deviation, eq. 7), the best
+`keep_rate` fraction is kept, and the rest are fused into one extra token (eq. 8).
+
+This file is shipped to the Hugging Face Hub with `trust_remote_code`: it stays flat and imports only torch,
+transformers and its sibling `configuration_pruned_vit.py`.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import initialization as init
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.deit.modeling_deit import DeiTEmbeddings
+from transformers.models.vit.modeling_vit import (
+    ViTAttention,
+    ViTEmbeddings,
+    ViTLayer,
+    ViTPooler,
+    ViTPreTrainedModel,
+    eager_attention_forward,
+)
+from transformers.utils import logging
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_pruned_vit import PrunedDeiTConfig, PrunedViTConfig, exact_keep_count
+
+logger = logging.get_logger(__name__)
+
+# Hub ViT/DeiT checkpoints use the 4.x weight names (`encoder.layer.N.attention.attention.query`); transformers renames
+# them on load only for its own classes. Registering the ViT renaming for our backbone classes makes
+# `PrunedViTForImageClassification.from_pretrained("facebook/deit-small-patch16-224")` load every weight (and saving
+# writes the same legacy names back). `overwrite=True`: this file is imported twice when loaded as remote code.
+for _backbone in ("PrunedViTModel", "PrunedDeiTModel"):
+    register_checkpoint_conversion_mapping(_backbone, get_checkpoint_conversion_mapping("ViTModel"), overwrite=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Criteria: one importance score per candidate token, higher = more important (kept).
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def evit_scores(class_attention: torch.Tensor) -> torch.Tensor:
+    """EViT's attentiveness: the class token's attention to each token, averaged over heads.
+
+    Source: Liang et al., "Not All Patches are What You Need" (EViT), ICLR 2022; eq. 5 of arXiv:2507.19175.
+
+    Args:
+        class_attention (`torch.FloatTensor` of shape `(batch, heads, candidates)`): softmax attention of the class
+            token to each candidate token, per head.
+
+    Returns:
+        `torch.FloatTensor` of shape `(batch, candidates)`.
+    """
+    return class_attention.mean(dim=1)
+
+
+def variance_scores(class_attention: torch.Tensor) -> torch.Tensor:
+    """Variance over heads of the class token's attention to each token (eq. 6 of arXiv:2507.19175).
+
+    The biased (population) variance, `mean_h (a_h - mean_h a)^2`, dividing by the number of heads `H`. The unbiased
+    one differs by the constant factor `H / (H - 1)`, which changes neither the ranking nor the fusion weights (these
+    are normalised by the scores' spread, see `prune_tokens`).
+
+    Args:
+        class_attention (`torch.FloatTensor` of shape `(batch, heads, candidates)`).
+
+    Returns:
+        `torch.FloatTensor` of shape `(batch, candidates)`.
+    """
+    return class_attention.var(dim=1, correction=0)
+
+
+def true_median(values: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:
+    """The statistical median along `dim`: the middle value, or the mean of the two middle values for an even count.
+
+    `torch.median` returns the lower of the two middle values instead; this matches `torch.quantile(values, 0.5)`
+    (and `numpy.median`) without quantile's size limits.
+
+    Args:
+        values (`torch.Tensor`): any shape, floating point.
+        dim (`int`): dimension to reduce.
+        keepdim (`bool`): keep `dim` with size 1.
+
+    Returns:
+        `torch.Tensor` with `dim` reduced.
+    """
+    ordered = values.sort(dim=dim).values
+    n = values.shape[dim]
+    low = ordered.narrow(dim, (n - 1) // 2, 1)
+    high = ordered.narrow(dim, n // 2, 1)
+    median = (low + high) / 2
+    return median if keepdim else median.squeeze(dim)
+
+
+def medad_scores(class_attention: torch.Tensor) -> torch.Tensor:
+    """Median absolute deviation over heads of the class token's attention (eq. 7 of arXiv:2507.19175).
+
+    `median_h |a_h - median_h a|`, both medians the true median (`true_median`: mean of the two middle values for an
+    even head count, e.g. DeiT-S's 6 heads).
+
+    Args:
+        class_attention (`torch.FloatTensor` of shape `(batch, heads, candidates)`).
+
+    Returns:
+        `torch.FloatTensor` of shape `(batch, candidates)`.
+    """
+    center = true_median(class_attention, dim=1, keepdim=True)
+    return true_median((class_attention - center).abs(), dim=1)
+
+
+def renyi_entropy(probabilities: torch.Tensor, alpha: float, dim: int = -1) -> torch.Tensor:
+    """Renyi entropy of order `alpha` (in nats) of the distributions along `dim`.
+
+    `H_alpha(p) = log(sum_i p_i^alpha) / (1 - alpha)`; at `alpha == 1` its limit, the Shannon entropy
+    `-sum_i p_i log p_i` (with `0 log 0 = 0`).
+
+    Args:
+        probabilities (`torch.FloatTensor`): non-negative, summing to 1 along `dim`.
+        alpha (`float`): order, > 0.
+        dim (`int`): the distribution's dimension.
+
+    Returns:
+        `torch.FloatTensor` with `dim` reduced.
+
+    Raises:
+        ValueError: if `alpha <= 0`.
+    """
+    if not alpha > 0:
+        raise ValueError(f"alpha must be > 0 for the Renyi entropy, got {alpha}.")
+    if alpha == 1:
+        return -torch.special.xlogy(probabilities, probabilities).sum(dim=dim)
+    return probabilities.pow(alpha).sum(dim=dim).log() / (1 - alpha)
+
+
+def entropy_scores(token_attention: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """Minus the Renyi entropy of each token's own attention distribution, averaged over heads.
+
+    A token whose attention is concentrated (low entropy) is more important. Source: Igaue & Aizawa, "Renyi Attention
+    Entropy for Patch Pruning" (2026); `alpha == 1` is the Shannon-entropy criterion of the same authors.
+
+    Args:
+        token_attention (`torch.FloatTensor` of shape `(batch, heads, candidates, tokens)`): each candidate token's
+            softmax attention over all tokens.
+        alpha (`float`): Renyi order, > 0 (1 = Shannon).
+
+    Returns:
+        `torch.FloatTensor` of shape `(batch, candidates)`.
+    """
+    return -renyi_entropy(token_attention, alpha, dim=-1).mean(dim=1)
+
+
+def random_scores(batch_size: int, num_candidates: int, device: torch.device | str) -> torch.Tensor:
+    """Uniform random scores in [0, 1): the sanity floor every criterion must beat.
+
+    Drawn from torch's global generator (seed it with `torch.manual_seed` for repeatable runs). Under gradient
+    checkpointing the recomputation replays the same draws (torch preserves the RNG state).
+
+    Returns:
+        `torch.FloatTensor` of shape `(batch_size, num_candidates)`.
+    """
+    return torch.rand(batch_size, num_candidates, device=device)
+
+
+# What each criterion needs from the attention: "class" = the class token's attention row `(batch, heads, candidates)`,
+# "full" = every candidate's own attention row `(batch, heads, candidates, tokens)`, None = nothing.
+CRITERION_STATISTIC = {"evit": "class", "variance": "class", "medad": "class", "entropy": "full", "random": None}
+_CLASS_ATTENTION_CRITERIA: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "evit": evit_scores,
+    "variance": variance_scores,
+    "medad": medad_scores,
+}
+
+
+def score_tokens(
+    method: str, statistic: torch.Tensor | None, num_candidates: int, batch_size: int, device, renyi_alpha: float = 1.0
+) -> torch.Tensor:
+    """Score every candidate token with criterion `method` (higher = more important).
+
+    Args:
+        method (`str`): one of `"variance"`, `"medad"`, `"evit"`, `"entropy"`, `"random"`.
+        statistic (`torch.FloatTensor` or `None`): what `CRITERION_STATISTIC[method]` names.
+        num_candidates (`int`), batch_size (`int`), device: for `"random"`.
+        renyi_alpha (`float`): order for `"entropy"`.
+
+    Returns:
+        `torch.FloatTensor` of shape `(batch_size, num_candidates)`.
+
+    Raises:
+        ValueError: for an unknown method.
+    """
+    if method in _CLASS_ATTENTION_CRITERIA:
+        return _CLASS_ATTENTION_CRITERIA[method](statistic)
+    if method == "entropy":
+        return entropy_scores(statistic, renyi_alpha)
+    if method == "random":
+        return random_scores(batch_size, num_candidates, device)
+    raise ValueError(f"Unknown pruning method {method!r}; known: {sorted(CRITERION_STATISTIC)}.")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Selection and fusion
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def prune_tokens(
+    hidden_states: torch.Tensor,
+    scores: torch.Tensor,
+    num_keep: int,
+    num_prefix_tokens: int,
+    patch_ids: torch.Tensor,
+    fuse: bool = True,
+    fusion_temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keep the `num_keep` best-scored candidate tokens and optionally fuse the rest into one appended token.
+
+    Prefix tokens (class, distillation) are never candidates and stay first. Kept tokens follow in descending order of
+    score. With `fuse`, one token is appended: `sum_j w_j x_j` over the pruned tokens `j`, with
+    `w = softmax(s_j / (sigma * fusion_temperature))` and `sigma` the standard deviation of the scores over all of the
+    image's candidates (eq. 8 of arXiv:2507.19175). Raw criterion values are tiny (~1e-5 for the variance of attention
+    probabilities), so dividing by `sigma` makes the weights independent of the criterion's scale; as softmax ignores
+    shifts this is the same as z-scoring the scores per image. Equal scores (`sigma == 0`) give a plain mean.
+
+    Args:
+        hidden_states (`torch.Tensor` of shape `(batch, prefix + candidates, hidden)`).
+        scores (`torch.FloatTensor` of shape `(batch, candidates)`): criterion values, higher = more important.
+        num_keep (`int`): candidates to keep, in [1, candidates].
+        num_prefix_tokens (`int`): leading tokens that are never pruned.
+        patch_ids (`torch.LongTensor` of shape `(batch, candidates)`): index in the original patch grid of each
+            candidate token, -1 for a fused token.
+        fuse (`bool`): append the fused token (only when something is pruned).
+        fusion_temperature (`float`): > 0.
+
+    Returns:
+        `(hidden_states, patch_ids, kept_patch_ids)`: the new hidden states of shape
+        `(batch, prefix + num_keep [+ 1], hidden)`, the new candidates' patch ids `(batch, num_keep [+ 1])` (the fused
+        token is -1) and the kept candidates' patch ids `(batch, num_keep)`.
+
+    Raises:
+        ValueError: if `num_keep` is outside [1, candidates].
+    """
+    batch_size, _, hidden_size = hidden_states.shape
+    num_candidates = scores.shape[1]
+    if not 1 <= num_keep <= num_candidates:
+        raise ValueError(f"num_keep must lie in [1, {num_candidates}], got {num_keep}.")
+    order = scores.argsort(dim=1, descending=True)
+    candidates = hidden_states[:, num_prefix_tokens:]
+    ordered = candidates.gather(1, order.unsqueeze(-1).expand(-1, -1, hidden_size))
+    kept_patch_ids = patch_ids.gather(1, order[:, :num_keep])
+    parts = [hidden_states[:, :num_prefix_tokens], ordered[:, :num_keep]]
+    new_patch_ids = kept_patch_ids
+    if fuse and num_keep < num_candidates:
+        spread = scores.std(dim=1, correction=0, keepdim=True).clamp_min(torch.finfo(scores.dtype).tiny)
+        pruned_scores = scores.gather(1, order[:, num_keep:]) / (spread * fusion_temperature)
+        weights = pruned_scores.softmax(dim=1).to(hidden_states.dtype)
+        parts.append(torch.bmm(weights.unsqueeze(1), ordered[:, num_keep:]))
+        new_patch_ids = torch.cat([kept_patch_ids, kept_patch_ids.new_full((batch_size, 1), -1)], dim=1)
+    return torch.cat(parts, dim=1), new_patch_ids, kept_patch_ids
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Modules
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class PrunedViTAttention(ViTAttention):
+    """ViT self-attention that can also return what a pruning criterion needs, without giving up SDPA.
+
+    - `pruning_statistic="class"`: the layer's own output goes through the configured attention implementation (SDPA by
+      default); the class token's attention row is computed on the side, `softmax(q_cls k^T * scaling)` in float32,
+      about 1/N of the cost of the full attention matrix.
+    - `pruning_statistic="full"`: the full attention matrix is needed (entropy criterion), so the layer computes it
+      once, in float32, and uses it for its own output too (eager attention at this layer only).
+
+    Returns `(attn_output, attn_weights, statistic)`; `statistic` is `(batch, heads, candidates)` for "class",
+    `(batch, heads, candidates, tokens)` for "full", else `None`. Both are float32 whatever the input dtype.
+    """
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pruning_statistic: str | None = None,
+        num_prefix_tokens: int = 1,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+
+        query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+
+        statistic = None
+        if pruning_statistic == "full":
+            scores = torch.matmul(query_states, key_states.transpose(2, 3)) * self.scaling
+            if attention_mask is not None:
+                scores = scores + attention_mask
+            probabilities = nn.functional.softmax(scores, dim=-1, dtype=torch.float32)
+            statistic = probabilities[:, :, num_prefix_tokens:]
+            attn_weights = probabilities.to(query_states.dtype)
+            dropped = nn.functional.dropout(attn_weights, p=self.attention_dropout, training=self.training)
+            attn_output = torch.matmul(dropped, value_states).transpose(1, 2).contiguous()
+        else:
+            attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, eager_attention_forward
+            )
+            attn_output, attn_weights = attention_interface(
+                self,
+                query_states,
+                key_states,
+                value_states,
+                attention_mask,
+                dropout=0.0 if not self.training else self.attention_dropout,
+                scaling=self.scaling,
+                **kwargs,
+            )
+            if pruning_statistic == "class":
+                class_query = query_states[:, :, :1].float()
+                class_scores = torch.matmul(class_query, key_states.float().transpose(2, 3)) * self.scaling
+                statistic = class_scores.softmax(dim=-1)[:, :, 0, num_prefix_tokens:]
+
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+        attn_output = self.o_proj(attn_output)
+        return attn_output, attn_weights, statistic
+
+
+class PrunedViTLayer(ViTLayer):
+    """A ViT layer that, if `config` makes it a pruning layer, prunes tokens after attention and before the MLP.
+
+    Order of operations: LayerNorm -> attention (+ criterion statistic) -> residual -> score, keep the best
+    `ceil(keep_rate * candidates)` candidates, append the fused token -> LayerNorm -> MLP -> residual. A layer that is
+    not a pruning layer, or whose keep count equals its candidate count, computes exactly what `ViTLayer` computes.
+
+    `forward(hidden_states, attention_mask, patch_ids)` returns `(hidden_states, patch_ids, kept_patch_ids)`, where
+    `patch_ids` (`(batch, candidates)`, long) tracks each candidate token's index in the original patch grid (-1 for a
+    fused token) and `kept_patch_ids` is the pruning layer's kept candidates `(batch, kept)` (`None` if it did not
+    prune). What was kept is returned, never stored on the module, so gradient checkpointing can re-run `forward`.
+    """
+
+    def __init__(self, config: PrunedViTConfig, layer_idx: int):
+        super().__init__(config)
+        self.config = config
+        self.layer_idx = layer_idx
+        self.attention = PrunedViTAttention(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        patch_ids: torch.Tensor | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        config = self.config
+        num_prefix_tokens = config.num_prefix_tokens
+        num_candidates = hidden_states.shape[1] - num_prefix_tokens
+        keep_rate = config.layer_keep_rate(self.layer_idx)
+        num_keep = num_candidates if keep_rate is None else exact_keep_count(keep_rate, num_candidates)
+        prunes = num_keep < num_candidates
+        statistic_kind = CRITERION_STATISTIC[config.pruning_method] if prunes else None
+
+        # Self Attention
+        residual = hidden_states
+        hidden_states = self.layernorm_before(hidden_states)
+        hidden_states, _, statistic = self.attention(
+            hidden_states,
+            attention_mask,
+            pruning_statistic=statistic_kind,
+            num_prefix_tokens=num_prefix_tokens,
+            **kwargs,
+        )
+        hidden_states = self.dropout(hidden_states)
+        hidden_states = hidden_states + residual
+
+        # Patch pruning and fusion
+        kept_patch_ids = None
+        if prunes:
+            scores = score_tokens(
+                config.pruning_method,
+                statistic,
+                num_candidates,
+                hidden_states.shape[0],
+                hidden_states.device,
+                renyi_alpha=config.renyi_alpha,
+            )
+            hidden_states, patch_ids, kept_patch_ids = prune_tokens(
+                hidden_states,
+                scores,
+                num_keep,
+                num_prefix_tokens,
+                patch_ids,
+                fuse=config.fuse_pruned,
+                fusion_temperature=config.fusion_temperature,
+            )
+        elif keep_rate is not None:
+            kept_patch_ids = patch_ids
+
+        # Fully Connected
+        residual = hidden_states
+        hidden_states = self.layernorm_after(hidden_states)
+        hidden_states = self.mlp(hidden_states)
+        hidden_states = self.dropout(hidden_states)
+        hidden_states = hidden_states + residual
+
+        return hidden_states, patch_ids, kept_patch_ids
+
+
+class PrunedDeiTEmbeddings(DeiTEmbeddings):
+    """DeiT embeddings (class + distillation token, patches, position embeddings), as in `modeling_deit.py`."""
+
+
+class PrunedViTEmbeddings(ViTEmbeddings):
+    """ViT embeddings (class token, patches, position embeddings), as in `modeling_vit.py`."""
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PrunedViTModelOutput(BaseModelOutputWithPooling):
+    r"""
+    [`~transformers.modeling_outputs.BaseModelOutputWithPooling`] plus what the pruning layers kept.
+
+    kept_patch_indices (`tuple[torch.LongTensor]`, one per pruning layer, each of shape `(batch, kept)`):
+        For each pruning layer, in the order of the tokens it kept (best first), the index in the original patch grid
+        (row-major, `0 .. num_patches - 1`) of every kept candidate token; `-1` marks a fused token made by an earlier
+        pruning layer that was kept. The fused token a layer appends is not listed. A pruning layer whose keep rate
+        keeps everything lists every candidate. Shapes are fixed for a fixed keep rate and input size.
+    """
+
+    kept_patch_indices: tuple[torch.LongTensor, ...] | None = None
+
+
+@dataclass
+class PrunedViTImageClassifierOutput(ImageClassifierOutput):
+    r"""
+    [`~transformers.modeling_outputs.ImageClassifierOutput`] plus `kept_patch_indices` (see
+    [`PrunedViTModelOutput`]).
+    """
+
+    kept_patch_indices: tuple[torch.LongTensor, ...] | None = None
+
+
+@dataclass
+class PrunedDeiTForImageClassificationWithTeacherOutput(PrunedViTImageClassifierOutput):
+    r"""
+    Output of [`PrunedDeiTForImageClassificationWithTeacher`]: `logits` is the mean of `cls_logits` (class-token head)
+    and `distillation_logits` (distillation-token head), as in `DeiTForImageClassificationWithTeacher`.
+    """
+
+    cls_logits: torch.FloatTensor | None = None
+    distillation_logits: torch.FloatTensor | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class PrunedViTPreTrainedModel(ViTPreTrainedModel):
+    """Base class of the PrunedViT models: ViT weights, init and loading, with `PrunedViTConfig`.
+
+    Loads any ViT checkpoint, including the Hub's legacy-named `facebook/deit-*` and `google/vit-*` ones:
+    `PrunedViTForImageClassification.from_pretrained("facebook/deit-small-patch16-224", keep_rate=0.5)`.
+    """
+
+    config_class = PrunedViTConfig
+    config: PrunedViTConfig
+    _no_split_modules = ["PrunedViTEmbeddings", "PrunedDeiTEmbeddings", "PrunedViTLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, DeiTEmbeddings):
+            init.trunc_normal_(module.position_embeddings, mean=0.0, std=self.config.initializer_range)
+            init.trunc_normal_(module.cls_token, mean=0.0, std=self.config.initializer_range)
+            init.trunc_normal_(module.distillation_token, mean=0.0, std=self.config.initializer_range)
+            if module.mask_token is not None:
+                init.zeros_(module.mask_token)
+
+    def set_pruning(self, **fields) -> None:
+        """Change pruning fields of this model in place, e.g. `model.set_pruning(keep_rate=0.5, fuse_pruned=False)`.
+
+        Args:
+            **fields: any of `pruning_method`, `keep_rate`, `prune_layers`, `fuse_pruned`, `fusion_temperature`,
+                `renyi_alpha`.
+
+        Raises:
+            ValueError: for an unknown field or a value `PrunedViTConfig` rejects; the config is then left unchanged.
+        """
+        allowed = ("pruning_method", "keep_rate", "prune_layers", "fuse_pruned", "fusion_temperature", "renyi_alpha")
+        unknown = sorted(set(fields) - set(allowed))
+        if unknown:
+            raise ValueError(f"set_pruning got unknown field(s) {unknown}; allowed: {list(allowed)}.")
+        old = {name: getattr(self.config, name) for name in fields}
+        try:
+            for name, value in fields.items():
+                setattr(self.config, name, list(value) if isinstance(value, tuple) else value)
+            self.config.check_pruning_fields()
+        except Exception:
+            for name, value in old.items():
+                object.__setattr__(self.config, name, value)
+            raise
+
+
+class PrunedViTModel(PrunedViTPreTrainedModel):
+    """The bare PrunedViT encoder: [`~transformers.ViTModel`] whose `config.prune_layers` prune patch tokens.
+
+    Input `pixel_values` `(batch, channels, height, width)`; output [`PrunedViTModelOutput`] with `last_hidden_state`
+    `(batch, tokens_left, hidden)` (prefix tokens first, then kept tokens, then fused tokens) and
+    `kept_patch_indices`. With `pruning_method=None` or keep rate 1.0 it computes exactly what `ViTModel` computes.
+
+    Raises (in `forward`):
+        ValueError: if `attention_mask` is given while pruning (the mask would no longer match the tokens), or if the
+            image size does not match the config without `interpolate_pos_encoding=True`.
+    """
+
+    _embeddings_class = PrunedViTEmbeddings
+
+    def __init__(self, config: PrunedViTConfig, add_pooling_layer: bool = True, use_mask_token: bool = False):
+        super().__init__(config)
+        self.config = config
+        self.embeddings = self._embeddings_class(config, use_mask_token=use_mask_token)
+        self.layers = nn.ModuleList([PrunedViTLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.pooler = ViTPooler(config) if add_pooling_layer else None
+        # Initialize weights and apply final processing
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings.patch_embeddings
+
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        bool_masked_pos: torch.BoolTensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> PrunedViTModelOutput:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch, channels, height, width)`): images, normalised.
+        bool_masked_pos (`torch.BoolTensor` of shape `(batch, num_patches)`, *optional*): patches to replace by the
+            mask token (masked image modelling).
+        interpolate_pos_encoding (`bool`, *optional*): interpolate the position embeddings to another image size.
+        attention_mask (`torch.Tensor`, *optional*): not supported while pruning.
+        """
+        if pixel_values is None:
+            raise ValueError("You have to specify pixel_values")
+        if attention_mask is not None and self.config.pruning_method is not None:
+            raise ValueError(
+                "attention_mask cannot be combined with patch pruning: pruned tokens would no longer match the mask. "
+                "Pass attention_mask=None, or switch pruning off with model.set_pruning(pruning_method=None)."
+            )
+        expected_dtype = self.embeddings.patch_embeddings.projection.weight.dtype
+        if pixel_values.dtype != expected_dtype:
+            pixel_values = pixel_values.to(expected_dtype)
+
+        embedding_output = self.embeddings(
+            pixel_values, bool_masked_pos=bool_masked_pos, interpolate_pos_encoding=interpolate_pos_encoding
+        )
+        attention_mask = create_bidirectional_mask(
+            config=self.config,
+            inputs_embeds=embedding_output,
+            attention_mask=attention_mask,
+        )
+        batch_size, num_tokens, _ = embedding_output.shape
+        num_patches = num_tokens - self.config.num_prefix_tokens
+        patch_ids = torch.arange(num_patches, device=embedding_output.device).expand(batch_size, -1)
+
+        hidden_states = embedding_output
+        kept_patch_indices = []
+        for layer in self.layers:
+            hidden_states, patch_ids, kept_patch_ids = layer(hidden_states, attention_mask, patch_ids, **kwargs)
+            if kept_patch_ids is not None:
+                kept_patch_indices.append(kept_patch_ids)
+
+        sequence_output = self.layernorm(hidden_states)
+        pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
+
+        return PrunedViTModelOutput(
+            last_hidden_state=sequence_output,
+            pooler_output=pooled_output,
+            kept_patch_indices=tuple(kept_patch_indices),
+        )
+
+
+class PrunedViTForImageClassification(PrunedViTPreTrainedModel):
+    """PrunedViT with a linear head on the final class token, as [`~transformers.ViTForImageClassification`].
+
+    Loads the same checkpoints (`facebook/deit-*-patch16-224`, `google/vit-*`), with pruning fields as keyword
+    arguments: `PrunedViTForImageClassification.from_pretrained("facebook/deit-small-patch16-224", keep_rate=0.7)`.
+
+    Output [`PrunedViTImageClassifierOutput`]: `logits` `(batch, num_labels)`, `loss` when `labels` `(batch,)` are
+    given, and `kept_patch_indices`.
+    """
+
+    def __init__(self, config: PrunedViTConfig):
+        super().__init__(config)
+
+        self.num_labels = config.num_labels
+        self.vit = PrunedViTModel(config, add_pooling_layer=False)
+
+        # Classifier head
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+
+        # Initialize weights and apply final processing
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> PrunedViTImageClassifierOutput:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch, channels, height, width)`): normalised images.
+        labels (`torch.LongTensor` of shape `(batch,)`, *optional*): class indices for the loss.
+        interpolate_pos_encoding (`bool`, *optional*): interpolate the position embeddings to another image size.
+        """
+        outputs: PrunedViTModelOutput = self.vit(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            attention_mask=attention_mask,
+            **kwargs,
+        )
+
+        sequence_output = outputs.last_hidden_state
+        pooled_output = sequence_output[:, 0, :]
+        logits = self.classifier(pooled_output)
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels, logits, self.config, **kwargs)
+
+        return PrunedViTImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            kept_patch_indices=outputs.kept_patch_indices,
+        )
+
+
+class PrunedDeiTPreTrainedModel(PrunedViTPreTrainedModel):
+    """Base class of the distilled-DeiT PrunedViT models (class + distillation token, `PrunedDeiTConfig`)."""
+
+    config_class = PrunedDeiTConfig
+    config: PrunedDeiTConfig
+    base_model_prefix = "deit"
+
+
+class PrunedDeiTModel(PrunedDeiTPreTrainedModel, PrunedViTModel):
+    """The bare PrunedViT encoder for distilled DeiT checkpoints, as [`~transformers.DeiTModel`]: two prefix tokens
+    (class, distillation), never pruned; the criteria read the class token's attention. See [`PrunedViTModel`]."""
+
+    _embeddings_class = PrunedDeiTEmbeddings
+
+
+class PrunedDeiTForImageClassification(PrunedDeiTPreTrainedModel):
+    """Distilled-DeiT PrunedViT with one linear head on the final class token, as
+    [`~transformers.DeiTForImageClassification`] (for fine-tuning from a distilled backbone with a new head).
+
+    Output [`PrunedViTImageClassifierOutput`].
+    """
+
+    def __init__(self, config: PrunedDeiTConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.deit = PrunedDeiTModel(config, add_pooling_layer=False)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> PrunedViTImageClassifierOutput:
+        r"""Same arguments as [`PrunedViTForImageClassification.forward`]."""
+        outputs: PrunedViTModelOutput = self.deit(
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, attention_mask=attention_mask, **kwargs
+        )
+        logits = self.classifier(outputs.last_hidden_state[:, 0, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels, logits, self.config, **kwargs)
+        return PrunedViTImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            kept_patch_indices=outputs.kept_patch_indices,
+        )
+
+
+class PrunedDeiTForImageClassificationWithTeacher(PrunedDeiTPreTrainedModel):
+    """Distilled-DeiT PrunedViT with the two heads of [`~transformers.DeiTForImageClassificationWithTeacher`]:
+    `cls_classifier` on the class token and `distillation_classifier` on the distillation token; `logits` is their
+    mean. Loads `facebook/deit-*-distilled-patch16-224` as they are.
+
+    With `labels`, the loss is the classification loss of the mean logits (hard-label fine-tuning of both heads, as
+    timm's distilled ViT does when not distilling); distillation from a teacher is not implemented.
+    """
+
+    def __init__(self, config: PrunedDeiTConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.deit = PrunedDeiTModel(config, add_pooling_layer=False)
+        self.cls_classifier = (
+            nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        )
+        self.distillation_classifier = (
+            nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        )
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> PrunedDeiTForImageClassificationWithTeacherOutput:
+        r"""Same arguments as [`PrunedViTForImageClassification.forward`]."""
+        outputs: PrunedViTModelOutput = self.deit(
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, attention_mask=attention_mask, **kwargs
+        )
+        sequence_output = outputs.last_hidden_state
+        cls_logits = self.cls_classifier(sequence_output[:, 0, :])
+        distillation_logits = self.distillation_classifier(sequence_output[:, 1, :])
+        logits = (cls_logits + distillation_logits) / 2
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels, logits, self.config, **kwargs)
+        return PrunedDeiTForImageClassificationWithTeacherOutput(
+            loss=loss,
+            logits=logits,
+            cls_logits=cls_logits,
+            distillation_logits=distillation_logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            kept_patch_indices=outputs.kept_patch_indices,
+        )
+
+
+__all__ = [
+    "PrunedDeiTForImageClassification",
+    "PrunedDeiTForImageClassificationWithTeacher",
+    "PrunedDeiTModel",
+    "PrunedDeiTPreTrainedModel",
+    "PrunedViTForImageClassification",
+    "PrunedViTModel",
+    "PrunedViTPreTrainedModel",
+    "prune_tokens",
+    "score_tokens",
+]
