@@ -27,9 +27,7 @@ AutoConfig.register(PrunedDeiTConfig.model_type, PrunedDeiTConfig, exist_ok=True
 AutoModel.register(PrunedViTConfig, PrunedViTModel, exist_ok=True)
 AutoModel.register(PrunedDeiTConfig, PrunedDeiTModel, exist_ok=True)
 AutoModelForImageClassification.register(PrunedViTConfig, PrunedViTForImageClassification, exist_ok=True)
-AutoModelForImageClassification.register(
-    PrunedDeiTConfig, PrunedDeiTForImageClassificationWithTeacher, exist_ok=True
-)
+AutoModelForImageClassification.register(PrunedDeiTConfig, PrunedDeiTForImageClassificationWithTeacher, exist_ok=True)
 
 PrunedViTConfig.register_for_auto_class()
 PrunedDeiTConfig.register_for_auto_class()

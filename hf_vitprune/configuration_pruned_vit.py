@@ -6,12 +6,16 @@ This file is shipped to the Hugging Face Hub next to `config.json` when a model 
 """
 
 from fractions import Fraction
+from typing import Any
 
 from huggingface_hub.dataclasses import strict
 from transformers import ViTConfig
 
 PRUNING_METHODS = ("variance", "medad", "evit", "entropy", "random")
 """Token-scoring criteria known to `PrunedViTConfig.pruning_method` (`None` switches pruning off)."""
+
+PRUNING_FIELDS = ("pruning_method", "keep_rate", "prune_layers", "fuse_pruned", "fusion_temperature", "renyi_alpha")
+"""The config fields that describe pruning (what `PrunedViTPreTrainedModel.set_pruning` may change)."""
 
 
 def _is_number(value) -> bool:
@@ -67,19 +71,21 @@ class PrunedViTConfig(ViTConfig):
     num_prefix_tokens = 1
     keys_to_ignore_at_inference = ["hidden_states", "attentions", "kept_patch_indices"]
 
-    pruning_method: str | None = "variance"
-    keep_rate: float | int | list[float | int] = 0.7
-    prune_layers: list[int] | None = None
-    fuse_pruned: bool = True
-    fusion_temperature: float | int = 1.0
-    renyi_alpha: float | int = 1.0
+    # Typed `Any` for the strict dataclass: `check_pruning_fields` validates them together and raises a ValueError that
+    # names the field and the allowed values (documented types above).
+    pruning_method: Any = "variance"
+    keep_rate: Any = 0.7
+    prune_layers: Any = None
+    fuse_pruned: Any = True
+    fusion_temperature: Any = 1.0
+    renyi_alpha: Any = 1.0
 
     def __post_init__(self, **kwargs):
         # A config dict read from a plain ViT/DeiT checkpoint carries its own `model_type`: never let it shadow ours.
         kwargs.pop("model_type", None)
         if self.prune_layers is None:
             self.prune_layers = [3, 6, 9]
-        else:
+        elif isinstance(self.prune_layers, tuple):
             self.prune_layers = list(self.prune_layers)
         if isinstance(self.keep_rate, tuple):
             self.keep_rate = list(self.keep_rate)
@@ -98,7 +104,7 @@ class PrunedViTConfig(ViTConfig):
                 "or None to switch pruning off."
             )
         layers = self.prune_layers
-        if not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
+        if not isinstance(layers, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
             raise ValueError(f"prune_layers must be a list of integer layer indices, got {layers!r}.")
         for i in layers:
             if not 0 <= i < self.num_hidden_layers:
@@ -125,9 +131,7 @@ class PrunedViTConfig(ViTConfig):
         if not _is_number(self.fusion_temperature) or not self.fusion_temperature > 0:
             raise ValueError(f"fusion_temperature must be a number > 0, got {self.fusion_temperature!r}.")
         if not _is_number(self.renyi_alpha) or not self.renyi_alpha > 0:
-            raise ValueError(
-                f"renyi_alpha must be a number > 0 (1.0 = Shannon entropy), got {self.renyi_alpha!r}."
-            )
+            raise ValueError(f"renyi_alpha must be a number > 0 (1.0 = Shannon entropy), got {self.renyi_alpha!r}.")
 
     def layer_keep_rate(self, layer_idx: int) -> float | None:
         """The keep rate of layer `layer_idx`, or `None` if that layer does not prune.
@@ -143,6 +147,37 @@ class PrunedViTConfig(ViTConfig):
         if isinstance(self.keep_rate, list):
             return self.keep_rate[self.prune_layers.index(layer_idx)]
         return self.keep_rate
+
+    def token_schedule(self, num_patches: int) -> list[tuple[int, int]]:
+        """Candidate tokens kept, and fused tokens appended, at each pruning layer, for an input of `num_patches`.
+
+        Args:
+            num_patches (`int`): patch tokens after the embedding (196 for 224 px and 16 px patches).
+
+        Returns:
+            `list[(kept, fused)]`, one entry per entry of `prune_layers` (empty when pruning is off); `fused` is 1
+            when the layer appends a fused token. DeiT-S at keep 0.7 with fusion: `[(138, 1), (98, 1), (70, 1)]`.
+        """
+        schedule = []
+        candidates = num_patches
+        for layer_idx in self.prune_layers if self.pruning_method is not None else []:
+            kept = exact_keep_count(self.layer_keep_rate(layer_idx), candidates)
+            fused = int(self.fuse_pruned and kept < candidates)
+            schedule.append((kept, fused))
+            candidates = kept + fused
+        return schedule
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """Mirrors [`~transformers.PretrainedConfig.from_dict`], but pruning fields given as `kwargs` go into the
+        config before it is built, so they are validated together with the checkpoint's fields (transformers sets
+        other kwargs after construction, which would validate the file's `prune_layers` against a model that may
+        have too few layers for them)."""
+        config_dict = dict(config_dict)
+        for name in PRUNING_FIELDS:
+            if name in kwargs:
+                config_dict[name] = kwargs.pop(name)
+        return super().from_dict(config_dict, **kwargs)
 
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
@@ -213,4 +248,4 @@ def exact_keep_count(keep_rate: float, num_candidates: int) -> int:
     return min(num_candidates, -(-product.numerator // product.denominator))
 
 
-__all__ = ["PRUNING_METHODS", "PrunedDeiTConfig", "PrunedViTConfig", "exact_keep_count"]
+__all__ = ["PRUNING_FIELDS", "PRUNING_METHODS", "PrunedDeiTConfig", "PrunedViTConfig", "exact_keep_count"]

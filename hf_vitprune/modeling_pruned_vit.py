@@ -35,7 +35,7 @@ from transformers.utils import logging
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_pruned_vit import PrunedDeiTConfig, PrunedViTConfig, exact_keep_count
+from .configuration_pruned_vit import PRUNING_FIELDS, PrunedDeiTConfig, PrunedViTConfig, exact_keep_count
 
 logger = logging.get_logger(__name__)
 
@@ -47,9 +47,9 @@ for _backbone in ("PrunedViTModel", "PrunedDeiTModel"):
     register_checkpoint_conversion_mapping(_backbone, get_checkpoint_conversion_mapping("ViTModel"), overwrite=True)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Criteria: one importance score per candidate token, higher = more important (kept).
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def evit_scores(class_attention: torch.Tensor) -> torch.Tensor:
@@ -210,9 +210,9 @@ def score_tokens(
     raise ValueError(f"Unknown pruning method {method!r}; known: {sorted(CRITERION_STATISTIC)}.")
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Selection and fusion
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def prune_tokens(
@@ -270,9 +270,9 @@ def prune_tokens(
     return torch.cat(parts, dim=1), new_patch_ids, kept_patch_ids
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Modules
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 class PrunedViTAttention(ViTAttention):
@@ -365,7 +365,8 @@ class PrunedViTLayer(ViTLayer):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         config = self.config
         num_prefix_tokens = config.num_prefix_tokens
-        num_candidates = hidden_states.shape[1] - num_prefix_tokens
+        # int(): under tracing shapes are tensors; the keep count is static for a given input size.
+        num_candidates = int(hidden_states.shape[1]) - num_prefix_tokens
         keep_rate = config.layer_keep_rate(self.layer_idx)
         num_keep = num_candidates if keep_rate is None else exact_keep_count(keep_rate, num_candidates)
         prunes = num_keep < num_candidates
@@ -425,9 +426,9 @@ class PrunedViTEmbeddings(ViTEmbeddings):
     """ViT embeddings (class token, patches, position embeddings), as in `modeling_vit.py`."""
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Outputs
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -466,9 +467,9 @@ class PrunedDeiTForImageClassificationWithTeacherOutput(PrunedViTImageClassifier
     distillation_logits: torch.FloatTensor | None = None
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Models
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 class PrunedViTPreTrainedModel(ViTPreTrainedModel):
@@ -502,10 +503,9 @@ class PrunedViTPreTrainedModel(ViTPreTrainedModel):
         Raises:
             ValueError: for an unknown field or a value `PrunedViTConfig` rejects; the config is then left unchanged.
         """
-        allowed = ("pruning_method", "keep_rate", "prune_layers", "fuse_pruned", "fusion_temperature", "renyi_alpha")
-        unknown = sorted(set(fields) - set(allowed))
+        unknown = sorted(set(fields) - set(PRUNING_FIELDS))
         if unknown:
-            raise ValueError(f"set_pruning got unknown field(s) {unknown}; allowed: {list(allowed)}.")
+            raise ValueError(f"set_pruning got unknown field(s) {unknown}; allowed: {list(PRUNING_FIELDS)}.")
         old = {name: getattr(self.config, name) for name in fields}
         try:
             for name, value in fields.items():

@@ -1,0 +1,39 @@
+"""The `hf-vitprune` command: `hf-vitprune <command> [flags]`, `hf-vitprune <command> --help` for each."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "evaluate": ("hf_vitprune.evaluation", "top-1, GMACs and images/s of pruning variants of a model on images"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch `argv[0]` to its command's `main(argv[1:])`.
+
+    Returns:
+        The process exit status: 0 on success, 2 on a usage error or a bad argument (printed, without a traceback).
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        usage = "usage: hf-vitprune <command> [flags]\n\ncommands:\n" + "\n".join(
+            f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()
+        )
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"hf-vitprune: unknown command {argv[0]!r}\n\n{usage}", file=sys.stderr)
+            return 2
+        print(usage)
+        return 0 if argv else 2
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    try:
+        module.main(argv[1:])
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, OSError) as error:
+        print(f"hf-vitprune {argv[0]}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""Image data for evaluation and training: local class folders or Hub datasets, label mapping, DeiT preprocessing."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torchvision.transforms import v2
+
+IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+DEIT_CROP_PCT = 0.875
+"""DeiT evaluation resizes the shorter side to `image_size / 0.875` (256 for 224) before the centre crop."""
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+_WNID = re.compile(r"^n\d{8}$")
+
+
+@dataclass
+class ImageData:
+    """A labelled image data set ready for a DataLoader.
+
+    Attributes:
+        dataset (`datasets.Dataset`): rows with an undecoded image column (`{"path", "bytes"}`) and an integer label
+            column.
+        class_names (`list[str]`): the label column's class names, in label order.
+        source (`str`): where it came from (folder path, or `hub_id:split`).
+        image_column (`str`), label_column (`str`).
+    """
+
+    dataset: object
+    class_names: list[str]
+    source: str
+    image_column: str = "image"
+    label_column: str = "label"
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
+def _scan_image_folder(path: str) -> tuple[list[str], list[tuple[str, int]]]:
+    """Class names and `(file, class index)` pairs of a folder with one sub-folder per class (torchvision's rules)."""
+    from torchvision.datasets.folder import find_classes, make_dataset
+
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"Data folder {path!r} does not exist.")
+    if not root.is_dir():
+        raise NotADirectoryError(f"{path!r} is a file; pass a folder with one sub-folder of images per class.")
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise PermissionError(f"Data folder {path!r} cannot be read (permission denied).")
+    try:
+        classes, class_to_idx = find_classes(str(root))
+    except FileNotFoundError as error:
+        raise ValueError(
+            f"Data folder {path!r} has no class sub-folders: put the images of each class in a sub-folder named "
+            f"after the class (e.g. {path}/n01440764/*.JPEG)."
+        ) from error
+    samples = make_dataset(str(root), class_to_idx, extensions=IMAGE_EXTENSIONS, allow_empty=True)
+    if not samples:
+        raise ValueError(
+            f"Data folder {path!r} has class sub-folders {classes[:5]}{'...' if len(classes) > 5 else ''} but no "
+            f"image files in them (recognised extensions: {', '.join(IMAGE_EXTENSIONS)})."
+        )
+    return classes, samples
+
+
+def load_image_data(
+    data: str,
+    split: str | None = None,
+    image_column: str = "image",
+    label_column: str = "label",
+    max_samples: int | None = None,
+    seed: int = 0,
+) -> ImageData:
+    """Load a labelled image data set: a local folder with one sub-folder per class, or a Hub dataset.
+
+    A local folder is scanned with torchvision's `find_classes` / `make_dataset` (classes sorted by folder name, files
+    by extension, nothing inferred from file names), so every image found is used. A Hub id goes through
+    `datasets.load_dataset(data, split=split)` (for example `clane9/imagenet-100`, split `validation`).
+
+    Args:
+        data (`str`): folder path or Hub dataset id.
+        split (`str`, *optional*): Hub split; required for Hub ids, ignored for folders.
+        image_column (`str`), label_column (`str`): column names of a Hub dataset.
+        max_samples (`int`, *optional*): keep a random subset of this size (seeded), for quick runs.
+        seed (`int`): seed of that subset.
+
+    Returns:
+        [`ImageData`] whose image column is not decoded yet (decoding happens in the transform, which names the file
+        on failure).
+
+    Raises:
+        FileNotFoundError / NotADirectoryError / PermissionError / ValueError: for a missing, unreadable or empty
+            folder, or one without class sub-folders.
+        ValueError: for a Hub dataset that cannot be loaded, lacks the columns, or whose label is not a class label.
+    """
+    import datasets
+
+    if os.path.exists(data) or data.startswith((".", "/", "~")):
+        classes, samples = _scan_image_folder(data)
+        features = datasets.Features(
+            {image_column: datasets.Image(decode=False), label_column: datasets.ClassLabel(names=classes)}
+        )
+        dataset = datasets.Dataset.from_dict(
+            {image_column: [p for p, _ in samples], label_column: [c for _, c in samples]}, features=features
+        )
+        source = str(data)
+    else:
+        if split is None:
+            raise ValueError(f"{data!r} looks like a Hub dataset id: pass its split, e.g. --split validation.")
+        try:
+            dataset = datasets.load_dataset(data, split=split)
+        except Exception as error:  # noqa: BLE001 - re-raised with what to do
+            raise ValueError(
+                f"Could not load the Hub dataset {data!r} (split {split!r}), and no local folder of that name "
+                f"exists: {type(error).__name__}: {error}. Check the id and split, your network access "
+                "(HF_HUB_OFFLINE must be unset to download), or pass a local folder with one sub-folder per class."
+            ) from error
+        missing = [c for c in (image_column, label_column) if c not in dataset.column_names]
+        if missing:
+            raise ValueError(
+                f"Dataset {data!r} has no column(s) {missing}; its columns are {dataset.column_names}. Pass "
+                "--image_column / --label_column."
+            )
+        label_feature = dataset.features[label_column]
+        if not isinstance(label_feature, datasets.ClassLabel):
+            raise ValueError(
+                f"Column {label_column!r} of {data!r} is {label_feature}, not a class label: pass the column that "
+                "holds the class index (a datasets.ClassLabel)."
+            )
+        classes = list(label_feature.names)
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+        source = f"{data}:{split}"
+    if max_samples is not None and max_samples < len(dataset):
+        dataset = dataset.shuffle(seed=seed).select(range(max_samples))
+    return ImageData(dataset, classes, source, image_column, label_column)
+
+
+def read_class_list(path: str) -> dict[str, int]:
+    """Read a class list: class name -> output index of the model head.
+
+    Two formats: a TSV with a header naming an `index` column and a `wnid` column (and optionally `name`), such as
+    `imagenet1k_classes.tsv` (index, WordNet id, name; both the WordNet id and the name map to the index); or plain
+    text with one class name per line, the line number (from 0) being the index (e.g. the ImageNet-100 WordNet-id
+    list).
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: if it is empty or a TSV row is malformed.
+    """
+    lines = [line.rstrip("\n") for line in Path(path).read_text().splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"Class list {path!r} is empty.")
+    header = lines[0].split("\t")
+    mapping: dict[str, int] = {}
+    if "index" in header and "wnid" in header:
+        index_col, wnid_col = header.index("index"), header.index("wnid")
+        name_col = header.index("name") if "name" in header else None
+        for number, line in enumerate(lines[1:], start=2):
+            cells = line.split("\t")
+            try:
+                index = int(cells[index_col])
+                mapping[cells[wnid_col]] = index
+                if name_col is not None:
+                    mapping.setdefault(cells[name_col], index)
+            except (IndexError, ValueError) as error:
+                raise ValueError(f"Class list {path!r}, line {number}: cannot read {line!r} ({error}).") from error
+    else:
+        mapping = {name.strip(): index for index, name in enumerate(lines)}
+    return mapping
+
+
+def resolve_label_mapping(class_names: Sequence[str], id2label: dict, class_list: str | None = None) -> list[int]:
+    """For each data-set class, the index of the model output that predicts it.
+
+    With `class_list` (see [`read_class_list`]) every class name must appear in it, e.g. WordNet-id folders of an
+    ImageNet subset mapped onto a 1000-class ImageNet-1k head. Without it, the class names must be the model's
+    `id2label` names (a model fine-tuned on this data set).
+
+    Args:
+        class_names (`Sequence[str]`): the data set's classes, in label order.
+        id2label (`dict[int, str]`): the model config's labels.
+        class_list (`str`, *optional*): path of a class list.
+
+    Returns:
+        `list[int]` of length `len(class_names)`.
+
+    Raises:
+        ValueError: naming every class that cannot be mapped, or an index beyond the model head, and what to pass.
+    """
+    num_labels = len(id2label)
+    if class_list is not None:
+        mapping = read_class_list(class_list)
+        unknown = [name for name in class_names if name not in mapping]
+        if unknown:
+            raise ValueError(
+                f"Class folder(s) {unknown} are not in the class list {class_list!r}: rename them to the list's "
+                "class ids (e.g. WordNet ids such as n01440764) or pass the class list that names them."
+            )
+        indices = [mapping[name] for name in class_names]
+        too_big = [(n, i) for n, i in zip(class_names, indices) if i >= num_labels]
+        if too_big:
+            raise ValueError(
+                f"The class list maps {too_big[:3]} beyond the model's {num_labels} outputs: it does not describe "
+                "this model's head."
+            )
+        return indices
+    label2id = {str(label): int(index) for index, label in id2label.items()}
+    unknown = [name for name in class_names if name not in label2id]
+    if unknown:
+        hint = (
+            " These look like WordNet ids: for an ImageNet-1k model pass --class_list with the ImageNet-1k class list "
+            "(e.g. ../shared/data/imagenet1k_classes.tsv)."
+            if all(_WNID.match(n) for n in class_names)
+            else ""
+        )
+        raise ValueError(
+            f"Cannot map data-set class(es) {unknown[:5]}{'...' if len(unknown) > 5 else ''} to the model's "
+            f"{num_labels} labels (its id2label has no such names).{hint} Pass --class_list, or evaluate a model "
+            "fine-tuned on these classes."
+        )
+    return [label2id[name] for name in class_names]
+
+
+def eval_transform(
+    image_size: int = 224, mean: Sequence[float] = IMAGENET_DEFAULT_MEAN, std: Sequence[float] = IMAGENET_DEFAULT_STD
+) -> v2.Compose:
+    """DeiT evaluation preprocessing with torchvision transforms v2.
+
+    Resize the shorter side to `int(image_size / 0.875)` (256 for 224) with bicubic interpolation (antialiased, as
+    PIL), centre crop `image_size`, scale to [0, 1], normalise with `mean` / `std`. Source: DeiT (Touvron et al.
+    2021) / timm `transforms_factory.transforms_imagenet_eval`.
+
+    Input: a PIL image (RGB). Output: `torch.FloatTensor` of shape `(3, image_size, image_size)`.
+    """
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(int(image_size / DEIT_CROP_PCT), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+            v2.CenterCrop(image_size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(mean), std=list(std)),
+        ]
+    )
+
+
+def open_rgb(image: dict | object):
+    """Decode one image-column value to an RGB PIL image (greyscale, palette, CMYK and RGBA are converted).
+
+    Args:
+        image: a `{"path", "bytes"}` dict (undecoded `datasets.Image`) or a PIL image.
+
+    Raises:
+        ValueError: naming the file when it cannot be decoded.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    path, data = image.get("path"), image.get("bytes")
+    try:
+        with Image.open(io.BytesIO(data) if data is not None else path) as opened:
+            return opened.convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"Cannot read image {path or '<bytes>'}: {error}") from error
+
+
+def preprocessing_stats(name_or_path: str) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+    """The checkpoint's normalisation mean / std, from its image processor config.
+
+    Returns:
+        `(mean, std, source)`; when the checkpoint has no image processor config, ImageNet's defaults with `source`
+        saying so.
+    """
+    from transformers import AutoImageProcessor
+
+    try:
+        processor = AutoImageProcessor.from_pretrained(name_or_path)
+        return tuple(processor.image_mean), tuple(processor.image_std), f"{name_or_path} image processor"
+    except (OSError, ValueError, AttributeError):
+        return IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, "ImageNet default (checkpoint has no image processor)"
+
+
+class TransformedImages(torch.utils.data.Dataset):
+    """A torch view of [`ImageData`] that decodes, converts to RGB and transforms each image.
+
+    Item: `(pixel_values (3, H, W) float32, label int)` where the label is remapped through `label_ids` if given.
+    """
+
+    def __init__(self, data: ImageData, transform, label_ids: Sequence[int] | None = None):
+        self.data = data
+        self.transform = transform
+        self.label_ids = list(label_ids) if label_ids is not None else None
+
+    def __len__(self) -> int:
+        return len(self.data.dataset)
+
+    def __getitem__(self, index: int):
+        row = self.data.dataset[index]
+        label = int(row[self.data.label_column])
+        if self.label_ids is not None:
+            label = self.label_ids[label]
+        return self.transform(open_rgb(row[self.data.image_column])), label

@@ -1,0 +1,337 @@
+"""`hf-vitprune evaluate`: top-1, GMACs and images/s of pruning variants of one model on real images."""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .measure import DTYPES, count_gmacs, device_name, measure_throughput
+
+
+@dataclass
+class Variant:
+    """One pruning setting to evaluate. `pruning_method=None` is the unpruned model.
+
+    `fusion_temperature=None` keeps the model's configured temperature.
+    """
+
+    pruning_method: str | None
+    keep_rate: float = 1.0
+    fuse_pruned: bool = True
+    renyi_alpha: float = 1.0
+    fusion_temperature: float | None = None
+
+    def pruning_fields(self) -> dict:
+        """Keyword arguments for `model.set_pruning`."""
+        fields = {
+            "pruning_method": self.pruning_method,
+            "keep_rate": self.keep_rate,
+            "fuse_pruned": self.fuse_pruned,
+            "renyi_alpha": self.renyi_alpha,
+        }
+        if self.fusion_temperature is not None:
+            fields["fusion_temperature"] = self.fusion_temperature
+        return fields
+
+    def name(self) -> str:
+        """Short label: `variance@0.7+fusion`, `entropy(a=2)@0.5`, `unpruned`."""
+        if self.pruning_method is None:
+            return "unpruned"
+        method = self.pruning_method
+        if method == "entropy":
+            method += f"(a={self.renyi_alpha:g})"
+        fusion = f"+fusion(T={self.fusion_temperature:g})" if self.fusion_temperature is not None else "+fusion"
+        return f"{method}@{self.keep_rate:g}{fusion if self.fuse_pruned else ''}"
+
+
+def build_variants(
+    methods: list[str],
+    keep_rates: list[float],
+    fusion: list[bool],
+    renyi_alphas: list[float] = (1.0,),
+    fusion_temperatures: list[float] | None = None,
+) -> list[Variant]:
+    """The unpruned baseline followed by every method x (alpha for entropy) x keep rate x fusion (x temperature).
+
+    Raises:
+        ValueError: for an unknown method or an empty list.
+    """
+    from .configuration_pruned_vit import PRUNING_METHODS
+
+    unknown = [m for m in methods if m not in PRUNING_METHODS]
+    if unknown:
+        raise ValueError(f"Unknown pruning method(s) {unknown}; known: {list(PRUNING_METHODS)}.")
+    if not methods or not keep_rates or not fusion:
+        raise ValueError("methods, keep_rates and fusion must each name at least one value.")
+    variants = [Variant(None)]
+    for method in methods:
+        for alpha in renyi_alphas if method == "entropy" else [1.0]:
+            for keep_rate in keep_rates:
+                for fuse in fusion:
+                    for temperature in (fusion_temperatures or [None]) if fuse else [None]:
+                        variants.append(Variant(method, keep_rate, fuse, alpha, temperature))
+    return variants
+
+
+def evaluate_variants(
+    model, loader, variants: list[Variant], device: torch.device, dtype: str = "fp32", progress: bool = True
+) -> list[dict]:
+    """Top-1 / top-5 of every variant, in one pass over the data (each batch is decoded once, run by each variant).
+
+    Args:
+        model: a PrunedViT image classifier (its pruning fields are changed per variant and restored at the end).
+        loader: yields `(pixel_values (B, 3, H, W), labels (B,))`, labels already in the model's output indices.
+        variants (`list[Variant]`).
+        device (`torch.device`); dtype (`str`): "fp32", or "bf16" / "fp16" autocast.
+
+    Returns:
+        One dict per variant: `correct_top1`, `correct_top5`, `images`.
+    """
+    saved = {k: getattr(model.config, k) for k in Variant(None).pruning_fields() | {"fusion_temperature": None}}
+    counts = [{"correct_top1": 0, "correct_top5": 0, "images": 0} for _ in variants]
+    autocast = (
+        torch.autocast(device.type, dtype=DTYPES[dtype])
+        if DTYPES[dtype]
+        else torch.autocast(device.type, enabled=False)
+    )
+    model.eval()
+    try:
+        with torch.inference_mode(), autocast:
+            for pixel_values, labels in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
+                pixel_values, labels = pixel_values.to(device), labels.to(device)
+                for variant, count in zip(variants, counts):
+                    model.set_pruning(**variant.pruning_fields())
+                    logits = model(pixel_values=pixel_values).logits
+                    top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+                    count["correct_top1"] += int((top5[:, 0] == labels).sum())
+                    count["correct_top5"] += int((top5 == labels[:, None]).any(dim=-1).sum())
+                    count["images"] += len(labels)
+    finally:
+        model.set_pruning(**saved)
+    return counts
+
+
+def tokens_text(config, num_patches: int) -> str:
+    """`196→138+1→98+1→70+1`: candidate tokens after each pruning layer (+1 = the fused token)."""
+    return "→".join(
+        [str(num_patches)]
+        + [f"{kept}+{fused}" if fused else str(kept) for kept, fused in config.token_schedule(num_patches)]
+    )
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Markdown table of evaluation rows (as written by `run_evaluation`)."""
+    header = "| method | keep rate | fusion | tokens per stage | top-1 (%) | Δ top-1 | GMACs | images/s | speed-up |"
+    lines = [header, "|" + "---|" * 9]
+    for r in rows:
+        method = r["pruning_method"] or "unpruned"
+        if method == "entropy":
+            method = f"entropy (α={r['renyi_alpha']:g})"
+        fusion = "—" if r["pruning_method"] is None else ("yes" if r["fuse_pruned"] else "no")
+        if r["pruning_method"] is not None and r["fuse_pruned"] and r.get("fusion_temperature_set"):
+            fusion = f"yes (T={r['fusion_temperature']:g})"
+        keep = "—" if r["pruning_method"] is None else f"{r['keep_rate']:g}"
+        lines.append(
+            f"| {method} | {keep} | {fusion} | {r['tokens']} | {r['top1']:.2f} | {r['top1_delta']:+.2f} | "
+            f"{r['gmacs']:.3f} | {r['images_per_s']:.1f} | {r['speedup']:.2f}× |"
+        )
+    return "\n".join(lines)
+
+
+@dataclass
+class EvaluateArguments:
+    """Arguments of `hf-vitprune evaluate` (every one is a command-line flag of the same name)."""
+
+    model: str = field(
+        default="facebook/deit-small-patch16-224",
+        metadata={"help": "Hub id or local folder of a ViT / DeiT / PrunedViT checkpoint."},
+    )
+    data: str = field(
+        default="clane9/imagenet-100",
+        metadata={"help": "Local folder with one sub-folder of images per class, or a Hub dataset id (with --split)."},
+    )
+    split: str | None = field(default="validation", metadata={"help": "Split of a Hub dataset (ignored for folders)."})
+    image_column: str = field(default="image", metadata={"help": "Image column of a Hub dataset."})
+    label_column: str = field(default="label", metadata={"help": "Label column of a Hub dataset."})
+    class_list: str | None = field(
+        default=None,
+        metadata={
+            "help": "Class list mapping data-set class names to the model's outputs: a TSV with index and wnid "
+            "columns (e.g. ../shared/data/imagenet1k_classes.tsv) or one class name per line. Without it, class "
+            "names must match the model's id2label."
+        },
+    )
+    methods: list[str] = field(
+        default_factory=lambda: ["evit", "variance", "medad", "entropy", "random"],
+        metadata={"help": "Pruning methods: variance, medad, evit, entropy, random."},
+    )
+    keep_rates: list[float] = field(default_factory=lambda: [0.9, 0.7, 0.5], metadata={"help": "Keep rates."})
+    fusion: list[str] = field(
+        default_factory=lambda: ["on", "off"], metadata={"help": "Fusion settings to evaluate: on, off, or both."}
+    )
+    renyi_alphas: list[float] = field(
+        default_factory=lambda: [1.0], metadata={"help": "Renyi orders for the entropy method (1 = Shannon)."}
+    )
+    fusion_temperatures: list[float] | None = field(
+        default=None, metadata={"help": "Fusion temperatures to compare (default: the model's configured one)."}
+    )
+    prune_layers: list[int] | None = field(
+        default=None, metadata={"help": "0-indexed pruning layers (default: the model's, [3, 6, 9] for a plain ViT)."}
+    )
+    batch_size: int = field(default=64, metadata={"help": "Evaluation batch size."})
+    num_workers: int = field(default=2, metadata={"help": "DataLoader worker processes."})
+    max_samples: int | None = field(default=None, metadata={"help": "Evaluate a seeded random subset of this size."})
+    device: str | None = field(default=None, metadata={"help": "cuda, cpu, ... (default: cuda if available)."})
+    dtype: str = field(default="fp32", metadata={"help": "fp32, or bf16 / fp16 autocast."})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa or eager."})
+    throughput_batch_size: int = field(default=64, metadata={"help": "Batch size of the images/s measurement."})
+    throughput_runs: int = field(default=10, metadata={"help": "Timed runs of the images/s measurement."})
+    throughput_warmup: int = field(default=3, metadata={"help": "Warm-up runs of the images/s measurement."})
+    skip_throughput: bool = field(default=False, metadata={"help": "Do not measure images/s."})
+    output_dir: str = field(default="outputs/evaluate", metadata={"help": "Where results.json / results.md go."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace results already in --output_dir."})
+    seed: int = field(default=0, metadata={"help": "Seed (random criterion, --max_samples subset)."})
+
+
+def run_evaluation(args: EvaluateArguments, command: str | None = None) -> dict:
+    """Evaluate the variants `args` describes and write `results.json` and `results.md` to `args.output_dir`.
+
+    Returns:
+        The JSON-ready report: `rows` (one per variant) and `protocol`.
+
+    Raises:
+        FileExistsError: if `output_dir` already holds results and `overwrite` is not set (nothing is replaced).
+        ValueError / OSError: for bad data, class lists, models or settings, before any evaluation starts.
+    """
+    from . import __version__
+    from .data import TransformedImages, eval_transform, load_image_data, preprocessing_stats, resolve_label_mapping
+    from .loading import load_pruned_model
+
+    output_dir = Path(args.output_dir)
+    results_file = output_dir / "results.json"
+    if results_file.exists() and not args.overwrite:
+        raise FileExistsError(
+            f"{results_file} already exists: pass --overwrite to replace it, or another --output_dir."
+        )
+    bad_fusion = [f for f in args.fusion if f not in ("on", "off")]
+    if bad_fusion:
+        raise ValueError(f"--fusion takes 'on' and/or 'off', got {bad_fusion}.")
+    if args.dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {list(DTYPES)}, got {args.dtype!r}.")
+    variants = build_variants(
+        args.methods,
+        args.keep_rates,
+        [f == "on" for f in args.fusion],
+        args.renyi_alphas,
+        args.fusion_temperatures,
+    )
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    extra = {"prune_layers": args.prune_layers} if args.prune_layers is not None else {}
+    model = load_pruned_model(args.model, attn_implementation=args.attn_implementation, **extra).to(device).eval()
+    data = load_image_data(
+        args.data, args.split, args.image_column, args.label_column, max_samples=args.max_samples, seed=args.seed
+    )
+    label_ids = resolve_label_mapping(data.class_names, model.config.id2label, args.class_list)
+    mean, std, stats_source = preprocessing_stats(args.model)
+    image_size = model.config.image_size
+    transform = eval_transform(image_size, mean, std)
+    loader = torch.utils.data.DataLoader(
+        TransformedImages(data, transform, label_ids),
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    print(f"Evaluating {len(variants)} variants of {args.model} on {len(data)} images of {data.source}")
+    counts = evaluate_variants(model, loader, variants, device, args.dtype)
+
+    num_patches = (
+        model.vit.embeddings.patch_embeddings.num_patches
+        if hasattr(model, "vit")
+        else (model.deit.embeddings.patch_embeddings.num_patches)
+    )
+    rows, throughput_protocol = [], None
+    for variant, count in tqdm(list(zip(variants, counts)), desc="GMACs and images/s", unit="variant"):
+        model.set_pruning(**variant.pruning_fields())
+        row = asdict(variant)
+        row["fusion_temperature_set"] = variant.fusion_temperature is not None
+        row["fusion_temperature"] = model.config.fusion_temperature
+        row["name"] = variant.name()
+        row["tokens"] = tokens_text(model.config, num_patches)
+        row["images"] = count["images"]
+        row["top1"] = 100.0 * count["correct_top1"] / max(count["images"], 1)
+        row["top5"] = 100.0 * count["correct_top5"] / max(count["images"], 1)
+        row["gmacs"] = count_gmacs(model)
+        if args.skip_throughput:
+            row["images_per_s"] = math.nan
+        else:
+            result = measure_throughput(
+                model,
+                batch_size=args.throughput_batch_size,
+                dtype=args.dtype,
+                warmup=args.throughput_warmup,
+                runs=args.throughput_runs,
+                device=device,
+            )
+            row["images_per_s"] = result.images_per_s
+            row["images_per_s_min"], row["images_per_s_max"] = result.images_per_s_min, result.images_per_s_max
+            throughput_protocol = result.describe()
+        rows.append(row)
+    base = rows[0]
+    for row in rows:
+        row["top1_delta"] = row["top1"] - base["top1"]
+        row["gmacs_ratio"] = row["gmacs"] / base["gmacs"]
+        row["speedup"] = row["images_per_s"] / base["images_per_s"]
+
+    report = {
+        "rows": rows,
+        "protocol": {
+            "command": command,
+            "model": args.model,
+            "data": data.source,
+            "images": len(data),
+            "class_list": args.class_list,
+            "preprocessing": f"resize {int(image_size / 0.875)} bicubic, centre crop {image_size}, mean {list(mean)}, "
+            f"std {list(std)} ({stats_source})",
+            "top1": "argmax over all model outputs",
+            "gmacs": "fvcore, one image, SDPA counted through an op handle (hf_vitprune.measure.count_gmacs)",
+            "throughput": throughput_protocol,
+            "machine": device_name(device),
+            "torch": torch.__version__,
+            "hf_vitprune": __version__,
+            "fusion_temperature_default": model.config.fusion_temperature,
+        },
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    results_file.write_text(json.dumps(report, indent=2))
+    table = markdown_table(rows)
+    footer = (
+        f"\n\n{len(data)} images of `{data.source}`; model `{args.model}`; {report['protocol']['preprocessing']}. "
+        f"images/s: {throughput_protocol or 'not measured'}.\n\nCommand: `{command}`\n"
+    )
+    (output_dir / "results.md").write_text(table + footer)
+    print(table + footer)
+    return report
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Entry point of `hf-vitprune evaluate`: parse `argv` (flags, or one .json / .yaml file) and run."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(EvaluateArguments, prog="hf-vitprune evaluate", description=__doc__)
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        (args,) = parser.parse_json_file(argv[0])
+    elif len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        (args,) = parser.parse_yaml_file(argv[0])
+    else:
+        (args,) = parser.parse_args_into_dataclasses(argv)
+    return run_evaluation(args, command="hf-vitprune evaluate " + shlex.join(argv))

@@ -1,0 +1,221 @@
+"""Counting (GMACs with fvcore) and timing (images/s) of ViT models, under the field's protocols."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import platform
+import statistics
+import time
+import warnings
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _sdpa_macs(inputs, outputs) -> int:
+    """fvcore op handle for `aten::scaled_dot_product_attention`: `q k^T` and `attn v` multiply-adds.
+
+    For query `(..., n, d)`, key `(..., m, d)` and value `(..., m, d_v)`: `B n m d + B n m d_v`, `B` the product of the
+    leading dimensions, exactly what fvcore counts for the two `matmul`s of eager attention.
+    """
+    from fvcore.nn.jit_handles import get_shape
+
+    query, key, value = (get_shape(v) for v in inputs[:3])
+    batch = math.prod(query[:-2])
+    n, d = query[-2], query[-1]
+    m, d_v = key[-2], value[-1]
+    return batch * n * m * d + batch * n * m * d_v
+
+
+class _LogitsOnly(nn.Module):
+    """Wraps an HF vision model so that tracing sees one tensor in, one tensor out."""
+
+    def __init__(self, model: nn.Module, interpolate_pos_encoding: bool):
+        super().__init__()
+        self.model = model
+        self.interpolate_pos_encoding = interpolate_pos_encoding
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        kwargs = {"interpolate_pos_encoding": True} if self.interpolate_pos_encoding else {}
+        outputs = self.model(pixel_values=pixel_values, **kwargs)
+        return outputs.logits if getattr(outputs, "logits", None) is not None else outputs.last_hidden_state
+
+
+def _model_image_size(model: nn.Module) -> int:
+    size = model.config.image_size
+    return size[0] if isinstance(size, (list, tuple)) else size
+
+
+def count_gmacs(model: nn.Module, image_size: int | None = None) -> float:
+    """Multiply-accumulates of one forward pass for one image, in GMACs (1e9 MACs), counted with fvcore.
+
+    fvcore counts one multiply-add as one "flop", so this is the number the DeiT / EViT / arXiv:2507.19175 papers call
+    GFLOPs (DeiT-S: 4.61). Counted: linear layers, convolutions, matrix products (attention, the class-token
+    attention row of the pruning criteria, the fusion average) and normalisation layers; SDPA is counted through an op
+    handle (`q k^T` and `attn v`), which fvcore lacks, so the result does not depend on the attention
+    implementation. Not counted (fvcore ignores them): softmax, GELU, sorting, gathers.
+
+    Args:
+        model (`nn.Module`): an HF vision model taking `pixel_values` (any of this package's, or a stock ViT).
+        image_size (`int`, *optional*): square input side in pixels; defaults to `model.config.image_size`.
+            Another size uses `interpolate_pos_encoding=True`.
+
+    Returns:
+        `float`: GMACs per image. Batch-independent: pruning keeps the same number of tokens for every image.
+
+    Raises:
+        ImportError: if fvcore is not installed.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fvcore's import warns about torch.jit.script's deprecation
+        from fvcore.nn import FlopCountAnalysis
+
+    size = image_size or _model_image_size(model)
+    param = next(model.parameters())
+    generator = torch.Generator().manual_seed(0)
+    pixel_values = torch.randn(1, model.config.num_channels, size, size, generator=generator)
+    pixel_values = pixel_values.to(device=param.device, dtype=param.dtype)
+    wrapped = _LogitsOnly(model, interpolate_pos_encoding=size != _model_image_size(model))
+    was_training = model.training
+    model.eval()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            analysis = FlopCountAnalysis(wrapped, pixel_values)
+            analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_macs)
+            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+            total = analysis.total()
+    finally:
+        model.train(was_training)
+    return total / 1e9
+
+
+@dataclass
+class ThroughputResult:
+    """Images per second of a model under a stated protocol.
+
+    Attributes:
+        images_per_s (`float`): median over the timed runs.
+        images_per_s_min (`float`), images_per_s_max (`float`): spread over the timed runs.
+        batch_size, image_size (`int`); dtype (`str`: "fp32", "bf16" or "fp16" autocast); device (`str`, with the
+        GPU or CPU name); num_threads (`int`, torch intra-op threads); attn_implementation (`str`); warmup, runs
+        (`int`); torch_version (`str`).
+    """
+
+    images_per_s: float
+    images_per_s_min: float
+    images_per_s_max: float
+    batch_size: int
+    image_size: int
+    dtype: str
+    device: str
+    num_threads: int
+    attn_implementation: str
+    warmup: int
+    runs: int
+    torch_version: str
+
+    def to_dict(self) -> dict:
+        """The result as a JSON-ready dict."""
+        return asdict(self)
+
+    def describe(self) -> str:
+        """One line stating the protocol, for table footers."""
+        return (
+            f"batch {self.batch_size}, {self.image_size} px, {self.dtype}, {self.attn_implementation} attention, "
+            f"{self.device}, {self.num_threads} threads, median of {self.runs} runs after {self.warmup} warm-up, "
+            f"torch {self.torch_version}"
+        )
+
+
+def device_name(device: torch.device) -> str:
+    """A human-readable name of `device`: the GPU model, or the CPU model and core count."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    import os
+
+    return f"cpu ({cpu}, {os.cpu_count()} cores)"
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_throughput(
+    model: nn.Module,
+    batch_size: int = 64,
+    image_size: int | None = None,
+    dtype: str = "fp32",
+    warmup: int = 3,
+    runs: int = 10,
+    device: str | torch.device | None = None,
+) -> ThroughputResult:
+    """Inference images/s with the protocol of DeiT / EViT / ToMe benchmarks.
+
+    `model.eval()`, `torch.inference_mode()`, one fixed random batch (seed 0), `warmup` untimed passes, then `runs`
+    timed passes, each bracketed by device synchronisation; the median (and min / max) of `batch_size / seconds` is
+    reported with the protocol. bf16 / fp16 run under `torch.autocast` (weights stay float32).
+
+    Args:
+        model (`nn.Module`): an HF vision model taking `pixel_values`; left in eval mode on `device`.
+        batch_size (`int`): images per pass.
+        image_size (`int`, *optional*): defaults to `model.config.image_size`.
+        dtype (`str`): "fp32", "bf16" or "fp16".
+        warmup (`int`), runs (`int`): untimed and timed passes (`runs >= 1`).
+        device (*optional*): defaults to the model's device.
+
+    Returns:
+        [`ThroughputResult`].
+
+    Raises:
+        ValueError: for an unknown `dtype`, `runs < 1` or `batch_size < 1`.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}.")
+    if runs < 1 or batch_size < 1:
+        raise ValueError(f"runs and batch_size must be >= 1, got runs={runs}, batch_size={batch_size}.")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.eval().to(device)
+    size = image_size or _model_image_size(model)
+    generator = torch.Generator().manual_seed(0)
+    pixel_values = torch.randn(batch_size, model.config.num_channels, size, size, generator=generator).to(device)
+    wrapped = _LogitsOnly(model, interpolate_pos_encoding=size != _model_image_size(model))
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=DTYPES[dtype]) if DTYPES[dtype] else contextlib.nullcontext()
+    )
+    rates = []
+    with torch.inference_mode(), autocast:
+        for _ in range(warmup):
+            wrapped(pixel_values)
+        for _ in range(runs):
+            _synchronize(device)
+            start = time.perf_counter()
+            wrapped(pixel_values)
+            _synchronize(device)
+            rates.append(batch_size / (time.perf_counter() - start))
+    return ThroughputResult(
+        images_per_s=statistics.median(rates),
+        images_per_s_min=min(rates),
+        images_per_s_max=max(rates),
+        batch_size=batch_size,
+        image_size=size,
+        dtype=dtype,
+        device=device_name(device),
+        num_threads=torch.get_num_threads(),
+        attn_implementation=getattr(model.config, "_attn_implementation", None) or "eager",
+        warmup=warmup,
+        runs=runs,
+        torch_version=torch.__version__,
+    )

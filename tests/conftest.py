@@ -1,0 +1,66 @@
+"""Shared fixtures. Tests run offline (HF_HUB_OFFLINE=1) on tiny random configs, local folders and ../shared."""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("HF_VITPRUNE_SHARED", REPO.parent / "shared"))
+DEIT_TINY = SHARED / "models" / "deit-tiny-patch16-224"
+IMAGENETTE = SHARED / "data" / "imagenette"
+IMAGENET1K_CLASSES = SHARED / "data" / "imagenet1k_classes.tsv"
+
+needs_shared = pytest.mark.skipif(
+    not (DEIT_TINY / "model.safetensors").exists() or not IMAGENETTE.exists(),
+    reason=f"real checkpoint / images not found under {SHARED} (the project's ../shared folder); "
+    "set HF_VITPRUNE_SHARED to its location to run these tests",
+)
+
+
+def tiny_config_kwargs(**overrides):
+    """A 4-layer, 4-head, 32-px ViT with 8-px patches (16 patches): fast, and an even head count for MedAD."""
+    kwargs = dict(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        num_labels=5,
+        layer_norm_eps=1e-6,
+        prune_layers=[1, 2],
+        keep_rate=0.5,
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+@pytest.fixture
+def tiny_config():
+    from hf_vitprune import PrunedViTConfig
+
+    return PrunedViTConfig(**tiny_config_kwargs())
+
+
+@pytest.fixture
+def pixel_values():
+    return torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def make_image_folder(root: Path, classes: dict[str, int], size=(40, 30)) -> Path:
+    """A folder with one sub-folder per class holding `n` small random RGB JPEGs each."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, n in classes.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            array = rng.integers(0, 255, size=(size[1], size[0], 3), dtype=np.uint8)
+            Image.fromarray(array).save(root / name / f"img_{i}.jpg")
+    return root
