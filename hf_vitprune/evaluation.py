@@ -61,9 +61,9 @@ def build_variants(
     """The unpruned baseline followed by every method x (alpha for entropy) x keep rate x fusion (x temperature).
 
     Raises:
-        ValueError: for an unknown method or an empty list.
+        ValueError: for an unknown method, an empty list, or a value `PrunedViTConfig` rejects.
     """
-    from .configuration_pruned_vit import PRUNING_METHODS
+    from .configuration_pruned_vit import PRUNING_METHODS, PrunedViTConfig
 
     unknown = [m for m in methods if m not in PRUNING_METHODS]
     if unknown:
@@ -77,6 +77,8 @@ def build_variants(
                 for fuse in fusion:
                     for temperature in (fusion_temperatures or [None]) if fuse else [None]:
                         variants.append(Variant(method, keep_rate, fuse, alpha, temperature))
+    for variant in variants[1:]:
+        PrunedViTConfig(**variant.pruning_fields())  # validates every value before any work starts
     return variants
 
 

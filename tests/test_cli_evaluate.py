@@ -1,0 +1,108 @@
+"""`hf-vitprune evaluate` end to end on real images (DeiT-Tiny x Imagenette) and its errors."""
+
+import json
+
+import pytest
+import torch
+from conftest import DEIT_TINY, IMAGENET1K_CLASSES, IMAGENETTE, make_image_folder, needs_shared
+
+from hf_vitprune.cli import main
+
+
+@pytest.fixture
+def real_folder(tmp_path):
+    """6 real Imagenette validation images of 2 classes, linked into a temporary folder."""
+    root = tmp_path / "val"
+    for wnid in ("n01440764", "n03888257"):
+        (root / wnid).mkdir(parents=True)
+        for image in sorted((IMAGENETTE / "val" / wnid).iterdir())[:3]:
+            (root / wnid / image.name).symlink_to(image)
+    return root
+
+
+def _direct_top1(folder, keep_rate):
+    """Top-1 computed without the CLI: the model, DeiT preprocessing and the class list by hand."""
+    from PIL import Image
+
+    from hf_vitprune import PrunedViTForImageClassification
+    from hf_vitprune.data import eval_transform
+
+    index = {"n01440764": 0, "n03888257": 701}
+    model = PrunedViTForImageClassification.from_pretrained(DEIT_TINY, keep_rate=keep_rate).eval()
+    transform = eval_transform(224)
+    correct = total = 0
+    for wnid, label in index.items():
+        for path in sorted((folder / wnid).iterdir()):
+            x = transform(Image.open(path).convert("RGB")).unsqueeze(0)
+            with torch.no_grad():
+                correct += int(model(pixel_values=x).logits.argmax().item() == label)
+            total += 1
+    return 100.0 * correct / total
+
+
+@needs_shared
+def test_evaluate_on_real_images_writes_consistent_results(real_folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["evaluate", "--model", str(DEIT_TINY), "--data", str(real_folder), "--class_list",
+            str(IMAGENET1K_CLASSES), "--methods", "variance", "entropy", "--renyi_alphas", "1", "2",
+            "--keep_rates", "0.7", "--fusion", "on", "--batch_size", "4", "--num_workers", "0",
+            "--throughput_batch_size", "2", "--throughput_runs", "1", "--throughput_warmup", "0",
+            "--output_dir", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((out / "results.json").read_text())
+    names = [row["name"] for row in report["rows"]]
+    assert names == ["unpruned", "variance@0.7+fusion", "entropy(a=1)@0.7+fusion", "entropy(a=2)@0.7+fusion"]
+    rows = {row["name"]: row for row in report["rows"]}
+    assert rows["unpruned"]["images"] == 6
+    assert rows["unpruned"]["top1"] == pytest.approx(_direct_top1(real_folder, 1.0))
+    assert rows["variance@0.7+fusion"]["top1"] == pytest.approx(_direct_top1(real_folder, 0.7))
+    assert rows["variance@0.7+fusion"]["tokens"] == "196→138+1→98+1→70+1"
+    assert rows["unpruned"]["gmacs"] == pytest.approx(1.26, abs=0.01)  # DeiT-Tiny
+    assert rows["variance@0.7+fusion"]["gmacs"] < rows["unpruned"]["gmacs"]
+    assert all(row["images_per_s"] > 0 for row in report["rows"])
+    assert report["protocol"]["images"] == 6 and "resize 256 bicubic" in report["protocol"]["preprocessing"]
+    table = (out / "results.md").read_text()
+    assert "| variance | 0.7 | yes | 196→138+1→98+1→70+1 |" in table and "entropy (α=2)" in table
+    assert "Command: `hf-vitprune evaluate --model" in table
+    assert "| variance | 0.7 | yes |" in capsys.readouterr().out
+
+    # results already there are never replaced without --overwrite
+    before = (out / "results.json").read_bytes()
+    assert main(argv) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "results.json").read_bytes() == before
+
+
+@needs_shared
+def test_unmappable_folder_name_is_an_error_naming_it(tmp_path, capsys):
+    folder = make_image_folder(tmp_path / "data", {"n01440764": 1, "not_a_wnid": 1})
+    argv = ["evaluate", "--model", str(DEIT_TINY), "--data", str(folder), "--class_list", str(IMAGENET1K_CLASSES),
+            "--output_dir", str(tmp_path / "out"), "--skip_throughput"]  # fmt: skip
+    assert main(argv) == 2
+    assert "['not_a_wnid']" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [(["--methods", "tome-ish"], "Unknown pruning method"), (["--fusion", "maybe"], "--fusion"),
+     (["--keep_rates", "0"], "keep_rate")],
+)  # fmt: skip
+def test_bad_settings_fail_before_evaluating(tmp_path, capsys, extra, message):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    model_dir = tmp_path / "model"
+    ViTForImageClassification(
+        ViTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, num_labels=2)
+    ).save_pretrained(model_dir)
+    folder = make_image_folder(tmp_path / "data", {"LABEL_0": 1, "LABEL_1": 1})
+    argv = ["evaluate", "--model", str(model_dir), "--data", str(folder), "--prune_layers", "1", "2",
+            "--output_dir", str(tmp_path / "out"), "--skip_throughput", *extra]  # fmt: skip
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_usage():
+    assert main([]) == 2
+    assert main(["--help"]) == 0
+    assert main(["frobnicate"]) == 2

@@ -1,0 +1,54 @@
+"""GMACs against the paper's Table 1 (fvcore) and the throughput protocol."""
+
+import pytest
+import torch
+from conftest import tiny_config_kwargs
+
+from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification
+from hf_vitprune.measure import count_gmacs, measure_throughput
+
+
+@pytest.fixture(scope="module")
+def deit_small():
+    """A random-init DeiT-S-shaped model (hidden 384, 6 heads, 12 layers, 224 px, 16 px patches)."""
+    config = PrunedViTConfig(
+        hidden_size=384, num_attention_heads=6, intermediate_size=1536, num_labels=1000, layer_norm_eps=1e-6
+    )
+    return PrunedViTForImageClassification(config).eval()
+
+
+def test_unpruned_deit_small_reads_4_61_gmacs(deit_small):
+    deit_small.set_pruning(pruning_method=None)
+    assert count_gmacs(deit_small) == pytest.approx(4.61, abs=0.005)
+
+
+# arXiv:2507.19175, Table 1 (DeiT-S, 224 px, pruning at blocks 4, 7, 10): GFLOPs (fvcore) without / with fusion
+@pytest.mark.parametrize("keep_rate, without_fusion, with_fusion", [(0.7, 3.00, 3.04), (0.5, 2.29, 2.31)])
+def test_pruned_deit_small_matches_table_1(deit_small, keep_rate, without_fusion, with_fusion):
+    deit_small.set_pruning(pruning_method="variance", keep_rate=keep_rate, fuse_pruned=False)
+    assert count_gmacs(deit_small) == pytest.approx(without_fusion, abs=0.03)
+    deit_small.set_pruning(fuse_pruned=True)
+    assert count_gmacs(deit_small) == pytest.approx(with_fusion, abs=0.03)
+
+
+def test_gmacs_do_not_depend_on_the_attention_implementation_and_restore_training_mode():
+    model = PrunedViTForImageClassification(PrunedViTConfig(**tiny_config_kwargs()))
+    model.train()
+    sdpa = count_gmacs(model)
+    assert model.training
+    model.set_attn_implementation("eager")
+    assert count_gmacs(model) == pytest.approx(sdpa, rel=1e-9)
+
+
+def test_throughput_reports_its_protocol():
+    model = PrunedViTForImageClassification(PrunedViTConfig(**tiny_config_kwargs()))
+    result = measure_throughput(model, batch_size=4, warmup=1, runs=3)
+    assert result.images_per_s_min <= result.images_per_s <= result.images_per_s_max
+    assert result.images_per_s > 0
+    assert (result.batch_size, result.image_size, result.dtype, result.runs, result.warmup) == (4, 32, "fp32", 3, 1)
+    assert result.device.startswith("cpu") and result.attn_implementation == "sdpa"
+    assert result.num_threads == torch.get_num_threads() and result.torch_version == torch.__version__
+    assert "batch 4" in result.describe()
+    assert measure_throughput(model, batch_size=2, dtype="bf16", warmup=0, runs=1).dtype == "bf16"
+    with pytest.raises(ValueError, match="dtype"):
+        measure_throughput(model, dtype="int8")
