@@ -11,10 +11,18 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import ViTConfig
 
-PRUNING_METHODS = ("variance", "medad", "evit", "entropy", "random")
-"""Token-scoring criteria known to `PrunedViTConfig.pruning_method` (`None` switches pruning off)."""
+PRUNING_METHODS = ("variance", "medad", "evit", "entropy", "random", "tome")
+"""Token-reduction methods known to `PrunedViTConfig.pruning_method` (`None` switches pruning off)."""
 
-PRUNING_FIELDS = ("pruning_method", "keep_rate", "prune_layers", "fuse_pruned", "fusion_temperature", "renyi_alpha")
+PRUNING_FIELDS = (
+    "pruning_method",
+    "keep_rate",
+    "prune_layers",
+    "fuse_pruned",
+    "fusion_temperature",
+    "renyi_alpha",
+    "tome_r",
+)
 """The config fields that describe pruning (what `PrunedViTPreTrainedModel.set_pruning` may change)."""
 
 
@@ -43,7 +51,9 @@ class PrunedViTConfig(ViTConfig):
             `"medad"` (median absolute deviation over heads, paper eq. 7), `"evit"` (mean over heads, EViT,
             paper eq. 5), `"entropy"` (minus the Renyi entropy of the token's own attention row, averaged over
             heads), `"random"` (uniform random scores). `None` switches pruning off: the model is then exactly the
-            stock ViT.
+            stock ViT. `"tome"` is not a pruning criterion but the token-merging baseline (ToMe, Bolya et al., ICLR
+            2023): every layer merges `tome_r` tokens into their most similar ones, and `keep_rate`,
+            `prune_layers`, `fuse_pruned` and `fusion_temperature` are not used.
         keep_rate (`float` or `list[float]`, *optional*, defaults to 0.7):
             Fraction of the candidate tokens a pruning layer keeps, in (0, 1]; a list gives one rate per entry of
             `prune_layers`. A layer keeps `ceil(keep_rate * candidates)` tokens (computed exactly, so at least one),
@@ -61,6 +71,9 @@ class PrunedViTConfig(ViTConfig):
             values a plain mean of the pruned tokens. The default was chosen by measurement (see the README).
         renyi_alpha (`float`, *optional*, defaults to 1.0):
             Order alpha > 0 of the Renyi entropy used by `pruning_method="entropy"`; 1.0 is the Shannon entropy.
+        tome_r (`int` or `list[int]`, *optional*, defaults to 8):
+            Tokens merged per layer by `pruning_method="tome"` (ToMe's `r`), >= 0; a list gives one value per layer
+            (`num_hidden_layers` values). A layer merges at most half of its non-prefix tokens.
 
     Raises:
         ValueError: when a pruning field is out of range; the message names the field and the allowed values.
@@ -79,6 +92,7 @@ class PrunedViTConfig(ViTConfig):
     fuse_pruned: Any = True
     fusion_temperature: Any = 1.0
     renyi_alpha: Any = 1.0
+    tome_r: Any = 8
 
     def __post_init__(self, **kwargs):
         # A config dict read from a plain ViT/DeiT checkpoint carries its own `model_type`: never let it shadow ours.
@@ -132,6 +146,20 @@ class PrunedViTConfig(ViTConfig):
             raise ValueError(f"fusion_temperature must be a number > 0, got {self.fusion_temperature!r}.")
         if not _is_number(self.renyi_alpha) or not self.renyi_alpha > 0:
             raise ValueError(f"renyi_alpha must be a number > 0 (1.0 = Shannon entropy), got {self.renyi_alpha!r}.")
+        merges = self.tome_r if isinstance(self.tome_r, list) else [self.tome_r]
+        if isinstance(self.tome_r, list) and len(merges) != self.num_hidden_layers:
+            raise ValueError(
+                f"tome_r is a list of {len(merges)} values but the model has {self.num_hidden_layers} layers: give "
+                "one merge count per layer, or a single integer for all of them."
+            )
+        if not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in merges):
+            raise ValueError(f"tome_r must be an integer >= 0 (or a list of them, one per layer), got {self.tome_r!r}.")
+
+    def layer_merge_count(self, layer_idx: int) -> int:
+        """ToMe's `r` at layer `layer_idx`: tokens to merge there (0 unless `pruning_method == "tome"`)."""
+        if self.pruning_method != "tome":
+            return 0
+        return self.tome_r[layer_idx] if isinstance(self.tome_r, list) else self.tome_r
 
     def layer_keep_rate(self, layer_idx: int) -> float | None:
         """The keep rate of layer `layer_idx`, or `None` if that layer does not prune.
@@ -142,24 +170,33 @@ class PrunedViTConfig(ViTConfig):
         Returns:
             `float` in (0, 1], or `None` when pruning is off or the layer is not in `prune_layers`.
         """
-        if self.pruning_method is None or layer_idx not in self.prune_layers:
+        if self.pruning_method in (None, "tome") or layer_idx not in self.prune_layers:
             return None
         if isinstance(self.keep_rate, list):
             return self.keep_rate[self.prune_layers.index(layer_idx)]
         return self.keep_rate
 
     def token_schedule(self, num_patches: int) -> list[tuple[int, int]]:
-        """Candidate tokens kept, and fused tokens appended, at each pruning layer, for an input of `num_patches`.
+        """Candidate tokens left, and fused tokens appended, by each token-reducing layer, for `num_patches` patches.
 
         Args:
             num_patches (`int`): patch tokens after the embedding (196 for 224 px and 16 px patches).
 
         Returns:
-            `list[(kept, fused)]`, one entry per entry of `prune_layers` (empty when pruning is off); `fused` is 1
-            when the layer appends a fused token. DeiT-S at keep 0.7 with fusion: `[(138, 1), (98, 1), (70, 1)]`.
+            `list[(kept, fused)]`: for the attention criteria one entry per entry of `prune_layers`, `fused` being 1
+            when the layer appends a fused token (DeiT-S at keep 0.7 with fusion: `[(138, 1), (98, 1), (70, 1)]`);
+            for ToMe one entry per layer with `r > 0` (`fused` is 0: merging leaves no extra token). Empty when
+            pruning is off.
         """
         schedule = []
         candidates = num_patches
+        if self.pruning_method == "tome":
+            for layer_idx in range(self.num_hidden_layers):
+                r = self.layer_merge_count(layer_idx)
+                if r > 0:
+                    candidates -= min(r, tome_merge_limit(candidates, self.num_prefix_tokens))
+                    schedule.append((candidates, 0))
+            return schedule
         for layer_idx in self.prune_layers if self.pruning_method is not None else []:
             kept = exact_keep_count(self.layer_keep_rate(layer_idx), candidates)
             fused = int(self.fuse_pruned and kept < candidates)
@@ -248,4 +285,23 @@ def exact_keep_count(keep_rate: float, num_candidates: int) -> int:
     return min(num_candidates, -(-product.numerator // product.denominator))
 
 
-__all__ = ["PRUNING_FIELDS", "PRUNING_METHODS", "PrunedDeiTConfig", "PrunedViTConfig", "exact_keep_count"]
+def tome_merge_limit(num_candidates: int, num_prefix_tokens: int) -> int:
+    """Most tokens ToMe can merge in one layer: the size of the bipartite side "A" among `num_candidates` tokens.
+
+    The non-prefix tokens alternate between sides A and B by their position in the sequence (position `p` is in A
+    when `p` is even, as in ToMe, where the class token at position 0 is the protected first member of A); each A
+    token can merge into B, so at most `|A|` merges happen.
+    """
+    first_a = num_prefix_tokens % 2  # candidate index c sits at position c + num_prefix_tokens
+    size_a = max(num_candidates - first_a + 1, 0) // 2
+    return size_a if num_candidates - size_a > 0 else 0  # B must not be empty
+
+
+__all__ = [
+    "PRUNING_FIELDS",
+    "PRUNING_METHODS",
+    "PrunedDeiTConfig",
+    "PrunedViTConfig",
+    "exact_keep_count",
+    "tome_merge_limit",
+]

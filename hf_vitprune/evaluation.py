@@ -19,7 +19,7 @@ from .measure import DTYPES, count_gmacs, device_name, measure_throughput
 class Variant:
     """One pruning setting to evaluate. `pruning_method=None` is the unpruned model.
 
-    `fusion_temperature=None` keeps the model's configured temperature.
+    `fusion_temperature=None` keeps the model's configured temperature. For `"tome"` only `tome_r` matters.
     """
 
     pruning_method: str | None
@@ -27,6 +27,7 @@ class Variant:
     fuse_pruned: bool = True
     renyi_alpha: float = 1.0
     fusion_temperature: float | None = None
+    tome_r: int = 0
 
     def pruning_fields(self) -> dict:
         """Keyword arguments for `model.set_pruning`."""
@@ -35,6 +36,7 @@ class Variant:
             "keep_rate": self.keep_rate,
             "fuse_pruned": self.fuse_pruned,
             "renyi_alpha": self.renyi_alpha,
+            "tome_r": self.tome_r,
         }
         if self.fusion_temperature is not None:
             fields["fusion_temperature"] = self.fusion_temperature
@@ -44,6 +46,8 @@ class Variant:
         """Short label: `variance@0.7+fusion`, `entropy(a=2)@0.5`, `unpruned`."""
         if self.pruning_method is None:
             return "unpruned"
+        if self.pruning_method == "tome":
+            return f"tome(r={self.tome_r})"
         method = self.pruning_method
         if method == "entropy":
             method += f"(a={self.renyi_alpha:g})"
@@ -57,8 +61,10 @@ def build_variants(
     fusion: list[bool],
     renyi_alphas: list[float] = (1.0,),
     fusion_temperatures: list[float] | None = None,
+    tome_rs: list[int] = (8,),
 ) -> list[Variant]:
-    """The unpruned baseline followed by every method x (alpha for entropy) x keep rate x fusion (x temperature).
+    """The unpruned baseline followed by every method x (alpha for entropy) x keep rate x fusion (x temperature);
+    `"tome"` gives one variant per `tome_rs` value instead.
 
     Raises:
         ValueError: for an unknown method, an empty list, or a value `PrunedViTConfig` rejects.
@@ -72,6 +78,9 @@ def build_variants(
         raise ValueError("methods, keep_rates and fusion must each name at least one value.")
     variants = [Variant(None)]
     for method in methods:
+        if method == "tome":
+            variants.extend(Variant("tome", tome_r=r) for r in tome_rs)
+            continue
         for alpha in renyi_alphas if method == "entropy" else [1.0]:
             for keep_rate in keep_rates:
                 for fuse in fusion:
@@ -136,10 +145,12 @@ def markdown_table(rows: list[dict]) -> str:
         method = r["pruning_method"] or "unpruned"
         if method == "entropy":
             method = f"entropy (α={r['renyi_alpha']:g})"
-        fusion = "—" if r["pruning_method"] is None else ("yes" if r["fuse_pruned"] else "no")
+        if method == "tome":
+            method = f"ToMe (r={r['tome_r']})"
+        fusion = "—" if r["pruning_method"] in (None, "tome") else ("yes" if r["fuse_pruned"] else "no")
         if r["pruning_method"] is not None and r["fuse_pruned"] and r.get("fusion_temperature_set"):
             fusion = f"yes (T={r['fusion_temperature']:g})"
-        keep = "—" if r["pruning_method"] is None else f"{r['keep_rate']:g}"
+        keep = "—" if r["pruning_method"] in (None, "tome") else f"{r['keep_rate']:g}"
         lines.append(
             f"| {method} | {keep} | {fusion} | {r['tokens']} | {r['top1']:.2f} | {r['top1_delta']:+.2f} | "
             f"{r['gmacs']:.3f} | {r['images_per_s']:.1f} | {r['speedup']:.2f}× |"
@@ -183,6 +194,9 @@ class EvaluateArguments:
     )
     fusion_temperatures: list[float] | None = field(
         default=None, metadata={"help": "Fusion temperatures to compare (default: the model's configured one)."}
+    )
+    tome_r: list[int] = field(
+        default_factory=lambda: [8], metadata={"help": "ToMe's tokens merged per layer, for the tome method."}
     )
     prune_layers: list[int] | None = field(
         default=None, metadata={"help": "0-indexed pruning layers (default: the model's, [3, 6, 9] for a plain ViT)."}
@@ -233,6 +247,7 @@ def run_evaluation(args: EvaluateArguments, command: str | None = None) -> dict:
         [f == "on" for f in args.fusion],
         args.renyi_alphas,
         args.fusion_temperatures,
+        args.tome_r,
     )
     torch.manual_seed(args.seed)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -35,7 +35,13 @@ from transformers.utils import logging
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_pruned_vit import PRUNING_FIELDS, PrunedDeiTConfig, PrunedViTConfig, exact_keep_count
+from .configuration_pruned_vit import (
+    PRUNING_FIELDS,
+    PrunedDeiTConfig,
+    PrunedViTConfig,
+    exact_keep_count,
+    tome_merge_limit,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -176,7 +182,14 @@ def random_scores(batch_size: int, num_candidates: int, device: torch.device | s
 
 # What each criterion needs from the attention: "class" = the class token's attention row `(batch, heads, candidates)`,
 # "full" = every candidate's own attention row `(batch, heads, candidates, tokens)`, None = nothing.
-CRITERION_STATISTIC = {"evit": "class", "variance": "class", "medad": "class", "entropy": "full", "random": None}
+CRITERION_STATISTIC = {
+    "evit": "class",
+    "variance": "class",
+    "medad": "class",
+    "entropy": "full",
+    "random": None,
+    "tome": "keys",
+}
 _CLASS_ATTENTION_CRITERIA: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "evit": evit_scores,
     "variance": variance_scores,
@@ -270,6 +283,72 @@ def prune_tokens(
     return torch.cat(parts, dim=1), new_patch_ids, kept_patch_ids
 
 
+def merge_tokens(
+    hidden_states: torch.Tensor,
+    token_sizes: torch.Tensor,
+    keys: torch.Tensor,
+    num_merge: int,
+    num_prefix_tokens: int,
+    patch_ids: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ToMe's bipartite soft matching: merge `num_merge` tokens into their most similar tokens.
+
+    Written from Bolya et al., "Token Merging: Your ViT but Faster", ICLR 2023 (sec. 3): the non-prefix tokens
+    alternate between sides A and B by sequence position (even positions are A, as in ToMe where the protected class
+    token opens A); each A token is linked to its most similar B token by the cosine similarity of the keys averaged
+    over heads; the `num_merge` A tokens with the most similar links are merged into their B tokens by size-weighted
+    average (a B token may absorb several). Prefix tokens never merge and never absorb. Unmerged A tokens keep their
+    order, followed by the B tokens. Sizes (how many patches a token stands for) are summed; the caller feeds
+    `log(size)` to the next layers' attention (proportional attention). Computed in float32, cast back.
+
+    Args:
+        hidden_states (`torch.Tensor` of shape `(batch, prefix + candidates, hidden)`).
+        token_sizes (`torch.FloatTensor` of shape `(batch, prefix + candidates)`): patches per token (1 at first).
+        keys (`torch.Tensor` of shape `(batch, prefix + candidates, head_dim)`): keys averaged over heads.
+        num_merge (`int`): `r`; capped at the size of side A (`tome_merge_limit`).
+        num_prefix_tokens (`int`).
+        patch_ids (`torch.LongTensor` of shape `(batch, candidates)`): original patch index of each candidate.
+
+    Returns:
+        `(hidden_states, token_sizes, patch_ids)` with `candidates - r` candidates; a merged B token keeps its own
+        patch id.
+    """
+    batch_size, _, hidden_size = hidden_states.shape
+    first_a = num_prefix_tokens % 2  # candidate c sits at position c + num_prefix_tokens; even positions are A
+    candidates = hidden_states[:, num_prefix_tokens:].float()
+    sizes = token_sizes[:, num_prefix_tokens:]
+    metric = keys[:, num_prefix_tokens:].float()
+    metric = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    side_a, side_b = slice(first_a, None, 2), slice(1 - first_a, None, 2)
+    num_merge = min(num_merge, tome_merge_limit(candidates.shape[1], num_prefix_tokens))
+    if num_merge <= 0:
+        return hidden_states, token_sizes, patch_ids
+
+    similarity = metric[:, side_a] @ metric[:, side_b].transpose(1, 2)  # (batch, |A|, |B|)
+    best_similarity, best_b = similarity.max(dim=-1)
+    order = best_similarity.argsort(dim=-1, descending=True)
+    merged_a = order[:, :num_merge]
+    unmerged_a = order[:, num_merge:].sort(dim=-1).values  # keep the sequence order
+    destination = best_b.gather(1, merged_a)
+
+    def rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+    tokens_a, tokens_b = candidates[:, side_a], candidates[:, side_b]
+    sizes_a, sizes_b = sizes[:, side_a], sizes[:, side_b]
+    weighted_sum_b = (tokens_b * sizes_b.unsqueeze(-1)).scatter_add(
+        1,
+        destination.unsqueeze(-1).expand(-1, -1, hidden_size),
+        rows(tokens_a * sizes_a.unsqueeze(-1), merged_a),
+    )
+    new_sizes_b = sizes_b.scatter_add(1, destination, sizes_a.gather(1, merged_a))
+    merged = torch.cat([rows(tokens_a, unmerged_a), weighted_sum_b / new_sizes_b.unsqueeze(-1)], dim=1)
+    hidden_states = torch.cat([hidden_states[:, :num_prefix_tokens], merged.to(hidden_states.dtype)], dim=1)
+    token_sizes = torch.cat([token_sizes[:, :num_prefix_tokens], sizes_a.gather(1, unmerged_a), new_sizes_b], dim=1)
+    patch_ids = torch.cat([patch_ids[:, side_a].gather(1, unmerged_a), patch_ids[:, side_b]], dim=1)
+    return hidden_states, token_sizes, patch_ids
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Modules
 # ---------------------------------------------------------------------------------------------------------------------
@@ -284,8 +363,11 @@ class PrunedViTAttention(ViTAttention):
     - `pruning_statistic="full"`: the full attention matrix is needed (entropy criterion), so the layer computes it
       once, in float32, and uses it for its own output too (eager attention at this layer only).
 
+    - `pruning_statistic="keys"`: the keys averaged over heads, `(batch, tokens, head_dim)` (ToMe's similarity).
+
     Returns `(attn_output, attn_weights, statistic)`; `statistic` is `(batch, heads, candidates)` for "class",
-    `(batch, heads, candidates, tokens)` for "full", else `None`. Both are float32 whatever the input dtype.
+    `(batch, heads, candidates, tokens)` for "full", `(batch, tokens, head_dim)` for "keys", else `None`; float32
+    whatever the input dtype.
     """
 
     def forward(
@@ -331,6 +413,8 @@ class PrunedViTAttention(ViTAttention):
                 class_query = query_states[:, :, :1].float()
                 class_scores = torch.matmul(class_query, key_states.float().transpose(2, 3)) * self.scaling
                 statistic = class_scores.softmax(dim=-1)[:, :, 0, num_prefix_tokens:]
+            elif pruning_statistic == "keys":
+                statistic = key_states.float().mean(dim=1)
 
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()
         attn_output = self.o_proj(attn_output)
@@ -338,16 +422,20 @@ class PrunedViTAttention(ViTAttention):
 
 
 class PrunedViTLayer(ViTLayer):
-    """A ViT layer that, if `config` makes it a pruning layer, prunes tokens after attention and before the MLP.
+    """A ViT layer that, if `config` makes it a pruning layer, prunes tokens after attention and before the MLP
+    (or, with `pruning_method="tome"`, merges `tome_r` tokens there).
 
     Order of operations: LayerNorm -> attention (+ criterion statistic) -> residual -> score, keep the best
     `ceil(keep_rate * candidates)` candidates, append the fused token -> LayerNorm -> MLP -> residual. A layer that is
     not a pruning layer, or whose keep count equals its candidate count, computes exactly what `ViTLayer` computes.
 
-    `forward(hidden_states, attention_mask, patch_ids)` returns `(hidden_states, patch_ids, kept_patch_ids)`, where
-    `patch_ids` (`(batch, candidates)`, long) tracks each candidate token's index in the original patch grid (-1 for a
-    fused token) and `kept_patch_ids` is the pruning layer's kept candidates `(batch, kept)` (`None` if it did not
-    prune). What was kept is returned, never stored on the module, so gradient checkpointing can re-run `forward`.
+    `forward(hidden_states, attention_mask, patch_ids, token_sizes)` returns
+    `(hidden_states, patch_ids, kept_patch_ids, token_sizes)`, where `patch_ids` (`(batch, candidates)`, long) tracks
+    each candidate token's index in the original patch grid (-1 for a fused token), `kept_patch_ids` is the pruning
+    layer's kept candidates `(batch, kept)` (`None` if it did not prune) and `token_sizes` (`(batch, tokens)`, ToMe
+    only, else `None`) counts the patches each token stands for; with ToMe, `log(token_sizes)` is added to the
+    attention logits (proportional attention). What was kept is returned, never stored on the module, so gradient
+    checkpointing can re-run `forward`.
     """
 
     def __init__(self, config: PrunedViTConfig, layer_idx: int):
@@ -361,8 +449,9 @@ class PrunedViTLayer(ViTLayer):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         patch_ids: torch.Tensor | None = None,
+        token_sizes: torch.Tensor | None = None,
         **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         config = self.config
         num_prefix_tokens = config.num_prefix_tokens
         # int(): under tracing shapes are tensors; the keep count is static for a given input size.
@@ -370,7 +459,11 @@ class PrunedViTLayer(ViTLayer):
         keep_rate = config.layer_keep_rate(self.layer_idx)
         num_keep = num_candidates if keep_rate is None else exact_keep_count(keep_rate, num_candidates)
         prunes = num_keep < num_candidates
-        statistic_kind = CRITERION_STATISTIC[config.pruning_method] if prunes else None
+        num_merge = min(config.layer_merge_count(self.layer_idx), tome_merge_limit(num_candidates, num_prefix_tokens))
+        statistic_kind = CRITERION_STATISTIC[config.pruning_method] if prunes or num_merge > 0 else None
+        if token_sizes is not None:  # ToMe's proportional attention: log(size) added to every key's logit
+            size_bias = token_sizes.log().to(hidden_states.dtype)[:, None, None, :]
+            attention_mask = size_bias if attention_mask is None else attention_mask + size_bias
 
         # Self Attention
         residual = hidden_states
@@ -407,6 +500,13 @@ class PrunedViTLayer(ViTLayer):
             )
         elif keep_rate is not None:
             kept_patch_ids = patch_ids
+        if num_merge > 0:
+            if token_sizes is None:
+                token_sizes = hidden_states.new_ones(hidden_states.shape[:2], dtype=torch.float32)
+            hidden_states, token_sizes, patch_ids = merge_tokens(
+                hidden_states, token_sizes, statistic, num_merge, num_prefix_tokens, patch_ids
+            )
+            kept_patch_ids = patch_ids
 
         # Fully Connected
         residual = hidden_states
@@ -415,7 +515,7 @@ class PrunedViTLayer(ViTLayer):
         hidden_states = self.dropout(hidden_states)
         hidden_states = hidden_states + residual
 
-        return hidden_states, patch_ids, kept_patch_ids
+        return hidden_states, patch_ids, kept_patch_ids, token_sizes
 
 
 class PrunedDeiTEmbeddings(DeiTEmbeddings):
@@ -584,10 +684,12 @@ class PrunedViTModel(PrunedViTPreTrainedModel):
         num_patches = num_tokens - self.config.num_prefix_tokens
         patch_ids = torch.arange(num_patches, device=embedding_output.device).expand(batch_size, -1)
 
-        hidden_states = embedding_output
+        hidden_states, token_sizes = embedding_output, None
         kept_patch_indices = []
         for layer in self.layers:
-            hidden_states, patch_ids, kept_patch_ids = layer(hidden_states, attention_mask, patch_ids, **kwargs)
+            hidden_states, patch_ids, kept_patch_ids, token_sizes = layer(
+                hidden_states, attention_mask, patch_ids, token_sizes, **kwargs
+            )
             if kept_patch_ids is not None:
                 kept_patch_indices.append(kept_patch_ids)
 
@@ -776,6 +878,7 @@ __all__ = [
     "PrunedViTForImageClassification",
     "PrunedViTModel",
     "PrunedViTPreTrainedModel",
+    "merge_tokens",
     "prune_tokens",
     "score_tokens",
 ]
