@@ -216,32 +216,43 @@ class EvaluateArguments:
     seed: int = field(default=0, metadata={"help": "Seed (random criterion, --max_samples subset)."})
 
 
-def run_evaluation(args: EvaluateArguments, command: str | None = None) -> dict:
-    """Evaluate the variants `args` describes and write `results.json` and `results.md` to `args.output_dir`.
+@dataclass
+class EvaluationSetup:
+    """What an evaluation run needs, prepared once: the model, the data and how they were prepared."""
 
-    Returns:
-        The JSON-ready report: `rows` (one per variant) and `protocol`.
+    model: object
+    loader: object
+    data: object
+    device: torch.device
+    image_size: int
+    num_patches: int
+    preprocessing: str
+
+
+def check_output_dir(output_dir: str, overwrite: bool, filename: str = "results.json") -> Path:
+    """Refuse to replace results a user already has.
 
     Raises:
-        FileExistsError: if `output_dir` already holds results and `overwrite` is not set (nothing is replaced).
-        ValueError / OSError: for bad data, class lists, models or settings, before any evaluation starts.
+        FileExistsError: if `output_dir/filename` exists and `overwrite` is false.
     """
-    from . import __version__
-    from .data import TransformedImages, eval_transform, load_image_data, preprocessing_stats, resolve_label_mapping
-    from .loading import load_pruned_model
+    path = Path(output_dir) / filename
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists: pass --overwrite to replace it, or another --output_dir.")
+    return path
 
-    output_dir = Path(args.output_dir)
-    results_file = output_dir / "results.json"
-    if results_file.exists() and not args.overwrite:
-        raise FileExistsError(
-            f"{results_file} already exists: pass --overwrite to replace it, or another --output_dir."
-        )
+
+def variants_from_args(args: EvaluateArguments) -> list[Variant]:
+    """The variants `args` asks for (validated).
+
+    Raises:
+        ValueError: for a bad `--fusion`, `--dtype` or pruning value.
+    """
     bad_fusion = [f for f in args.fusion if f not in ("on", "off")]
     if bad_fusion:
         raise ValueError(f"--fusion takes 'on' and/or 'off', got {bad_fusion}.")
     if args.dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {list(DTYPES)}, got {args.dtype!r}.")
-    variants = build_variants(
+    return build_variants(
         args.methods,
         args.keep_rates,
         [f == "on" for f in args.fusion],
@@ -249,9 +260,19 @@ def run_evaluation(args: EvaluateArguments, command: str | None = None) -> dict:
         args.fusion_temperatures,
         args.tome_r,
     )
+
+
+def prepare_evaluation(args: EvaluateArguments) -> EvaluationSetup:
+    """Load the model and the data, map the labels and build the DeiT-preprocessing DataLoader.
+
+    Raises:
+        ValueError / OSError: for a bad model, data set or class list.
+    """
+    from .data import TransformedImages, eval_transform, load_image_data, preprocessing_stats, resolve_label_mapping
+    from .loading import load_pruned_model
+
     torch.manual_seed(args.seed)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
     extra = {"prune_layers": args.prune_layers} if args.prune_layers is not None else {}
     model = load_pruned_model(args.model, attn_implementation=args.attn_implementation, **extra).to(device).eval()
     data = load_image_data(
@@ -260,21 +281,36 @@ def run_evaluation(args: EvaluateArguments, command: str | None = None) -> dict:
     label_ids = resolve_label_mapping(data.class_names, model.config.id2label, args.class_list)
     mean, std, stats_source = preprocessing_stats(args.model)
     image_size = model.config.image_size
-    transform = eval_transform(image_size, mean, std)
     loader = torch.utils.data.DataLoader(
-        TransformedImages(data, transform, label_ids),
+        TransformedImages(data, eval_transform(image_size, mean, std), label_ids),
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         pin_memory=device.type == "cuda",
     )
-    print(f"Evaluating {len(variants)} variants of {args.model} on {len(data)} images of {data.source}")
-    counts = evaluate_variants(model, loader, variants, device, args.dtype)
-
-    num_patches = (
-        model.vit.embeddings.patch_embeddings.num_patches
-        if hasattr(model, "vit")
-        else (model.deit.embeddings.patch_embeddings.num_patches)
+    return EvaluationSetup(
+        model=model,
+        loader=loader,
+        data=data,
+        device=device,
+        image_size=image_size,
+        num_patches=model.base_model.embeddings.patch_embeddings.num_patches,
+        preprocessing=f"resize {int(image_size / 0.875)} bicubic, centre crop {image_size}, mean {list(mean)}, "
+        f"std {list(std)} ({stats_source})",
     )
+
+
+def measure_variants(
+    setup: EvaluationSetup, variants: list[Variant], args: EvaluateArguments
+) -> tuple[list[dict], str | None]:
+    """Top-1 / top-5 (one pass over the data), GMACs and images/s of every variant.
+
+    Returns:
+        `(rows, throughput_protocol)`: one JSON-ready dict per variant (the first variant is the reference for
+        `top1_delta`, `gmacs_ratio` and `speedup`), and the throughput protocol line (`None` if not measured).
+    """
+    model, device = setup.model, setup.device
+    print(f"Evaluating {len(variants)} variants of {args.model} on {len(setup.data)} images of {setup.data.source}")
+    counts = evaluate_variants(model, setup.loader, variants, device, args.dtype)
     rows, throughput_protocol = [], None
     for variant, count in tqdm(list(zip(variants, counts)), desc="GMACs and images/s", unit="variant"):
         model.set_pruning(**variant.pruning_fields())
@@ -282,7 +318,7 @@ def run_evaluation(args: EvaluateArguments, command: str | None = None) -> dict:
         row["fusion_temperature_set"] = variant.fusion_temperature is not None
         row["fusion_temperature"] = model.config.fusion_temperature
         row["name"] = variant.name()
-        row["tokens"] = tokens_text(model.config, num_patches)
+        row["tokens"] = tokens_text(model.config, setup.num_patches)
         row["images"] = count["images"]
         row["top1"] = 100.0 * count["correct_top1"] / max(count["images"], 1)
         row["top5"] = 100.0 * count["correct_top5"] / max(count["images"], 1)
@@ -307,35 +343,63 @@ def run_evaluation(args: EvaluateArguments, command: str | None = None) -> dict:
         row["top1_delta"] = row["top1"] - base["top1"]
         row["gmacs_ratio"] = row["gmacs"] / base["gmacs"]
         row["speedup"] = row["images_per_s"] / base["images_per_s"]
+    return rows, throughput_protocol
 
-    report = {
-        "rows": rows,
-        "protocol": {
-            "command": command,
-            "model": args.model,
-            "data": data.source,
-            "images": len(data),
-            "class_list": args.class_list,
-            "preprocessing": f"resize {int(image_size / 0.875)} bicubic, centre crop {image_size}, mean {list(mean)}, "
-            f"std {list(std)} ({stats_source})",
-            "top1": "argmax over all model outputs",
-            "gmacs": "fvcore, one image, SDPA counted through an op handle (hf_vitprune.measure.count_gmacs)",
-            "throughput": throughput_protocol,
-            "machine": device_name(device),
-            "torch": torch.__version__,
-            "hf_vitprune": __version__,
-            "fusion_temperature_default": model.config.fusion_temperature,
-        },
+
+def evaluation_protocol(
+    setup: EvaluationSetup, args: EvaluateArguments, command: str | None, throughput_protocol: str | None
+) -> dict:
+    """How every number of a run was obtained, for the JSON report."""
+    from . import __version__
+
+    return {
+        "command": command,
+        "model": args.model,
+        "data": setup.data.source,
+        "images": len(setup.data),
+        "class_list": args.class_list,
+        "preprocessing": setup.preprocessing,
+        "top1": "argmax over all model outputs",
+        "gmacs": "fvcore, one image, SDPA counted through an op handle (hf_vitprune.measure.count_gmacs)",
+        "throughput": throughput_protocol,
+        "machine": device_name(setup.device),
+        "torch": torch.__version__,
+        "hf_vitprune": __version__,
+        "fusion_temperature_default": setup.model.config.fusion_temperature,
     }
-    output_dir.mkdir(parents=True, exist_ok=True)
-    results_file.write_text(json.dumps(report, indent=2))
-    table = markdown_table(rows)
-    footer = (
-        f"\n\n{len(data)} images of `{data.source}`; model `{args.model}`; {report['protocol']['preprocessing']}. "
-        f"images/s: {throughput_protocol or 'not measured'}.\n\nCommand: `{command}`\n"
+
+
+def table_footer(report: dict) -> str:
+    """The Markdown lines under a results table: data, model, preprocessing, throughput protocol, command."""
+    protocol = report["protocol"]
+    return (
+        f"\n\n{protocol['images']} images of `{protocol['data']}`; model `{protocol['model']}`; "
+        f"{protocol['preprocessing']}. GMACs: {protocol['gmacs']}. "
+        f"images/s: {protocol['throughput'] or 'not measured'}."
+        f"\n\nCommand: `{protocol['command']}`\n"
     )
-    (output_dir / "results.md").write_text(table + footer)
-    print(table + footer)
+
+
+def run_evaluation(args: EvaluateArguments, command: str | None = None) -> dict:
+    """Evaluate the variants `args` describes and write `results.json` and `results.md` to `args.output_dir`.
+
+    Returns:
+        The JSON-ready report: `rows` (one per variant, the unpruned model first) and `protocol`.
+
+    Raises:
+        FileExistsError: if `output_dir` already holds results and `overwrite` is not set (nothing is replaced).
+        ValueError / OSError: for bad data, class lists, models or settings, before any evaluation starts.
+    """
+    results_file = check_output_dir(args.output_dir, args.overwrite)
+    variants = variants_from_args(args)
+    setup = prepare_evaluation(args)
+    rows, throughput_protocol = measure_variants(setup, variants, args)
+    report = {"rows": rows, "protocol": evaluation_protocol(setup, args, command, throughput_protocol)}
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    results_file.write_text(json.dumps(report, indent=2))
+    text = markdown_table(rows) + table_footer(report)
+    (results_file.parent / "results.md").write_text(text)
+    print(text)
     return report
 
 
