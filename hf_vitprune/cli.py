@@ -7,6 +7,7 @@ import sys
 
 COMMANDS = {
     "evaluate": ("hf_vitprune.evaluation", "top-1, GMACs and images/s of pruning variants of a model on images"),
+    "sweep": ("hf_vitprune.sweep", "the trade-off curves of every method (tables, plots, matched-GMACs table)"),
 }
 
 

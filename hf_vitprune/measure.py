@@ -118,6 +118,7 @@ class ThroughputResult:
     warmup: int
     runs: int
     torch_version: str
+    compile_mode: str | None = None
 
     def to_dict(self) -> dict:
         """The result as a JSON-ready dict."""
@@ -129,6 +130,7 @@ class ThroughputResult:
             f"batch {self.batch_size}, {self.image_size} px, {self.dtype}, {self.attn_implementation} attention, "
             f"{self.device}, {self.num_threads} threads, median of {self.runs} runs after {self.warmup} warm-up, "
             f"torch {self.torch_version}"
+            + (f", torch.compile(mode={self.compile_mode!r})" if self.compile_mode else "")
         )
 
 
@@ -161,6 +163,7 @@ def measure_throughput(
     warmup: int = 3,
     runs: int = 10,
     device: str | torch.device | None = None,
+    compile_mode: str | None = None,
 ) -> ThroughputResult:
     """Inference images/s with the protocol of DeiT / EViT / ToMe benchmarks.
 
@@ -175,6 +178,9 @@ def measure_throughput(
         dtype (`str`): "fp32", "bf16" or "fp16".
         warmup (`int`), runs (`int`): untimed and timed passes (`runs >= 1`).
         device (*optional*): defaults to the model's device.
+        compile_mode (`str`, *optional*): run the model through `torch.compile(mode=compile_mode)` ("default",
+            "max-autotune", or "reduce-overhead", which uses CUDA graphs on a GPU); compilation happens during the
+            warm-up, which then needs at least 2 passes.
 
     Returns:
         [`ThroughputResult`].
@@ -192,6 +198,9 @@ def measure_throughput(
     generator = torch.Generator().manual_seed(0)
     pixel_values = torch.randn(batch_size, model.config.num_channels, size, size, generator=generator).to(device)
     wrapped = _LogitsOnly(model, interpolate_pos_encoding=size != _model_image_size(model))
+    if compile_mode is not None:
+        wrapped = torch.compile(wrapped, mode=compile_mode, fullgraph=True)
+        warmup = max(warmup, 2)
     autocast = (
         torch.autocast(device_type=device.type, dtype=DTYPES[dtype]) if DTYPES[dtype] else contextlib.nullcontext()
     )
@@ -218,4 +227,5 @@ def measure_throughput(
         warmup=warmup,
         runs=runs,
         torch_version=torch.__version__,
+        compile_mode=compile_mode,
     )

@@ -180,6 +180,28 @@ def random_scores(batch_size: int, num_candidates: int, device: torch.device | s
     return torch.rand(batch_size, num_candidates, device=device)
 
 
+def class_attention_row(
+    query_states: torch.Tensor, key_states: torch.Tensor, scaling: float, num_prefix_tokens: int
+) -> torch.Tensor:
+    """The class token's attention to the candidate tokens, per head: `softmax(q_cls k^T * scaling)` in float32.
+
+    Computed beside SDPA (which does not return attention weights) at about 1/N of the cost of the full attention
+    matrix; it equals row 0 of eager attention's weights (before dropout).
+
+    Args:
+        query_states (`torch.Tensor` of shape `(batch, heads, tokens, head_dim)`).
+        key_states (`torch.Tensor` of shape `(batch, heads, tokens, head_dim)`).
+        scaling (`float`): `head_dim ** -0.5`.
+        num_prefix_tokens (`int`): leading tokens that are not candidates (their columns are dropped after the
+            softmax, which runs over all tokens).
+
+    Returns:
+        `torch.FloatTensor` of shape `(batch, heads, tokens - num_prefix_tokens)`.
+    """
+    class_scores = torch.matmul(query_states[:, :, :1].float(), key_states.float().transpose(2, 3)) * scaling
+    return class_scores.softmax(dim=-1)[:, :, 0, num_prefix_tokens:]
+
+
 # What each criterion needs from the attention: "class" = the class token's attention row `(batch, heads, candidates)`,
 # "full" = every candidate's own attention row `(batch, heads, candidates, tokens)`, None = nothing.
 CRITERION_STATISTIC = {
@@ -410,9 +432,7 @@ class PrunedViTAttention(ViTAttention):
                 **kwargs,
             )
             if pruning_statistic == "class":
-                class_query = query_states[:, :, :1].float()
-                class_scores = torch.matmul(class_query, key_states.float().transpose(2, 3)) * self.scaling
-                statistic = class_scores.softmax(dim=-1)[:, :, 0, num_prefix_tokens:]
+                statistic = class_attention_row(query_states, key_states, self.scaling, num_prefix_tokens)
             elif pruning_statistic == "keys":
                 statistic = key_states.float().mean(dim=1)
 
@@ -871,6 +891,7 @@ class PrunedDeiTForImageClassificationWithTeacher(PrunedDeiTPreTrainedModel):
 
 
 __all__ = [
+    "class_attention_row",
     "PrunedDeiTForImageClassification",
     "PrunedDeiTForImageClassificationWithTeacher",
     "PrunedDeiTModel",

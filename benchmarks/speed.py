@@ -1,0 +1,165 @@
+"""How much of the arithmetic saving of patch pruning turns into time: a benchmark that prints tables.
+
+For DeiT-S and DeiT-Tiny shapes (random weights: speed does not depend on them) at keep rates 0.9 / 0.7 / 0.5:
+
+1. GMACs ratio to the unpruned model (unpruned / pruned, the ideal speed-up), measured speed-up, and their quotient
+   (goal: >= 0.95 at batch 64 on CPU, batch 256 in bf16 on a GPU);
+2. the same pruning computed under SDPA and under eager attention (how EViT / DynamicViT implement it);
+3. the pruning overhead: time in the class-attention row, the criterion, top-k, gather and fusion, as a share of a
+   pruning layer's time (goal: below 5 %);
+4. on CUDA, `torch.compile` and CUDA-graph (`mode="reduce-overhead"`) variants, with static keep rates.
+
+Run: `python benchmarks/speed.py --device cpu --batch_size 64 --output docs/benchmark_cpu.md`
+     `python benchmarks/speed.py --device cuda --batch_size 256 --dtype bf16 --compile --output docs/benchmark_gpu.md`
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shlex
+import sys
+
+import torch
+from torch.utils import benchmark as torch_benchmark
+
+from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification, exact_keep_count
+from hf_vitprune.measure import DTYPES, count_gmacs, measure_throughput
+from hf_vitprune.modeling_pruned_vit import CRITERION_STATISTIC, class_attention_row, prune_tokens, score_tokens
+
+SHAPES = {
+    "deit-small": dict(hidden_size=384, num_attention_heads=6, intermediate_size=1536),
+    "deit-tiny": dict(hidden_size=192, num_attention_heads=3, intermediate_size=768),
+}
+
+
+def build(shape: str, device: torch.device, **pruning) -> PrunedViTForImageClassification:
+    """A random-init DeiT of the given shape (12 layers, 224 px, 16 px patches, 1000 classes)."""
+    torch.manual_seed(0)
+    config = PrunedViTConfig(**SHAPES[shape], num_labels=1000, layer_norm_eps=1e-6, **pruning)
+    return PrunedViTForImageClassification(config).to(device).eval()
+
+
+def pruning_overhead(model, batch_size: int, dtype: str, device: torch.device) -> dict:
+    """Time of the first pruning layer and of its pruning work alone, with torch.utils.benchmark (median).
+
+    The pruning work is what the layer adds to an ordinary ViT layer: the class-attention row, the criterion, the
+    sort, the gathers and the fusion, timed on the very tensors the layer sees.
+    """
+    config = model.config
+    layer_idx = config.prune_layers[0]
+    layer = model.vit.layers[layer_idx]
+    generator = torch.Generator().manual_seed(0)
+    pixel_values = torch.randn(batch_size, 3, 224, 224, generator=generator).to(device)
+    autocast = torch.autocast(device.type, dtype=DTYPES[dtype]) if DTYPES[dtype] else contextlib.nullcontext()
+    with torch.inference_mode(), autocast:
+        hidden = model.vit.embeddings(pixel_values)
+        patch_ids = torch.arange(hidden.shape[1] - 1, device=device).expand(batch_size, -1)
+        for earlier in model.vit.layers[:layer_idx]:
+            hidden, patch_ids, _, _ = earlier(hidden, None, patch_ids, None)
+        normed = layer.layernorm_before(hidden)
+        shape = (*normed.shape[:-1], -1, layer.attention.head_dim)
+        query = layer.attention.q_proj(normed).view(shape).transpose(1, 2)
+        key = layer.attention.k_proj(normed).view(shape).transpose(1, 2)
+        num_candidates = hidden.shape[1] - 1
+        num_keep = exact_keep_count(config.layer_keep_rate(layer_idx), num_candidates)
+
+        def whole_layer():
+            layer(hidden, None, patch_ids, None)
+
+        def pruning_work():
+            statistic = None
+            if CRITERION_STATISTIC[config.pruning_method] == "class":
+                statistic = class_attention_row(query, key, layer.attention.scaling, 1)
+            scores = score_tokens(config.pruning_method, statistic, num_candidates, batch_size, device)
+            prune_tokens(hidden, scores, num_keep, 1, patch_ids, config.fuse_pruned, config.fusion_temperature)
+
+        times = {}
+        for name, fn in (("layer", whole_layer), ("pruning", pruning_work)):
+            timer = torch_benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+            times[name] = timer.blocked_autorange(min_run_time=1.0).median
+    return {"layer_ms": 1e3 * times["layer"], "pruning_ms": 1e3 * times["pruning"],
+            "share": times["pruning"] / times["layer"]}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch_size", type=int, default=None, help="default: 64 on CPU, 256 on CUDA")
+    parser.add_argument("--dtype", default=None, choices=list(DTYPES), help="default: fp32 on CPU, bf16 on CUDA")
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--keep_rates", nargs="+", type=float, default=[0.9, 0.7, 0.5])
+    parser.add_argument("--method", default="variance", help="criterion timed (default: the paper's variance)")
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (and CUDA graphs on CUDA)")
+    parser.add_argument("--output", default=None, help="also write the tables to this Markdown file")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    batch_size = args.batch_size or (256 if device.type == "cuda" else 64)
+    dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    timing = dict(batch_size=batch_size, dtype=dtype, warmup=args.warmup, runs=args.runs, device=device)
+
+    speed_rows, attention_rows, overhead_rows, compile_rows = [], [], [], []
+    protocol = None
+    for shape in args.shapes:
+        model = build(shape, device, pruning_method=None)
+        base = measure_throughput(model, **timing)
+        base_gmacs = count_gmacs(model)
+        protocol = base.describe()
+        speed_rows.append((shape, "—", base_gmacs, 1.0, base.images_per_s, 1.0, None))
+        compile_modes = (["default"] + (["reduce-overhead"] if device.type == "cuda" else [])) if args.compile else []
+        for mode in compile_modes:
+            compile_rows.append((shape, "—", mode, measure_throughput(model, **timing, compile_mode=mode).images_per_s,
+                                 base.images_per_s))  # fmt: skip
+        for keep_rate in args.keep_rates:
+            model.set_pruning(pruning_method=args.method, keep_rate=keep_rate, fuse_pruned=True)
+            gmacs = count_gmacs(model)
+            sdpa = measure_throughput(model, **timing)
+            ratio, speedup = base_gmacs / gmacs, sdpa.images_per_s / base.images_per_s
+            speed_rows.append((shape, keep_rate, gmacs, ratio, sdpa.images_per_s, speedup, speedup / ratio))
+            model.set_attn_implementation("eager")
+            eager = measure_throughput(model, **timing)
+            model.set_attn_implementation("sdpa")
+            attention_rows.append((shape, keep_rate, sdpa.images_per_s, eager.images_per_s))
+            overhead_rows.append((shape, keep_rate, pruning_overhead(model, batch_size, dtype, device)))
+            for mode in compile_modes:
+                result = measure_throughput(model, **timing, compile_mode=mode)
+                compile_rows.append((shape, keep_rate, mode, result.images_per_s, sdpa.images_per_s))
+        del model
+
+    lines = [f"Protocol: {protocol}.", "", "### Speed-up against the GMACs saving", ""]
+    lines.append(
+        "| model | keep rate | GMACs | GMACs ratio (ideal speed-up) | images/s | speed-up | speed-up / GMACs ratio |"
+    )
+    lines.append("|---|---|---|---|---|---|---|")
+    for shape, keep, gmacs, ratio, ips, speedup, quotient in speed_rows:
+        q = "—" if quotient is None else f"{quotient:.2f}"
+        lines.append(f"| {shape} | {keep} | {gmacs:.3f} | {ratio:.2f}× | {ips:.1f} | {speedup:.2f}× | {q} |")
+    lines += ["", f"### Pruning under SDPA and under eager attention ({args.method}, fusion)", ""]
+    lines.append("| model | keep rate | SDPA images/s | eager images/s | SDPA / eager |")
+    lines.append("|---|---|---|---|---|")
+    for shape, keep, sdpa_ips, eager_ips in attention_rows:
+        lines.append(f"| {shape} | {keep} | {sdpa_ips:.1f} | {eager_ips:.1f} | {sdpa_ips / eager_ips:.2f}× |")
+    lines += ["", f"### Pruning overhead in the first pruning layer ({args.method}, fusion)", ""]
+    lines.append("Class-attention row + criterion + sort + gathers + fusion, against the whole layer")
+    lines.append("(torch.utils.benchmark, median).")
+    lines += ["", "| model | keep rate | pruning layer (ms) | pruning work (ms) | share |", "|---|---|---|---|---|"]
+    for shape, keep, o in overhead_rows:
+        lines.append(f"| {shape} | {keep} | {o['layer_ms']:.2f} | {o['pruning_ms']:.2f} | {100 * o['share']:.1f} % |")
+    if compile_rows:
+        lines += ["", "### torch.compile" + (" and CUDA graphs" if device.type == "cuda" else ""), ""]
+        lines += ["| model | keep rate | mode | images/s | over uncompiled |", "|---|---|---|---|---|"]
+        for shape, keep, mode, ips, plain in compile_rows:
+            lines.append(f"| {shape} | {keep} | {mode} | {ips:.1f} | {ips / plain:.2f}× |")
+    lines += ["", f"Command: `python benchmarks/speed.py {shlex.join(sys.argv[1:] if argv is None else argv)}`"]
+    text = "\n".join(lines)
+    print(text)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text + "\n")
+    return text
+
+
+if __name__ == "__main__":
+    main()
