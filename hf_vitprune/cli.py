@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 COMMANDS = {
     "evaluate": ("hf_vitprune.evaluation", "top-1, GMACs and images/s of pruning variants of a model on images"),
     "sweep": ("hf_vitprune.sweep", "the trade-off curves of every method (tables, plots, matched-GMACs table)"),
+    "train": ("hf_vitprune.train", "fine-tune with pruning switched on (HF Trainer; accelerate launch -m works too)"),
 }
 
 
@@ -30,8 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[argv[0]][0])
     try:
         module.main(argv[1:])
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, OSError) as error:
+    except (ValueError, OSError) as error:  # bad input: the message says what to do; no traceback unless asked
+        if os.environ.get("HF_VITPRUNE_TRACEBACK"):
+            raise
         print(f"hf-vitprune {argv[0]}: error: {error}", file=sys.stderr)
+        print("(set HF_VITPRUNE_TRACEBACK=1 to see the traceback)", file=sys.stderr)
         return 2
     return 0
 

@@ -210,9 +210,10 @@ class PrunedViTConfig(ViTConfig):
         """Mirrors [`~transformers.PretrainedConfig.from_dict`], but pruning fields given as `kwargs` go into the
         config before it is built, so they are validated together with the checkpoint's fields (transformers sets
         other kwargs after construction, which would validate the file's `prune_layers` against a model that may
-        have too few layers for them)."""
+        have too few layers for them). `id2label` / `label2id` go in too, so a new head's labels agree with
+        `num_labels` from the start."""
         config_dict = dict(config_dict)
-        for name in PRUNING_FIELDS:
+        for name in (*PRUNING_FIELDS, "id2label", "label2id"):
             if name in kwargs:
                 config_dict[name] = kwargs.pop(name)
         return super().from_dict(config_dict, **kwargs)

@@ -70,6 +70,36 @@ def _scan_image_folder(path: str) -> tuple[list[str], list[tuple[str, int]]]:
     return classes, samples
 
 
+SPLIT_FOLDERS = {"train": ("train",), "validation": ("validation", "val", "valid"), "test": ("test",)}
+
+
+def resolve_split_folder(path: str, split: str | None) -> str:
+    """For a local folder that holds split sub-folders (`train/`, `val/`, ...), the sub-folder of `split`.
+
+    A folder whose sub-folders are all split names (train, val, validation, valid, test) is a folder of splits, never
+    a folder of classes named "train" and "val". `split="validation"` also finds `val/` and `valid/` (and the other
+    way round). Any other folder is returned unchanged.
+
+    Raises:
+        ValueError: for a folder of splits without the requested split.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        return path
+    subdirs = {d.name for d in root.iterdir() if d.is_dir()}
+    split_names = {name for names in SPLIT_FOLDERS.values() for name in names}
+    if not subdirs or not subdirs <= split_names:
+        return path
+    aliases = next((names for names in SPLIT_FOLDERS.values() if split in names), (split,)) if split else ()
+    for name in aliases:
+        if name in subdirs:
+            return str(root / name)
+    raise ValueError(
+        f"{path!r} holds the split folders {sorted(subdirs)}: pass --split (or the train / eval split option) naming "
+        "one of them, or point at the split folder itself."
+    )
+
+
 def load_image_data(
     data: str,
     split: str | None = None,
@@ -86,7 +116,8 @@ def load_image_data(
 
     Args:
         data (`str`): folder path or Hub dataset id.
-        split (`str`, *optional*): Hub split; required for Hub ids, ignored for folders.
+        split (`str`, *optional*): Hub split; required for Hub ids. For a local folder of split folders
+            (`train/`, `val/`), the one to read (see [`resolve_split_folder`]); ignored for a folder of classes.
         image_column (`str`), label_column (`str`): column names of a Hub dataset.
         max_samples (`int`, *optional*): keep a random subset of this size (seeded), for quick runs.
         seed (`int`): seed of that subset.
@@ -103,6 +134,7 @@ def load_image_data(
     import datasets
 
     if os.path.exists(data) or data.startswith((".", "/", "~")):
+        data = resolve_split_folder(data, split)
         classes, samples = _scan_image_folder(data)
         features = datasets.Features(
             {image_column: datasets.Image(decode=False), label_column: datasets.ClassLabel(names=classes)}

@@ -613,6 +613,16 @@ class PrunedViTPreTrainedModel(ViTPreTrainedModel):
             if module.mask_token is not None:
                 init.zeros_(module.mask_token)
 
+    def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
+        """[`~transformers.PreTrainedModel.save_pretrained`], writing the weights under their in-memory (5.x) names.
+
+        transformers 5.x writes the 4.x names by default (`save_original_format=True`), but `Trainer` resumes from a
+        checkpoint with a plain `load_state_dict`, which then finds none of the encoder weights (transformers issues
+        #43701 / #48805). Saving the in-memory names makes checkpoints resumable by any `Trainer`; `from_pretrained`
+        reads both layouts. Pass `save_original_format=True` for the 4.x layout.
+        """
+        return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
+
     def set_pruning(self, **fields) -> None:
         """Change pruning fields of this model in place, e.g. `model.set_pruning(keep_rate=0.5, fuse_pruned=False)`.
 

@@ -121,6 +121,22 @@ def _save_pruned_with_processor(stock_vit_dir, path):
     return model
 
 
+def test_saved_weights_use_the_native_names_and_both_layouts_load(stock_vit_dir, tmp_path, pixel_values):
+    model = PrunedViTForImageClassification.from_pretrained(stock_vit_dir, prune_layers=[1, 2]).eval()
+    model.save_pretrained(tmp_path / "native")
+    assert _weight_names(tmp_path / "native") == set(model.state_dict())  # what Trainer's resume expects
+    model.save_pretrained(tmp_path / "legacy", save_original_format=True)
+    assert "vit.encoder.layer.0.attention.attention.query.weight" in _weight_names(tmp_path / "legacy")
+    with torch.no_grad():
+        expected = model(pixel_values=pixel_values).logits
+        for layout in ("native", "legacy"):
+            reloaded, info = PrunedViTForImageClassification.from_pretrained(
+                tmp_path / layout, output_loading_info=True
+            )
+            assert not info["missing_keys"] and not info["unexpected_keys"]
+            assert torch.equal(reloaded.eval()(pixel_values=pixel_values).logits, expected)
+
+
 def test_save_pretrained_writes_auto_map_and_the_code(stock_vit_dir, tmp_path):
     _save_pruned_with_processor(stock_vit_dir, tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())

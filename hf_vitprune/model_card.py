@@ -1,0 +1,99 @@
+"""Model cards for pruned checkpoints, built with huggingface_hub's `ModelCard` / `ModelCardData` / `EvalResult`.
+
+The template is `hf_vitprune/templates/model_card_template.md` (also reachable as `model_cards/template.md`); it is
+filled from a results dict, the one `hf-vitprune train` writes as `pruning_results.json`:
+
+    {"model_name", "repo_id", "base_model", "license",
+     "dataset": {"id", "name", "split", "images"},
+     "pruning": {config pruning fields..., "tokens"},
+     "metrics": {"pruned": {"top1", "top5", "gmacs", "images_per_s"}, "unpruned": {...same...}},
+     "protocol": {"top1", "gmacs", "throughput", "machine"},
+     "training": {hyper-parameter: value} or {}, "command": str, "results_note": str}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card_template.md"
+PAPER = "Igaue & Aizawa, arXiv:2507.19175 (2025)"
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def build_model_card(results: dict):
+    """A `huggingface_hub.ModelCard` for a pruned checkpoint, with `model-index` results.
+
+    Args:
+        results (`dict`): see the module docstring. `metrics.unpruned` may be absent.
+
+    Returns:
+        `huggingface_hub.ModelCard`; `str(card)` is the README.md text, `card.save(path)` writes it, and
+        `card.data.eval_results` holds the top-1 / top-5 of the pruned model.
+
+    Raises:
+        KeyError: naming a missing required entry (`base_model`, `dataset`, `pruning`, `metrics.pruned`).
+    """
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    dataset, pruning, pruned = results["dataset"], results["pruning"], results["metrics"]["pruned"]
+    model_name = results.get("model_name") or f"{results['base_model'].split('/')[-1]}-{pruning['pruning_method']}"
+    task = dict(task_type="image-classification", dataset_type=dataset["id"], dataset_name=dataset["name"])
+    task["dataset_split"] = dataset.get("split")
+    eval_results = [
+        EvalResult(**task, metric_type="accuracy", metric_name="top-1 accuracy (%)", metric_value=pruned["top1"]),
+        EvalResult(**task, metric_type="top-5-accuracy", metric_name="top-5 accuracy (%)", metric_value=pruned["top5"]),
+    ]
+    card_data = ModelCardData(
+        model_name=model_name,
+        base_model=results["base_model"],
+        datasets=[dataset["id"]] if "/" in dataset["id"] else None,
+        license=results.get("license", "apache-2.0"),
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        tags=["vision", "image-classification", "vit", "token-pruning", "hf_vitprune", "custom_code"],
+        eval_results=eval_results,
+    )
+    rows = []
+    for key, label in (("pruned", f"pruned ({pruning['pruning_method']})"), ("unpruned", "unpruned")):
+        metrics = results["metrics"].get(key)
+        if metrics:
+            rows.append(
+                {
+                    "name": label,
+                    "top1": _fmt(metrics.get("top1")),
+                    "top5": _fmt(metrics.get("top5")),
+                    "gmacs": _fmt(metrics.get("gmacs"), 3),
+                    "images_per_s": _fmt(metrics.get("images_per_s"), 1),
+                    "tokens": metrics.get("tokens", "—"),
+                }
+            )
+    method = pruning["pruning_method"]
+    summary = (
+        f"Pruning: **{method}**"
+        + (f" at keep rate {pruning.get('keep_rate')}" if method != "tome" else "")
+        + f", top-1 {_fmt(pruned['top1'])} % on {dataset['name']} ({dataset.get('split') or 'evaluation'} split, "
+        f"{dataset.get('images', '?')} images) at {_fmt(pruned.get('gmacs'), 3)} GMACs. Method: {PAPER}."
+    )
+    protocol = {k: results.get("protocol", {}).get(k, "—") for k in ("top1", "gmacs", "throughput", "machine")}
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE_PATH),
+        model_name=model_name,
+        summary=summary,
+        base_model=results["base_model"],
+        dataset_name=dataset["name"],
+        result_rows=rows,
+        protocol=protocol,
+        results_note=results.get("results_note", ""),
+        pruning_rows=[(k, _fmt(v)) for k, v in pruning.items()],
+        training_rows=[(k, _fmt(v, 6)) for k, v in (results.get("training") or {}).items()],
+        repo_id=results.get("repo_id") or "path/to/this/model",
+        command=results.get("command"),
+    )

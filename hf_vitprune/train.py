@@ -1,0 +1,574 @@
+"""`hf-vitprune train`: fine-tune a ViT / DeiT with patch pruning switched on, with the HF Trainer.
+
+Runs as `hf-vitprune train ...`, `python -m hf_vitprune.train ...` or `accelerate launch -m hf_vitprune.train ...`
+(one process per GPU, or `--cpu --num_processes N` for DDP on CPU). Arguments are flags, or one JSON / YAML file.
+The defaults are the DeiT fine-tuning recipe used by arXiv:2507.19175 (DeiT-S, ImageNet-100, 100 epochs):
+RandomResizedCrop 224, horizontal flip, RandAugment(2, 9), Mixup 0.8 / CutMix 1.0 (one of them per batch), label
+smoothing 0.1, RandomErasing 0.25; AdamW (0.9, 0.999), weight decay 0.05, cosine schedule with 5 % warm-up,
+learning rate 1e-3 per 256 images of global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torchvision.transforms import v2
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+
+from .data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, eval_transform
+
+
+@dataclass
+class ModelArguments:
+    """Which checkpoint to start from and how it prunes."""
+
+    model_name_or_path: str = field(
+        default="facebook/deit-small-patch16-224",
+        metadata={"help": "Hub id or local folder of a ViT / DeiT / PrunedViT checkpoint."},
+    )
+    pruning_method: str = field(
+        default="variance", metadata={"help": "variance, medad, evit, entropy, random, tome, or none."}
+    )
+    keep_rate: list[float] = field(
+        default_factory=lambda: [0.7], metadata={"help": "One keep rate, or one per pruning layer."}
+    )
+    prune_layers: list[int] | None = field(
+        default=None, metadata={"help": "0-indexed pruning layers (default: 3 6 9)."}
+    )
+    fuse_pruned: bool = field(default=True, metadata={"help": "Fuse the pruned tokens into one extra token."})
+    fusion_temperature: float | None = field(default=None, metadata={"help": "Fusion softmax temperature."})
+    renyi_alpha: float = field(default=1.0, metadata={"help": "Renyi order of the entropy method (1 = Shannon)."})
+    tome_r: list[int] = field(default_factory=lambda: [8], metadata={"help": "ToMe's r (one, or one per layer)."})
+    keep_rate_warmup_epochs: float = field(
+        default=0.0,
+        metadata={
+            "help": "EViT-style schedule: the keep rate falls from 1.0 to its target along a cosine over this many "
+            "epochs (0: the target from the start). The saved config always holds the target."
+        },
+    )
+    ignore_mismatched_sizes: bool = field(
+        default=False,
+        metadata={"help": "Start a new classification head when the data set's classes differ from the checkpoint's."},
+    )
+    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa or eager."})
+
+    def pruning_fields(self) -> dict:
+        """The `PrunedViTConfig` fields these arguments set."""
+        keep_rate = self.keep_rate[0] if len(self.keep_rate) == 1 else list(self.keep_rate)
+        tome_r = self.tome_r[0] if len(self.tome_r) == 1 else list(self.tome_r)
+        fields = {
+            "pruning_method": None if self.pruning_method.lower() == "none" else self.pruning_method,
+            "keep_rate": keep_rate,
+            "fuse_pruned": self.fuse_pruned,
+            "renyi_alpha": self.renyi_alpha,
+            "tome_r": tome_r,
+        }
+        if self.prune_layers is not None:
+            fields["prune_layers"] = list(self.prune_layers)
+        if self.fusion_temperature is not None:
+            fields["fusion_temperature"] = self.fusion_temperature
+        return fields
+
+
+@dataclass
+class DataArguments:
+    """What to train and evaluate on, and the augmentation recipe."""
+
+    dataset: str = field(
+        default="clane9/imagenet-100",
+        metadata={"help": "Hub dataset id (with --train_split / --eval_split), or a local folder with class folders."},
+    )
+    train_split: str = field(default="train", metadata={"help": "Training split of a Hub dataset."})
+    eval_split: str = field(default="validation", metadata={"help": "Evaluation split of a Hub dataset."})
+    eval_dataset: str | None = field(
+        default=None, metadata={"help": "Separate evaluation data (local folder or Hub id); default: --dataset."}
+    )
+    image_column: str = field(default="image", metadata={"help": "Image column of a Hub dataset."})
+    label_column: str = field(default="label", metadata={"help": "Label column of a Hub dataset."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Train on a seeded subset of this size."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on a seeded subset of this size."})
+    augmentation: str = field(
+        default="randaugment",
+        metadata={"help": "randaugment (DeiT: RandomResizedCrop + flip + RandAugment), randomcrop (the paper's "
+                  "RandomCrop + flip), or none (resize + centre crop, nothing random)."},
+    )  # fmt: skip
+    mixup_alpha: float = field(default=0.8, metadata={"help": "Mixup alpha (0 disables Mixup)."})
+    cutmix_alpha: float = field(default=1.0, metadata={"help": "CutMix alpha (0 disables CutMix)."})
+    label_smoothing: float = field(default=0.1, metadata={"help": "Label smoothing of the training loss."})
+    random_erasing: float = field(default=0.25, metadata={"help": "RandomErasing probability."})
+    base_learning_rate: float | None = field(
+        default=1e-3,
+        metadata={"help": "Learning rate per 256 images of global batch; the learning rate is scaled linearly from "
+                  "it. Set to 0 to use --learning_rate as given."},
+    )  # fmt: skip
+
+
+@dataclass
+class PruningTrainingArguments(TrainingArguments):
+    """`transformers.TrainingArguments` with the DeiT fine-tuning defaults."""
+
+    output_dir: str | None = field(default="outputs/train", metadata={"help": "Where checkpoints and results go."})
+    num_train_epochs: float = field(default=100.0, metadata={"help": "Training epochs (the paper: 100)."})
+    per_device_train_batch_size: int = field(default=64, metadata={"help": "Batch size per device for training."})
+    per_device_eval_batch_size: int = field(default=128, metadata={"help": "Batch size per device for evaluation."})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
+    warmup_steps: float = field(default=0.05, metadata={"help": "Warm-up: steps, or a fraction (< 1) of all steps."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: no, steps or epoch."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to save checkpoints: no, steps or epoch."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})
+    logging_steps: float = field(default=20, metadata={"help": "Log every this many steps."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: images are transformed lazily."})
+    dataloader_num_workers: int = field(default=4, metadata={"help": "DataLoader worker processes."})
+    seed: int = field(default=0, metadata={"help": "Random seed."})
+    overwrite_output: bool = field(
+        default=False, metadata={"help": "Replace a trained model or checkpoints already in --output_dir."}
+    )
+
+
+class KeepRateScheduleCallback(TrainerCallback):
+    """EViT's keep-rate schedule: from 1.0 down to the target along a cosine over the first `warmup_epochs`.
+
+    Source: Liang et al., EViT (ICLR 2022), which shrinks the keep rate gradually at the start of training. The
+    scheduled value is set for training steps only; evaluation, checkpoints and the final model see the target.
+    """
+
+    def __init__(self, target_keep_rate, warmup_epochs: float):
+        self.target = target_keep_rate
+        self.warmup_epochs = warmup_epochs
+
+    def keep_rate_at(self, epoch: float):
+        """The keep rate (or per-layer list) at fractional `epoch`."""
+        progress = min(max(epoch / self.warmup_epochs, 0.0), 1.0) if self.warmup_epochs > 0 else 1.0
+        weight = 0.5 * (1 + math.cos(math.pi * progress))  # 1 -> 0
+
+        def one(target: float) -> float:
+            return round(target + (1.0 - target) * weight, 6)
+
+        return [one(t) for t in self.target] if isinstance(self.target, list) else one(self.target)
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            model.set_pruning(keep_rate=self.keep_rate_at(state.epoch or 0.0))
+
+    def _restore(self, model):
+        if model is not None:
+            model.set_pruning(keep_rate=self.target)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self._restore(model)
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        self._restore(model)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self._restore(model)
+
+
+def train_transform(image_size: int, mean, std, augmentation: str, random_erasing: float) -> v2.Compose:
+    """DeiT training augmentation with torchvision transforms v2 (input: RGB PIL image; output `(3, H, W)` float).
+
+    Raises:
+        ValueError: for an unknown `augmentation`.
+    """
+    if augmentation == "randaugment":
+        spatial = [
+            v2.RandomResizedCrop(image_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+            v2.RandomHorizontalFlip(),
+            # on tensors torchvision's RandAugment interpolates bilinearly (timm, on PIL images: bicubic)
+            v2.RandAugment(num_ops=2, magnitude=9, interpolation=v2.InterpolationMode.BILINEAR),
+        ]
+    elif augmentation == "randomcrop":
+        spatial = [
+            v2.Resize(int(image_size / 0.875), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+            v2.RandomCrop(image_size),
+            v2.RandomHorizontalFlip(),
+        ]
+    elif augmentation == "none":
+        spatial = [
+            v2.Resize(int(image_size / 0.875), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+            v2.CenterCrop(image_size),
+        ]
+    else:
+        raise ValueError(f"--augmentation must be randaugment, randomcrop or none, got {augmentation!r}.")
+    tail = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
+    if random_erasing > 0:
+        tail.append(v2.RandomErasing(p=random_erasing, value=0))
+    return v2.Compose([v2.ToImage(), *spatial, *tail])
+
+
+class TrainCollator:
+    """Stacks `(pixel_values, label)` items into a batch and applies Mixup or CutMix (one, chosen per batch).
+
+    Labels come out as `(batch, num_classes)` float targets (one-hot without mixing), so the loss can smooth them.
+    """
+
+    def __init__(self, num_classes: int, mixup_alpha: float, cutmix_alpha: float):
+        mixers = []
+        if mixup_alpha > 0:
+            mixers.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
+        if cutmix_alpha > 0:
+            mixers.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
+        self.mix = v2.RandomChoice(mixers) if mixers else None
+        self.num_classes = num_classes
+
+    def __call__(self, items):
+        pixel_values = torch.stack([item[0] for item in items])
+        labels = torch.tensor([item[1] for item in items])
+        if self.mix is not None:
+            pixel_values, labels = self.mix(pixel_values, labels)
+        else:
+            labels = torch.nn.functional.one_hot(labels, self.num_classes).float()
+        return {"pixel_values": pixel_values, "labels": labels}
+
+
+def eval_collator(items):
+    """Stacks `(pixel_values, label)` items; labels stay class indices."""
+    return {"pixel_values": torch.stack([i[0] for i in items]), "labels": torch.tensor([i[1] for i in items])}
+
+
+def soft_target_loss(label_smoothing: float):
+    """The Trainer `compute_loss_func`: cross-entropy against soft targets, with label smoothing on soft targets.
+
+    Training batches carry `(batch, classes)` targets (Mixup / CutMix / one-hot); they are smoothed as
+    `(1 - eps) t + eps / classes` (equal to smoothing before mixing, as timm does). Evaluation batches carry class
+    indices and get the plain cross-entropy. With gradient accumulation the Trainer passes `num_items_in_batch`,
+    which counts target entries: divided by the class count for soft targets, it is the number of images.
+    """
+
+    def loss_fn(outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"].float()
+        num_classes = logits.shape[-1]
+        if labels.ndim == 1:
+            per_image = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+            images = num_items_in_batch
+        else:
+            target = labels.float() * (1 - label_smoothing) + label_smoothing / num_classes
+            per_image = -(target * logits.log_softmax(dim=-1)).sum(dim=-1)
+            images = None if num_items_in_batch is None else num_items_in_batch / num_classes
+        return per_image.mean() if images is None else per_image.sum() / images
+
+    return loss_fn
+
+
+def top_k_metrics():
+    """`compute_metrics` for the Trainer: top-1 (through `evaluate`'s accuracy when it can be loaded, else computed
+    here, identically) and top-5, in percent."""
+    accuracy = None
+    try:
+        import evaluate
+
+        accuracy = evaluate.load("accuracy")
+    except Exception:  # noqa: BLE001 - offline, or the metric cannot be fetched: compute it here
+        accuracy = None
+
+    def compute(eval_pred):
+        logits, labels = eval_pred.predictions, eval_pred.label_ids
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        predictions = logits.argmax(-1)
+        if accuracy is not None:
+            top1 = accuracy.compute(predictions=predictions, references=labels)["accuracy"]
+        else:
+            top1 = float((predictions == labels).mean())
+        k = min(5, logits.shape[-1])
+        top5 = float((np.argsort(-logits, axis=-1)[:, :k] == labels[:, None]).any(-1).mean())
+        return {"top1": 100 * top1, "top5": 100 * top5}
+
+    compute.source = "evaluate.load('accuracy')" if accuracy is not None else "computed locally (evaluate unavailable)"
+    return compute
+
+
+def parse_args(argv: list[str] | None = None):
+    """Parse flags (or one .json / .yaml file) into `(ModelArguments, DataArguments, PruningTrainingArguments)`."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, PruningTrainingArguments), prog="hf-vitprune train", description=__doc__
+    )
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(os.path.abspath(argv[0]))
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(os.path.abspath(argv[0]))
+    return parser.parse_args_into_dataclasses(argv)
+
+
+def load_model_for_training(model_args: ModelArguments, class_names: list[str]):
+    """Load the checkpoint as a PrunedViT classifier whose head predicts `class_names`.
+
+    Returns:
+        `(model, label_ids)`: `label_ids[i]` is the head output of data-set class `i`.
+
+    Raises:
+        ValueError: if the checkpoint cannot be loaded (with what to check), or its head does not match the classes
+            and `ignore_mismatched_sizes` is not set.
+    """
+    from transformers import PretrainedConfig
+
+    from .loading import pruned_class_for
+
+    try:
+        model_class = pruned_class_for(model_args.model_name_or_path)
+        base = PretrainedConfig.get_config_dict(model_args.model_name_or_path)[0]
+    except OSError as error:
+        raise ValueError(
+            f"Cannot load the model {model_args.model_name_or_path!r}: {error}. Check the Hub id (and your network "
+            "access: HF_HUB_OFFLINE must be unset to download) or pass a local checkpoint folder."
+        ) from error
+    id2label = {int(k): v for k, v in (base.get("id2label") or {}).items()}
+    label2id = {v: k for k, v in id2label.items()}
+    kwargs = dict(model_args.pruning_fields(), attn_implementation=model_args.attn_implementation)
+    if set(class_names) <= set(label2id) and len(id2label) == len(class_names):
+        return model_class.from_pretrained(model_args.model_name_or_path, **kwargs), [label2id[c] for c in class_names]
+    if not model_args.ignore_mismatched_sizes:
+        raise ValueError(
+            f"The checkpoint's head predicts {len(id2label)} classes but the data set has {len(class_names)} "
+            f"({class_names[:3]}{'...' if len(class_names) > 3 else ''}), not all of them among the checkpoint's "
+            "labels. Pass --ignore_mismatched_sizes to train a new head for the data set's classes."
+        )
+    new_id2label = dict(enumerate(class_names))
+    model = model_class.from_pretrained(
+        model_args.model_name_or_path,
+        num_labels=len(class_names),
+        id2label=new_id2label,
+        label2id={v: k for k, v in new_id2label.items()},
+        ignore_mismatched_sizes=True,
+        **kwargs,
+    )
+    return model, list(range(len(class_names)))
+
+
+def run_training(model_args: ModelArguments, data_args: DataArguments, training_args, command: str | None = None):
+    """Fine-tune, evaluate, save the model, its image processor, metrics, `pruning_results.json` and a model card.
+
+    Returns:
+        The results dict written to `pruning_results.json` (the model card's input).
+
+    Raises:
+        ValueError / OSError: for data, columns, labels or models that cannot be used, before training starts.
+        FileExistsError: if `output_dir` already holds a trained model and neither `--resume_from_checkpoint` nor
+            `--overwrite_output` says what to do with it.
+    """
+    from transformers import DeiTImageProcessor
+
+    from .data import TransformedImages, load_image_data, preprocessing_stats
+    from .evaluation import tokens_text
+    from .measure import count_gmacs, device_name, measure_throughput
+    from .model_card import build_model_card
+
+    output_dir = training_args.output_dir
+    existing = [
+        name
+        for name in (os.listdir(output_dir) if os.path.isdir(output_dir) else [])
+        if name.startswith("checkpoint-") or name in ("config.json", "model.safetensors", "pruning_results.json")
+    ]
+    if existing and not training_args.resume_from_checkpoint and not training_args.overwrite_output:
+        raise FileExistsError(
+            f"{output_dir} already holds {sorted(existing)[:3]}: pass --resume_from_checkpoint to continue that run, "
+            "--overwrite_output to replace it, or another --output_dir."
+        )
+    train_data = load_image_data(
+        data_args.dataset, data_args.train_split, data_args.image_column, data_args.label_column,
+        max_samples=data_args.max_train_samples, seed=training_args.seed,
+    )  # fmt: skip
+    eval_data = load_image_data(
+        data_args.eval_dataset or data_args.dataset, data_args.eval_split, data_args.image_column,
+        data_args.label_column, max_samples=data_args.max_eval_samples, seed=training_args.seed,
+    )  # fmt: skip
+    unknown = [c for c in eval_data.class_names if c not in train_data.class_names]
+    if unknown:
+        raise ValueError(f"Evaluation classes {unknown[:5]} do not occur in the training data.")
+    set_seed(training_args.seed)  # before the model: a new head's initialisation is part of the run
+    model, label_ids = load_model_for_training(model_args, train_data.class_names)
+    eval_label_ids = [label_ids[train_data.class_names.index(c)] for c in eval_data.class_names]
+
+    mean, std, _ = preprocessing_stats(model_args.model_name_or_path)
+    image_size = model.config.image_size
+    num_classes = model.config.num_labels
+    train_set = TransformedImages(
+        train_data,
+        train_transform(image_size, mean, std, data_args.augmentation, data_args.random_erasing),
+        label_ids,
+    )
+    eval_set = TransformedImages(eval_data, eval_transform(image_size, mean, std), eval_label_ids)
+
+    if data_args.base_learning_rate:
+        _ = training_args.device  # sets up the distributed state; world_size reads 1 before that
+        global_batch = (
+            training_args.per_device_train_batch_size
+            * training_args.gradient_accumulation_steps
+            * max(training_args.world_size, 1)
+        )
+        training_args.learning_rate = data_args.base_learning_rate * global_batch / 256
+    target_keep_rate = model.config.keep_rate
+    callbacks = []
+    if model_args.keep_rate_warmup_epochs > 0:
+        callbacks.append(KeepRateScheduleCallback(target_keep_rate, model_args.keep_rate_warmup_epochs))
+    processor = DeiTImageProcessor(
+        size={"height": int(image_size / 0.875), "width": int(image_size / 0.875)},
+        crop_size={"height": image_size, "width": image_size},
+        image_mean=list(mean or IMAGENET_DEFAULT_MEAN),
+        image_std=list(std or IMAGENET_DEFAULT_STD),
+    )
+    metrics_fn = top_k_metrics()
+    trainer = ImageClassificationTrainer(
+        eval_data_collator=eval_collator,
+        model=model,
+        args=training_args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=TrainCollator(num_classes, data_args.mixup_alpha, data_args.cutmix_alpha),
+        compute_loss_func=soft_target_loss(data_args.label_smoothing),
+        compute_metrics=metrics_fn,
+        processing_class=processor,
+        callbacks=callbacks,
+    )
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+    trainer.save_state()
+    eval_metrics = trainer.evaluate()
+    trainer.log_metrics("eval", eval_metrics)
+    trainer.save_metrics("eval", eval_metrics)
+
+    results = None
+    if trainer.is_world_process_zero():
+        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+        num_patches = unwrapped.base_model.embeddings.patch_embeddings.num_patches
+        pruned_gmacs = count_gmacs(unwrapped)
+        timing = dict(batch_size=64, runs=10, warmup=3)
+        pruned_speed = measure_throughput(unwrapped, **timing)
+        saved = {k: getattr(unwrapped.config, k) for k in ("pruning_method",)}
+        unwrapped.set_pruning(pruning_method=None)
+        unpruned_gmacs, unpruned_speed = count_gmacs(unwrapped), measure_throughput(unwrapped, **timing)
+        unwrapped.set_pruning(**saved)
+        results = {
+            "model_name": os.path.basename(os.path.abspath(output_dir)),
+            "repo_id": training_args.hub_model_id or None,
+            "base_model": model_args.model_name_or_path,
+            "dataset": {
+                "id": data_args.dataset,
+                "name": data_args.eval_dataset or data_args.dataset,
+                "split": None if os.path.isdir(eval_data.source) else data_args.eval_split,
+                "images": len(eval_data),
+                "train_images": len(train_data),
+            },  # fmt: skip
+            "pruning": {
+                **{k: getattr(unwrapped.config, k) for k in model_args.pruning_fields()},
+                "prune_layers": unwrapped.config.prune_layers,
+                "tokens": tokens_text(unwrapped.config, num_patches),
+            },  # fmt: skip
+            "metrics": {
+                "pruned": {
+                    "top1": eval_metrics["eval_top1"],
+                    "top5": eval_metrics["eval_top5"],
+                    "gmacs": pruned_gmacs,
+                    "images_per_s": pruned_speed.images_per_s,
+                    "tokens": tokens_text(unwrapped.config, num_patches),
+                    "train_images_per_s": train_result.metrics.get("train_samples_per_second"),
+                },
+                "unpruned": {
+                    "gmacs": unpruned_gmacs,
+                    "images_per_s": unpruned_speed.images_per_s,
+                    "tokens": str(num_patches),
+                },
+            },  # fmt: skip
+            "protocol": {
+                "top1": f"{len(eval_data)} images of {eval_data.source}, DeiT evaluation preprocessing; "
+                f"metric: {metrics_fn.source}",
+                "gmacs": "fvcore, one image (hf_vitprune.measure.count_gmacs)",
+                "throughput": pruned_speed.describe(),
+                "machine": device_name(unwrapped.device),
+            },
+            "training": {
+                "epochs": training_args.num_train_epochs,
+                "global batch size": training_args.per_device_train_batch_size
+                * training_args.gradient_accumulation_steps
+                * max(training_args.world_size, 1),
+                "learning rate": training_args.learning_rate,
+                "weight decay": training_args.weight_decay,
+                "schedule": f"{training_args.lr_scheduler_type}, warm-up {training_args.warmup_steps}",
+                "augmentation": data_args.augmentation,
+                "mixup / cutmix alpha": f"{data_args.mixup_alpha} / {data_args.cutmix_alpha}",
+                "label smoothing": data_args.label_smoothing,
+                "random erasing": data_args.random_erasing,
+                "keep-rate warm-up epochs": model_args.keep_rate_warmup_epochs,
+                "training images": len(train_data),
+                "training images/s": train_result.metrics.get("train_samples_per_second"),
+            },  # fmt: skip
+            "command": command,
+        }
+        with open(os.path.join(output_dir, "pruning_results.json"), "w") as f:
+            json.dump(results, f, indent=2, default=str)
+        build_model_card(results).save(os.path.join(output_dir, "README.md"))
+        if training_args.push_to_hub:
+            push_output_dir(output_dir, training_args.hub_model_id or results["model_name"], training_args.hub_token)
+    return results
+
+
+def push_output_dir(output_dir: str, repo_id: str, token: str | None = None) -> str:
+    """Upload the final model folder (weights, config with `auto_map`, modeling code, image processor, metrics, model
+    card) to the Hub with `huggingface_hub.upload_folder`, leaving out intermediate checkpoints.
+
+    The Trainer's own `push_to_hub` would replace the model card with a generic one, hence this.
+
+    Returns:
+        The URL of the commit.
+    """
+    from huggingface_hub import create_repo, upload_folder
+
+    repo = create_repo(repo_id, token=token, exist_ok=True)
+    commit = upload_folder(
+        repo_id=repo.repo_id,
+        folder_path=output_dir,
+        token=token,
+        ignore_patterns=["checkpoint-*", "checkpoint-*/**", "runs/**", "*.pt", "*.pth"],
+        commit_message="hf-vitprune train: final model",
+    )
+    return str(commit)
+
+
+class ImageClassificationTrainer(Trainer):
+    """`transformers.Trainer` with a separate collator for evaluation batches (no Mixup / CutMix, class-index labels).
+
+    Args:
+        eval_data_collator: used by `get_eval_dataloader` / `get_test_dataloader`; `data_collator` stays the
+            training collator.
+    """
+
+    def __init__(self, *args, eval_data_collator=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eval_data_collator = eval_data_collator
+
+    def _with_eval_collator(self, make_loader, *args, **kwargs):
+        training_collator = self.data_collator
+        self.data_collator = self.eval_data_collator or training_collator
+        try:
+            return make_loader(*args, **kwargs)
+        finally:
+            self.data_collator = training_collator
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        return self._with_eval_collator(super().get_eval_dataloader, eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):
+        return self._with_eval_collator(super().get_test_dataloader, test_dataset)
+
+
+def main(argv: list[str] | None = None):
+    """Entry point of `hf-vitprune train` / `python -m hf_vitprune.train` / `accelerate launch -m hf_vitprune.train`."""
+    model_args, data_args, training_args = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    return run_training(model_args, data_args, training_args, command="hf-vitprune train " + shlex.join(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""`hf-vitprune train`: a real few-step run on a tiny image folder, resume, remote-code reload, DDP, and errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import make_image_folder, tiny_config_kwargs
+from safetensors.torch import load_file
+from transformers import ViTConfig, ViTForImageClassification
+
+from hf_vitprune.cli import main as cli_main
+from hf_vitprune.train import KeepRateScheduleCallback, soft_target_loss
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    torch.manual_seed(0)
+    base = {k: v for k, v in tiny_config_kwargs().items() if k not in ("prune_layers", "keep_rate")}
+    ViTForImageClassification(ViTConfig(**base)).save_pretrained(root / "base")  # 5 labels: LABEL_0 ... LABEL_4
+    make_image_folder(root / "data" / "train", {"cat": 6, "dog": 6, "fox": 4})
+    make_image_folder(root / "data" / "val", {"cat": 2, "dog": 2, "fox": 2})
+    return root
+
+
+def _args(root, out, *extra):
+    return ["train", "--model_name_or_path", str(root / "base"), "--dataset", str(root / "data"),
+            "--ignore_mismatched_sizes", "--prune_layers", "1", "2", "--keep_rate", "0.5", "--pruning_method", "medad",
+            "--output_dir", str(out), "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8",
+            "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "no",
+            "--logging_steps", "1", "--dataloader_num_workers", "0", "--use_cpu", "--seed", "3", *extra]  # fmt: skip
+
+
+def test_train_saves_a_loadable_model_card_and_results(workspace):
+    out = workspace / "run"
+    assert cli_main(_args(workspace, out, "--keep_rate_warmup_epochs", "1")) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "pruned_vit" and config["auto_map"]["AutoModelForImageClassification"]
+    assert config["keep_rate"] == 0.5  # the target, not a scheduled value
+    assert config["id2label"] == {"0": "cat", "1": "dog", "2": "fox"}
+    assert (out / "modeling_pruned_vit.py").exists() and (out / "preprocessor_config.json").exists()
+    assert (out / "checkpoint-2" / "config.json").exists() and (
+        out / "checkpoint-4" / "modeling_pruned_vit.py"
+    ).exists()
+    results = json.loads((out / "pruning_results.json").read_text())
+    assert results["pruning"]["pruning_method"] == "medad" and results["pruning"]["tokens"] == "16→8+1→5+1"
+    assert 0 <= results["metrics"]["pruned"]["top1"] <= 100
+    assert results["metrics"]["pruned"]["gmacs"] < results["metrics"]["unpruned"]["gmacs"]
+    eval_metrics = json.loads((out / "eval_results.json").read_text())
+    assert set(eval_metrics) >= {"eval_top1", "eval_top5", "eval_loss"}
+    card = (out / "README.md").read_text()
+    assert "model-index" in card and "medad" in card and "trust_remote_code=True" in card
+    # the learning rate follows the linear scaling rule: 1e-3 * 4 / 256
+    state = json.loads((out / "trainer_state.json").read_text())
+    peak_lr = max(entry["learning_rate"] for entry in state["log_history"] if "learning_rate" in entry)
+    assert peak_lr == pytest.approx(1e-3 * 4 / 256)
+
+
+def test_resume_continues_where_it_stopped(workspace):
+    """A run stopped after 2 of 4 steps and resumed from its checkpoint ends with the uninterrupted run's weights.
+
+    Exact equality needs data without random augmentation (the order of random draws after a resume is the
+    Trainer's); the learning rate is raised so that steps 3 and 4 move the weights far beyond rounding.
+    """
+    import shutil
+
+    deterministic = ["--augmentation", "none", "--mixup_alpha", "0", "--cutmix_alpha", "0", "--random_erasing", "0",
+                     "--base_learning_rate", "0", "--learning_rate", "0.01"]  # fmt: skip
+    straight, stopped = workspace / "straight", workspace / "stopped"
+    assert cli_main(_args(workspace, straight, *deterministic)) == 0
+    assert cli_main(_args(workspace, stopped, *deterministic)) == 0
+    for path in stopped.iterdir():  # keep only the step-2 checkpoint, as if the run had died after saving it
+        if path.name != "checkpoint-2":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    checkpoint = load_file(stopped / "checkpoint-2" / "model.safetensors")
+    resume = ["--resume_from_checkpoint", str(stopped / "checkpoint-2")]
+    assert cli_main(_args(workspace, stopped, *deterministic, *resume)) == 0
+    assert json.loads((stopped / "trainer_state.json").read_text())["global_step"] == 4
+    a, b = load_file(straight / "model.safetensors"), load_file(stopped / "model.safetensors")
+    assert a.keys() == b.keys() == checkpoint.keys()
+    assert max((b[k] - checkpoint[k]).abs().max() for k in b) > 1e-3  # steps 3 and 4 did train
+    for key in a:
+        assert torch.equal(b[key], a[key]), key
+
+
+REMOTE = """
+import sys, json
+sys.modules["hf_vitprune"] = None
+import torch
+from PIL import Image
+from transformers import AutoModelForImageClassification, pipeline
+model = AutoModelForImageClassification.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+with torch.no_grad():
+    logits = model(pixel_values=torch.load(sys.argv[2])).logits
+top = pipeline("image-classification", model=sys.argv[1], trust_remote_code=True)(Image.new("RGB", (50, 40)), top_k=3)
+print(json.dumps({"logits": logits.tolist(), "labels": sorted(p["label"] for p in top),
+                  "module": type(model).__module__}))
+"""
+
+
+def test_trained_model_reloads_in_a_fresh_process_without_the_package(workspace, tmp_path):
+    from hf_vitprune import PrunedViTForImageClassification
+
+    out = workspace / "run"
+    if not (out / "model.safetensors").exists():
+        assert cli_main(_args(workspace, out)) == 0
+    x = torch.randn(2, 3, 32, 32)
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        expected = PrunedViTForImageClassification.from_pretrained(out).eval()(pixel_values=x).logits
+    (tmp_path / "remote.py").write_text(REMOTE)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
+    result = subprocess.run([sys.executable, str(tmp_path / "remote.py"), str(out), str(tmp_path / "x.pt")],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["module"].startswith("transformers_modules.")
+    assert torch.equal(torch.tensor(report["logits"]), expected)
+    assert report["labels"] == ["cat", "dog", "fox"]
+
+
+def test_errors_come_before_training(workspace, capsys):
+    out = workspace / "never"
+    args = _args(workspace, out)
+    no_ignore = [a for a in args if a != "--ignore_mismatched_sizes"]
+    assert cli_main(no_ignore) == 2
+    assert "--ignore_mismatched_sizes" in capsys.readouterr().err
+    assert cli_main(_args(workspace, out, "--model_name_or_path", "nobody/no-such-model")) == 2
+    assert "Cannot load the model 'nobody/no-such-model'" in capsys.readouterr().err
+    assert cli_main(_args(workspace, out, "--dataset", "nobody/no-such-dataset")) == 2
+    assert "Could not load the Hub dataset 'nobody/no-such-dataset'" in capsys.readouterr().err
+    assert cli_main(_args(workspace, out, "--augmentation", "autoaugment")) == 2
+    assert "--augmentation" in capsys.readouterr().err
+    assert not out.exists() or not any(name.startswith("checkpoint-") for name in os.listdir(out))
+
+
+def test_existing_output_is_never_replaced_without_asking(workspace, capsys):
+    out = workspace / "run"
+    if not (out / "model.safetensors").exists():
+        assert cli_main(_args(workspace, out)) == 0
+    before = (out / "model.safetensors").read_bytes()
+    assert cli_main(_args(workspace, out)) == 2
+    assert "--overwrite_output" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_keep_rate_schedule_is_evits_cosine():
+    schedule = KeepRateScheduleCallback(0.5, warmup_epochs=2)
+    assert schedule.keep_rate_at(0) == 1.0
+    assert schedule.keep_rate_at(1) == pytest.approx(0.75)
+    assert schedule.keep_rate_at(2) == 0.5 and schedule.keep_rate_at(7) == 0.5
+    assert KeepRateScheduleCallback([0.9, 0.5], 4).keep_rate_at(2) == [0.95, 0.75]
+
+
+def test_soft_target_loss_by_hand():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    loss = soft_target_loss(0.0)
+    expected = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1]))
+    torch.testing.assert_close(loss({"logits": logits}, torch.tensor([0, 1])), expected)
+    # one-hot targets give the same; smoothing 0.2 over 2 classes turns (1, 0) into (0.9, 0.1)
+    torch.testing.assert_close(loss({"logits": logits}, torch.tensor([[1.0, 0.0], [0.0, 1.0]])), expected)
+    smoothed = soft_target_loss(0.2)({"logits": logits[:1]}, torch.tensor([[1.0, 0.0]]))
+    log_p = logits[0].log_softmax(-1)
+    torch.testing.assert_close(smoothed, -(0.9 * log_p[0] + 0.1 * log_p[1]))
+    # with gradient accumulation the Trainer counts target entries: 2 images x 2 classes = 4 -> divide the sum by 2
+    summed = soft_target_loss(0.0)({"logits": logits}, torch.tensor([[1.0, 0.0], [0.0, 1.0]]), num_items_in_batch=4)
+    torch.testing.assert_close(summed, expected)
+
+
+def test_accelerate_launch_two_cpu_processes(workspace, tmp_path):
+    """The same job under DDP on CPU, two processes with the gloo backend.
+
+    accelerate 1.x's `--cpu` flag always uses its single-process launcher (`--cpu --num_processes 2` starts ONE
+    process); `--multi_gpu --num_processes 2` on a machine without CUDA starts two processes through
+    `torch.distributed.run`, which accelerate runs as `DistributedType.MULTI_CPU`. The global batch of 8 in the results
+    proves both processes took part.
+    """
+    import shutil
+
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
+    assert accelerate, "accelerate's launcher is not installed"
+    out = tmp_path / "ddp"
+    args = _args(workspace, out, "--eval_strategy", "steps", "--eval_steps", "2")[1:]  # drop the "train" command
+    command = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hf_vitprune.train", *args]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    train = json.loads((out / "train_results.json").read_text())
+    assert train["train_samples_per_second"] > 0
+    # 2 processes x batch 4 per device = 8 images per step: the learning rate scales with the global batch
+    peak_lr = max(e["learning_rate"] for e in state["log_history"] if "learning_rate" in e)
+    assert peak_lr == pytest.approx(1e-3 * 8 / 256)
+    assert any("eval_top1" in entry for entry in state["log_history"])  # evaluated during training
+    eval_metrics = json.loads((out / "eval_results.json").read_text())
+    assert 0 <= eval_metrics["eval_top1"] <= 100
+    assert (out / "model.safetensors").exists()
+    assert json.loads((out / "pruning_results.json").read_text())["training"]["global batch size"] == 8
