@@ -26,6 +26,10 @@ PRUNING_FIELDS = (
 """The config fields that describe pruning (what `PrunedViTPreTrainedModel.set_pruning` may change)."""
 
 
+def _pair(value) -> tuple[int, int]:
+    return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -72,6 +76,14 @@ class PrunedViTConfig(ViTConfig):
             paper's criteria on real images (docs/fusion_temperature.md).
         renyi_alpha (`float`, *optional*, defaults to 1.0):
             Order alpha > 0 of the Renyi entropy used by `pruning_method="entropy"`; 1.0 is the Shannon entropy.
+        patch_stride (`int`, *optional*):
+            Stride of the patch embedding, in pixels, 1 <= stride <= `patch_size`; `None` (the default) means the
+            patch size, i.e. no overlap. With 16 px patches and stride 12 (patches overlap by a quarter) a 224 px image
+            gives 18 x 18 = 324 patches instead of 196 (arXiv:2507.19175, sec. 3.3). The grid is
+            `(image_size - patch_size) // patch_stride + 1` per side: a border that does not fit a whole patch at the
+            last stride step is not seen (as `Conv2d` without padding), e.g. 8 px for 224 px, 16 px patches, stride 10.
+            Changing it changes the number of position embeddings: load a checkpoint with another stride through
+            `from_pretrained(..., patch_stride=...)`, which resizes them (and then needs fine-tuning).
         tome_r (`int` or `list[int]`, *optional*, defaults to 8):
             Tokens merged per layer by `pruning_method="tome"` (ToMe's `r`), >= 0; a list gives one value per layer
             (`num_hidden_layers` values). A layer merges at most half of its non-prefix tokens.
@@ -94,6 +106,7 @@ class PrunedViTConfig(ViTConfig):
     fusion_temperature: Any = 0.1
     renyi_alpha: Any = 1.0
     tome_r: Any = 8
+    patch_stride: Any = None
 
     def __post_init__(self, **kwargs):
         # A config dict read from a plain ViT/DeiT checkpoint carries its own `model_type`: never let it shadow ours.
@@ -105,6 +118,7 @@ class PrunedViTConfig(ViTConfig):
         if isinstance(self.keep_rate, tuple):
             self.keep_rate = list(self.keep_rate)
         self.check_pruning_fields()
+        self.check_patch_stride()
         super().__post_init__(**kwargs)
 
     def check_pruning_fields(self) -> None:
@@ -155,6 +169,39 @@ class PrunedViTConfig(ViTConfig):
             )
         if not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in merges):
             raise ValueError(f"tome_r must be an integer >= 0 (or a list of them, one per layer), got {self.tome_r!r}.")
+
+    def check_patch_stride(self) -> None:
+        """Validate `patch_stride` against the patch and image sizes.
+
+        Raises:
+            ValueError: naming the field, its value and the allowed range.
+        """
+        if self.patch_stride is None:
+            return
+        patch = _pair(self.patch_size)
+        if not isinstance(self.patch_stride, int) or isinstance(self.patch_stride, bool):
+            raise ValueError(f"patch_stride must be an integer number of pixels or None, got {self.patch_stride!r}.")
+        if not 1 <= self.patch_stride <= min(patch):
+            raise ValueError(
+                f"patch_stride must lie in [1, {min(patch)}] (the patch size; larger strides would skip pixels), got "
+                f"{self.patch_stride}. None means no overlap."
+            )
+
+    def patch_grid(self, height: int | None = None, width: int | None = None) -> tuple[int, int]:
+        """Rows and columns of patches for an input of `height` x `width` pixels (default: `image_size`).
+
+        `(size - patch_size) // stride + 1` per side, stride = `patch_stride` or the patch size.
+
+        Raises:
+            ValueError: if the input is smaller than one patch.
+        """
+        image = _pair(self.image_size)
+        height, width = height or image[0], width or image[1]
+        patch = _pair(self.patch_size)
+        stride = _pair(self.patch_stride) if self.patch_stride is not None else patch
+        if height < patch[0] or width < patch[1]:
+            raise ValueError(f"An input of {height}x{width} px is smaller than one {patch[0]}x{patch[1]} px patch.")
+        return (height - patch[0]) // stride[0] + 1, (width - patch[1]) // stride[1] + 1
 
     def layer_merge_count(self, layer_idx: int) -> int:
         """ToMe's `r` at layer `layer_idx`: tokens to merge there (0 unless `pruning_method == "tome"`)."""
@@ -213,7 +260,7 @@ class PrunedViTConfig(ViTConfig):
         have too few layers for them). `id2label` / `label2id` go in too, so a new head's labels agree with
         `num_labels` from the start."""
         config_dict = dict(config_dict)
-        for name in (*PRUNING_FIELDS, "id2label", "label2id"):
+        for name in (*PRUNING_FIELDS, "patch_stride", "id2label", "label2id"):
             if name in kwargs:
                 config_dict[name] = kwargs.pop(name)
         return super().from_dict(config_dict, **kwargs)

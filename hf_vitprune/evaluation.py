@@ -201,6 +201,11 @@ class EvaluateArguments:
     prune_layers: list[int] | None = field(
         default=None, metadata={"help": "0-indexed pruning layers (default: the model's, [3, 6, 9] for a plain ViT)."}
     )
+    patch_stride: int | None = field(
+        default=None,
+        metadata={"help": "Patch-embedding stride (e.g. 12 for overlapping 16 px patches); a checkpoint with "
+                  "another stride has its position embeddings resized (then it needs fine-tuning)."},
+    )  # fmt: skip
     batch_size: int = field(default=64, metadata={"help": "Evaluation batch size."})
     num_workers: int = field(default=2, metadata={"help": "DataLoader worker processes."})
     max_samples: int | None = field(default=None, metadata={"help": "Evaluate a seeded random subset of this size."})
@@ -274,6 +279,8 @@ def prepare_evaluation(args: EvaluateArguments) -> EvaluationSetup:
     torch.manual_seed(args.seed)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     extra = {"prune_layers": args.prune_layers} if args.prune_layers is not None else {}
+    if args.patch_stride is not None:
+        extra["patch_stride"] = args.patch_stride
     model = load_pruned_model(args.model, attn_implementation=args.attn_implementation, **extra).to(device).eval()
     data = load_image_data(
         args.data, args.split, args.image_column, args.label_column, max_samples=args.max_samples, seed=args.seed

@@ -12,6 +12,7 @@ This file is shipped to the Hugging Face Hub with `trust_remote_code`: it stays 
 transformers and its sibling `configuration_pruned_vit.py`.
 """
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -538,12 +539,122 @@ class PrunedViTLayer(ViTLayer):
         return hidden_states, patch_ids, kept_patch_ids, token_sizes
 
 
-class PrunedDeiTEmbeddings(DeiTEmbeddings):
-    """DeiT embeddings (class + distillation token, patches, position embeddings), as in `modeling_deit.py`."""
+class PrunedViTPatchEmbeddings(nn.Module):
+    """`ViTPatchEmbeddings` with a stride: overlapping patches when `config.patch_stride < patch_size`.
+
+    `(batch, channels, height, width)` -> `(batch, rows * cols, hidden)`, row-major over the patch grid, with
+    `rows = (height - patch_size) // stride + 1` (and the same for columns). Weights (`projection`, a `Conv2d` with
+    kernel = patch size) are those of `ViTPatchEmbeddings`, so any ViT checkpoint's patch projection loads unchanged.
+    Source: overlapping patch embedding of arXiv:2507.19175 (sec. 3.3); layout mirrors `modeling_vit.py`.
+
+    Raises (in `forward`):
+        ValueError: if the channel count differs from the config's.
+    """
+
+    def __init__(self, config: PrunedViTConfig):
+        super().__init__()
+        patch_size = config.patch_size if isinstance(config.patch_size, (list, tuple)) else (config.patch_size,) * 2
+        stride = patch_size if config.patch_stride is None else (config.patch_stride,) * 2
+        image_size = config.image_size if isinstance(config.image_size, (list, tuple)) else (config.image_size,) * 2
+        self.image_size = tuple(image_size)
+        self.patch_size = tuple(patch_size)
+        self.stride = tuple(stride)
+        self.grid_size = config.patch_grid()
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.num_channels = config.num_channels
+        self.projection = nn.Conv2d(config.num_channels, config.hidden_size, kernel_size=patch_size, stride=stride)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        num_channels = pixel_values.shape[1]
+        if num_channels != self.num_channels:
+            raise ValueError(
+                "Make sure that the channel dimension of the pixel values match with the one set in the configuration."
+                f" Expected {self.num_channels} but got {num_channels}."
+            )
+        return self.projection(pixel_values).flatten(2).transpose(1, 2)
 
 
-class PrunedViTEmbeddings(ViTEmbeddings):
-    """ViT embeddings (class token, patches, position embeddings), as in `modeling_vit.py`."""
+def resize_position_embeddings(
+    position_embeddings: torch.Tensor,
+    num_prefix_tokens: int,
+    old_grid: tuple[int, int],
+    new_grid: tuple[int, int],
+) -> torch.Tensor:
+    """Resample patch position embeddings from one patch grid to another; prefix-token embeddings are kept.
+
+    Bicubic interpolation with `align_corners=False`, as transformers' `interpolate_pos_encoding` and timm's
+    `resample_abs_pos_embed` do; computed in float32.
+
+    Args:
+        position_embeddings (`torch.Tensor` of shape `(1, prefix + old_rows * old_cols, hidden)`).
+        num_prefix_tokens (`int`).
+        old_grid, new_grid (`(rows, cols)`).
+
+    Returns:
+        `torch.Tensor` of shape `(1, prefix + new_rows * new_cols, hidden)`, same dtype; the input itself when the
+        grids are equal.
+
+    Raises:
+        ValueError: if `position_embeddings` does not hold `prefix + old_rows * old_cols` entries.
+    """
+    expected = num_prefix_tokens + old_grid[0] * old_grid[1]
+    if position_embeddings.shape[1] != expected:
+        raise ValueError(
+            f"position_embeddings has {position_embeddings.shape[1]} entries; a {old_grid[0]}x{old_grid[1]} grid with "
+            f"{num_prefix_tokens} prefix token(s) needs {expected}."
+        )
+    if tuple(old_grid) == tuple(new_grid):
+        return position_embeddings
+    dim = position_embeddings.shape[-1]
+    prefix = position_embeddings[:, :num_prefix_tokens]
+    grid = position_embeddings[:, num_prefix_tokens:].reshape(1, *old_grid, dim).permute(0, 3, 1, 2)
+    grid = nn.functional.interpolate(grid.float(), size=tuple(new_grid), mode="bicubic", align_corners=False)
+    grid = grid.to(position_embeddings.dtype).permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim)
+    return torch.cat([prefix, grid], dim=1)
+
+
+class _StridedPositionsMixin:
+    """Strided patch embedding and stride-aware position-embedding interpolation, for the ViT / DeiT embeddings."""
+
+    num_prefix_tokens: int
+
+    def _use_strided_patches(self, config: PrunedViTConfig) -> None:
+        self.patch_embeddings = PrunedViTPatchEmbeddings(config)
+        self.position_embeddings = nn.Parameter(
+            torch.zeros(1, self.patch_embeddings.num_patches + self.num_prefix_tokens, config.hidden_size)
+        )
+        self.config = config
+
+    def interpolate_pos_encoding(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Position embeddings for a `height` x `width` input: resized (bicubic) to its patch grid, which follows
+        the patch stride (transformers' version assumes stride = patch size)."""
+        grid = self.config.patch_grid(int(height), int(width))
+        if not torch.jit.is_tracing() and grid == self.patch_embeddings.grid_size:
+            return self.position_embeddings
+        return resize_position_embeddings(
+            self.position_embeddings, self.num_prefix_tokens, self.patch_embeddings.grid_size, grid
+        )
+
+
+class PrunedViTEmbeddings(_StridedPositionsMixin, ViTEmbeddings):
+    """ViT embeddings (class token, patches, position embeddings), as in `modeling_vit.py`, with `patch_stride`."""
+
+    num_prefix_tokens = 1
+
+    def __init__(self, config: PrunedViTConfig, use_mask_token: bool = False):
+        super().__init__(config, use_mask_token=use_mask_token)
+        self._use_strided_patches(config)
+
+
+class PrunedDeiTEmbeddings(_StridedPositionsMixin, DeiTEmbeddings):
+    """DeiT embeddings (class + distillation token, patches, position embeddings), as in `modeling_deit.py`, with
+    `patch_stride`."""
+
+    num_prefix_tokens = 2
+
+    def __init__(self, config: PrunedDeiTConfig, use_mask_token: bool = False):
+        super().__init__(config, use_mask_token=use_mask_token)
+        self._use_strided_patches(config)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -612,6 +723,52 @@ class PrunedViTPreTrainedModel(ViTPreTrainedModel):
             init.trunc_normal_(module.distillation_token, mean=0.0, std=self.config.initializer_range)
             if module.mask_token is not None:
                 init.zeros_(module.mask_token)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """[`~transformers.PreTrainedModel.from_pretrained`], plus loading a checkpoint under another patch stride.
+
+        `from_pretrained("facebook/deit-small-patch16-224", patch_stride=12)` loads the non-overlapping checkpoint,
+        then moves it to the stride-12 grid with [`with_patch_stride`]: the patch projection is unchanged, the
+        position embeddings are resized (bicubic), the prefix tokens' kept. Such a model needs fine-tuning. A
+        checkpoint saved with a stride loads as it is. Pruning fields go in as keyword arguments, as for any config
+        field.
+        """
+        if "patch_stride" not in kwargs:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        patch_stride = kwargs.pop("patch_stride")
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        if isinstance(loaded, tuple):  # output_loading_info=True
+            return (loaded[0].with_patch_stride(patch_stride), *loaded[1:])
+        return loaded.with_patch_stride(patch_stride)
+
+    def with_patch_stride(self, patch_stride: int | None) -> "PrunedViTPreTrainedModel":
+        """This model with another patch stride: same weights, position embeddings resized to the new grid.
+
+        Args:
+            patch_stride (`int` or `None`): the new stride in pixels (`None`: the patch size, no overlap).
+
+        Returns:
+            A new model of the same class, device, dtype and train/eval mode (`self` if the stride is unchanged).
+
+        Raises:
+            ValueError: for a stride `PrunedViTConfig` rejects.
+        """
+        if patch_stride == self.config.patch_stride:
+            return self
+        config = copy.deepcopy(self.config)
+        config.patch_stride = patch_stride
+        config.check_patch_stride()
+        embeddings = self.base_model.embeddings
+        state_dict = self.state_dict()
+        key = next(k for k in state_dict if k.endswith("embeddings.position_embeddings"))
+        state_dict[key] = resize_position_embeddings(
+            state_dict[key], config.num_prefix_tokens, embeddings.patch_embeddings.grid_size, config.patch_grid()
+        )
+        parameter = next(self.parameters())
+        model = type(self)(config).to(device=parameter.device, dtype=parameter.dtype)
+        model.load_state_dict(state_dict, strict=True)
+        return model.train(self.training)
 
     def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
         """[`~transformers.PreTrainedModel.save_pretrained`], writing the weights under their in-memory (5.x) names.
@@ -911,5 +1068,6 @@ __all__ = [
     "PrunedViTPreTrainedModel",
     "merge_tokens",
     "prune_tokens",
+    "resize_position_embeddings",
     "score_tokens",
 ]

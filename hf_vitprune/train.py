@@ -46,6 +46,11 @@ class ModelArguments:
     fusion_temperature: float | None = field(default=None, metadata={"help": "Fusion softmax temperature."})
     renyi_alpha: float = field(default=1.0, metadata={"help": "Renyi order of the entropy method (1 = Shannon)."})
     tome_r: list[int] = field(default_factory=lambda: [8], metadata={"help": "ToMe's r (one, or one per layer)."})
+    patch_stride: int | None = field(
+        default=None,
+        metadata={"help": "Patch-embedding stride (12 with 16 px patches: overlapping patches, 324 instead of 196). "
+                  "A checkpoint with another stride has its position embeddings resized (bicubic)."},
+    )  # fmt: skip
     keep_rate_warmup_epochs: float = field(
         default=0.0,
         metadata={
@@ -325,6 +330,8 @@ def load_model_for_training(model_args: ModelArguments, class_names: list[str]):
     id2label = {int(k): v for k, v in (base.get("id2label") or {}).items()}
     label2id = {v: k for k, v in id2label.items()}
     kwargs = dict(model_args.pruning_fields(), attn_implementation=model_args.attn_implementation)
+    if model_args.patch_stride is not None:
+        kwargs["patch_stride"] = model_args.patch_stride
     if set(class_names) <= set(label2id) and len(id2label) == len(class_names):
         return model_class.from_pretrained(model_args.model_name_or_path, **kwargs), [label2id[c] for c in class_names]
     if not model_args.ignore_mismatched_sizes:
@@ -464,6 +471,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
             "pruning": {
                 **{k: getattr(unwrapped.config, k) for k in model_args.pruning_fields()},
                 "prune_layers": unwrapped.config.prune_layers,
+                "patch_stride": unwrapped.config.patch_stride or unwrapped.config.patch_size,
                 "tokens": tokens_text(unwrapped.config, num_patches),
             },  # fmt: skip
             "metrics": {
