@@ -9,6 +9,7 @@ import sys
 COMMANDS = {
     "evaluate": ("hf_vitprune.evaluation", "top-1, GMACs and images/s of pruning variants of a model on images"),
     "sweep": ("hf_vitprune.sweep", "the trade-off curves of every method (tables, plots, matched-GMACs table)"),
+    "visualize": ("hf_vitprune.visualize", "draw which patches each pruning layer keeps on images (PNG)"),
     "train": ("hf_vitprune.train", "fine-tune with pruning switched on (HF Trainer; accelerate launch -m works too)"),
 }
 
