@@ -24,7 +24,7 @@ import torch
 from torch.utils import benchmark as torch_benchmark
 
 from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification, exact_keep_count
-from hf_vitprune.measure import DTYPES, count_gmacs, measure_throughput
+from hf_vitprune.measure import DTYPES, count_gmacs, measure_throughput, measure_training_throughput
 from hf_vitprune.modeling_pruned_vit import CRITERION_STATISTIC, class_attention_row, prune_tokens, score_tokens
 
 SHAPES = {
@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (and CUDA graphs on CUDA)")
+    parser.add_argument("--train_batch_size", type=int, default=None, help="training-step batch (default: 32 CPU)")
+    parser.add_argument("--train_runs", type=int, default=5)
     parser.add_argument("--output", default=None, help="also write the tables to this Markdown file")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -100,7 +102,10 @@ def main(argv: list[str] | None = None) -> str:
     dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     timing = dict(batch_size=batch_size, dtype=dtype, warmup=args.warmup, runs=args.runs, device=device)
 
-    speed_rows, attention_rows, overhead_rows, compile_rows = [], [], [], []
+    train_timing = dict(batch_size=args.train_batch_size or (32 if device.type == "cpu" else 128), dtype=dtype,
+                        warmup=2, runs=args.train_runs, device=device)  # fmt: skip
+    speed_rows, attention_rows, overhead_rows, compile_rows, train_rows = [], [], [], [], []
+    train_protocol = None
     protocol = None
     for shape in args.shapes:
         model = build(shape, device, pruning_method=None)
@@ -108,6 +113,9 @@ def main(argv: list[str] | None = None) -> str:
         base_gmacs = count_gmacs(model)
         protocol = base.describe()
         speed_rows.append((shape, "—", base_gmacs, 1.0, base.images_per_s, 1.0, None))
+        base_train = measure_training_throughput(model, **train_timing)
+        train_protocol = base_train.describe()
+        train_rows.append((shape, "—", base_train.images_per_s, 1.0))
         compile_modes = (["default"] + (["reduce-overhead"] if device.type == "cuda" else [])) if args.compile else []
         for mode in compile_modes:
             compile_rows.append((shape, "—", mode, measure_throughput(model, **timing, compile_mode=mode).images_per_s,
@@ -123,6 +131,8 @@ def main(argv: list[str] | None = None) -> str:
             model.set_attn_implementation("sdpa")
             attention_rows.append((shape, keep_rate, sdpa.images_per_s, eager.images_per_s))
             overhead_rows.append((shape, keep_rate, pruning_overhead(model, batch_size, dtype, device)))
+            train = measure_training_throughput(model, **train_timing)
+            train_rows.append((shape, keep_rate, train.images_per_s, train.images_per_s / base_train.images_per_s))
             for mode in compile_modes:
                 result = measure_throughput(model, **timing, compile_mode=mode)
                 compile_rows.append((shape, keep_rate, mode, result.images_per_s, sdpa.images_per_s))
@@ -147,6 +157,11 @@ def main(argv: list[str] | None = None) -> str:
     lines += ["", "| model | keep rate | pruning layer (ms) | pruning work (ms) | share |", "|---|---|---|---|---|"]
     for shape, keep, o in overhead_rows:
         lines.append(f"| {shape} | {keep} | {o['layer_ms']:.2f} | {o['pruning_ms']:.2f} | {100 * o['share']:.1f} % |")
+    lines += ["", f"### Training step ({args.method}, fusion): forward + backward + AdamW step, no data loading", ""]
+    lines += [f"Protocol: {train_protocol}.", "", "| model | keep rate | training images/s | speed-up |"]
+    lines.append("|---|---|---|---|")
+    for shape, keep, ips, speedup in train_rows:
+        lines.append(f"| {shape} | {keep} | {ips:.1f} | {speedup:.2f}× |")
     if compile_rows:
         lines += ["", "### torch.compile" + (" and CUDA graphs" if device.type == "cuda" else ""), ""]
         lines += ["| model | keep rate | mode | images/s | over uncompiled |", "|---|---|---|---|---|"]

@@ -229,3 +229,84 @@ def measure_throughput(
         torch_version=torch.__version__,
         compile_mode=compile_mode,
     )
+
+
+def measure_training_throughput(
+    model: nn.Module,
+    batch_size: int = 64,
+    image_size: int | None = None,
+    dtype: str = "fp32",
+    warmup: int = 2,
+    runs: int = 5,
+    device: str | torch.device | None = None,
+) -> ThroughputResult:
+    """Training images/s: forward, cross-entropy, backward and an AdamW step on one fixed random batch.
+
+    The protocol of `measure_throughput` (warm-up, synchronised timed steps, median and spread) applied to a training
+    step, without data loading, so that pruned and unpruned models compare on compute alone. The model's weights are
+    restored afterwards (the optimizer steps on a copy of the state); it is left in its former train/eval mode.
+
+    Args:
+        model (`nn.Module`): an HF image classifier taking `pixel_values` and `labels`.
+        batch_size, image_size, dtype ("fp32", or "bf16" / "fp16" autocast), warmup, runs, device: as in
+            `measure_throughput`.
+
+    Returns:
+        [`ThroughputResult`] (its `images_per_s` are training images per second).
+
+    Raises:
+        ValueError: as `measure_throughput`.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}.")
+    if runs < 1 or batch_size < 1:
+        raise ValueError(f"runs and batch_size must be >= 1, got runs={runs}, batch_size={batch_size}.")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.to(device).train()
+    size = image_size or _model_image_size(model)
+    generator = torch.Generator().manual_seed(0)
+    pixel_values = torch.randn(batch_size, model.config.num_channels, size, size, generator=generator).to(device)
+    labels = torch.randint(0, model.config.num_labels, (batch_size,), generator=generator).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=DTYPES[dtype]) if DTYPES[dtype] else contextlib.nullcontext()
+    )
+
+    def step():
+        with autocast:
+            logits = model(pixel_values=pixel_values).logits
+        loss = nn.functional.cross_entropy(logits.float(), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    rates = []
+    try:
+        for _ in range(warmup):
+            step()
+        for _ in range(runs):
+            _synchronize(device)
+            start = time.perf_counter()
+            step()
+            _synchronize(device)
+            rates.append(batch_size / (time.perf_counter() - start))
+    finally:
+        with torch.no_grad():
+            model.load_state_dict(saved)
+        model.train(was_training)
+    return ThroughputResult(
+        images_per_s=statistics.median(rates),
+        images_per_s_min=min(rates),
+        images_per_s_max=max(rates),
+        batch_size=batch_size,
+        image_size=size,
+        dtype=dtype,
+        device=device_name(device),
+        num_threads=torch.get_num_threads(),
+        attn_implementation=getattr(model.config, "_attn_implementation", None) or "eager",
+        warmup=warmup,
+        runs=runs,
+        torch_version=torch.__version__,
+    )

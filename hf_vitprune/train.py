@@ -136,6 +136,10 @@ class PruningTrainingArguments(TrainingArguments):
     overwrite_output: bool = field(
         default=False, metadata={"help": "Replace a trained model or checkpoints already in --output_dir."}
     )
+    throughput_batch_size: int = field(
+        default=64, metadata={"help": "Batch size of the images/s measurement after training (model card)."}
+    )
+    throughput_runs: int = field(default=10, metadata={"help": "Timed runs of that measurement (after 3 warm-up)."})
 
 
 class KeepRateScheduleCallback(TrainerCallback):
@@ -451,7 +455,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
         unwrapped = trainer.accelerator.unwrap_model(trainer.model)
         num_patches = unwrapped.base_model.embeddings.patch_embeddings.num_patches
         pruned_gmacs = count_gmacs(unwrapped)
-        timing = dict(batch_size=64, runs=10, warmup=3)
+        timing = dict(batch_size=training_args.throughput_batch_size, runs=training_args.throughput_runs, warmup=3)
         pruned_speed = measure_throughput(unwrapped, **timing)
         saved = {k: getattr(unwrapped.config, k) for k in ("pruning_method",)}
         unwrapped.set_pruning(pruning_method=None)

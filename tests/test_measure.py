@@ -23,7 +23,11 @@ def test_unpruned_deit_small_reads_4_61_gmacs(deit_small):
 
 
 # arXiv:2507.19175, Table 1 (DeiT-S, 224 px, pruning at blocks 4, 7, 10): GFLOPs (fvcore) without / with fusion
-@pytest.mark.parametrize("keep_rate, without_fusion, with_fusion", [(0.7, 3.00, 3.04), (0.5, 2.29, 2.31)])
+@pytest.mark.parametrize(
+    "keep_rate, without_fusion, with_fusion",
+    [(0.9, 4.00, 4.03), (0.8, 3.45, 3.48), (0.7, 3.00, 3.04), (0.6, 2.61, 2.64), (0.5, 2.29, 2.31),
+     (0.4, 2.03, 2.05), (0.3, 1.80, 1.82)],
+)  # fmt: skip
 def test_pruned_deit_small_matches_table_1(deit_small, keep_rate, without_fusion, with_fusion):
     deit_small.set_pruning(pruning_method="variance", keep_rate=keep_rate, fuse_pruned=False)
     assert count_gmacs(deit_small) == pytest.approx(without_fusion, abs=0.03)
@@ -52,3 +56,16 @@ def test_throughput_reports_its_protocol():
     assert measure_throughput(model, batch_size=2, dtype="bf16", warmup=0, runs=1).dtype == "bf16"
     with pytest.raises(ValueError, match="dtype"):
         measure_throughput(model, dtype="int8")
+
+
+def test_training_throughput_restores_the_weights_and_mode():
+    from hf_vitprune.measure import measure_training_throughput
+
+    model = PrunedViTForImageClassification(PrunedViTConfig(**tiny_config_kwargs())).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = measure_training_throughput(model, batch_size=4, warmup=1, runs=2)
+    assert result.images_per_s > 0 and result.runs == 2 and result.batch_size == 4
+    assert not model.training
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.grad is None for p in model.parameters())

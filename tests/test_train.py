@@ -201,3 +201,21 @@ def test_accelerate_launch_two_cpu_processes(workspace, tmp_path):
     assert 0 <= eval_metrics["eval_top1"] <= 100
     assert (out / "model.safetensors").exists()
     assert json.loads((out / "pruning_results.json").read_text())["training"]["global batch size"] == 8
+
+
+def test_help_documents_every_argument(capsys):
+    import dataclasses
+
+    from hf_vitprune.train import DataArguments, ModelArguments, PruningTrainingArguments
+
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for cls in (ModelArguments, DataArguments, PruningTrainingArguments):
+        for f in dataclasses.fields(cls):
+            if f.init and not f.name.startswith("_"):
+                assert f"--{f.name}" in text, f.name
+    ours = [f for cls in (ModelArguments, DataArguments) for f in dataclasses.fields(cls)]
+    assert all(f.metadata.get("help") for f in ours)
+    recipe = {"num_train_epochs", "weight_decay", "lr_scheduler_type", "warmup_steps", "overwrite_output"}
+    assert all(f.metadata.get("help") for f in dataclasses.fields(PruningTrainingArguments) if f.name in recipe)

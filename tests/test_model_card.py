@@ -1,0 +1,61 @@
+"""The model-card template renders from a results file into a card whose YAML metadata parses and holds the results."""
+
+import json
+
+import yaml
+from huggingface_hub import ModelCard
+
+from hf_vitprune.model_card import TEMPLATE_PATH, build_model_card
+
+RESULTS = {
+    "model_name": "deit-tiny-imagenette-variance-0.7",
+    "repo_id": "someone/deit-tiny-imagenette-variance-0.7",
+    "base_model": "facebook/deit-tiny-patch16-224",
+    "dataset": {"id": "imagenette", "name": "Imagenette (10 ImageNet classes)", "split": "validation", "images": 3925},
+    "pruning": {"pruning_method": "variance", "keep_rate": 0.7, "prune_layers": [3, 6, 9], "fuse_pruned": True,
+                "fusion_temperature": 0.1, "tokens": "196→138+1→98+1→70+1"},
+    "metrics": {"pruned": {"top1": 91.23, "top5": 99.01, "gmacs": 0.8241, "images_per_s": 73.5,
+                           "tokens": "196→138+1→98+1→70+1"},
+                "unpruned": {"top1": 92.5, "top5": 99.2, "gmacs": 1.2581, "images_per_s": 45.1, "tokens": "196"}},
+    "protocol": {"top1": "3925 images", "gmacs": "fvcore", "throughput": "batch 64, fp32", "machine": "cpu"},
+    "training": {"epochs": 2, "learning rate": 0.00025},
+    "command": "hf-vitprune train --model_name_or_path ...",
+}  # fmt: skip
+
+
+def test_card_renders_with_parsable_metadata_and_results(tmp_path):
+    path = tmp_path / "README.md"
+    results_file = tmp_path / "pruning_results.json"
+    results_file.write_text(json.dumps(RESULTS))
+    build_model_card(json.loads(results_file.read_text())).save(path)
+    text = path.read_text()
+    assert text.startswith("---\n")
+    metadata = yaml.safe_load(text.split("---\n")[1])
+    assert metadata["base_model"] == "facebook/deit-tiny-patch16-224"
+    assert metadata["pipeline_tag"] == "image-classification" and "custom_code" in metadata["tags"]
+    (entry,) = metadata["model-index"]
+    metrics = {m["type"]: m["value"] for m in entry["results"][0]["metrics"]}
+    assert metrics == {"accuracy": 91.23, "top-5-accuracy": 99.01}
+    assert entry["results"][0]["dataset"]["split"] == "validation"
+    # the body: results of both models, pruning settings, the protocol, the snippet and the citation
+    assert "| pruned (variance) | 91.23 | 99.01 | 0.824 | 73.5 | 196→138+1→98+1→70+1 |" in text
+    assert "| unpruned | 92.50 | 99.20 | 1.258 | 45.1 | 196 |" in text
+    assert "| fusion_temperature | 0.10 |" in text
+    assert 'from_pretrained("someone/deit-tiny-imagenette-variance-0.7", trust_remote_code=True)' in text
+    assert "arXiv:2507.19175" in text and "fine-tuned on Imagenette" in text
+    assert "| learning rate | 0.000250 |" in text and "hf-vitprune train --model_name_or_path" in text
+    # huggingface_hub reads its own card back with the same results
+    card = ModelCard.load(path)
+    assert card.data.eval_results[0].metric_value == 91.23
+
+
+def test_untrained_card_says_so():
+    card = build_model_card({**RESULTS, "training": {}, "command": None})
+    assert "evaluated on Imagenette (10 ImageNet classes) without fine-tuning" in str(card)
+    assert "Not fine-tuned" in str(card)
+
+
+def test_template_is_the_one_in_model_cards():
+    from conftest import REPO
+
+    assert (REPO / "model_cards" / "template.md").resolve() == TEMPLATE_PATH.resolve()
