@@ -14,6 +14,29 @@ COMMANDS = {
 }
 
 
+def parse_arguments(dataclass_types, argv: list[str] | None, prog: str, description: str | None = None) -> tuple:
+    """Parse `argv` into instances of `dataclass_types` with `transformers.HfArgumentParser`.
+
+    `argv` is either flags (`--name value`) or one `.json` / `.yaml` / `.yml` file holding the same names.
+
+    Returns:
+        One instance per dataclass type, in order.
+
+    Raises:
+        SystemExit: on `--help` or unparsable flags (argparse's behaviour).
+        ValueError: for unknown keys in a JSON / YAML file.
+    """
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(dataclass_types, prog=prog, description=description)
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(os.path.abspath(argv[0]))
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(os.path.abspath(argv[0]))
+    return parser.parse_args_into_dataclasses(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Dispatch `argv[0]` to its command's `main(argv[1:])`.
 

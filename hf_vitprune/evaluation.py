@@ -412,14 +412,8 @@ def run_evaluation(args: EvaluateArguments, command: str | None = None) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     """Entry point of `hf-vitprune evaluate`: parse `argv` (flags, or one .json / .yaml file) and run."""
-    from transformers import HfArgumentParser
+    from .cli import parse_arguments
 
-    parser = HfArgumentParser(EvaluateArguments, prog="hf-vitprune evaluate", description=__doc__)
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        (args,) = parser.parse_json_file(argv[0])
-    elif len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        (args,) = parser.parse_yaml_file(argv[0])
-    else:
-        (args,) = parser.parse_args_into_dataclasses(argv)
+    (args,) = parse_arguments(EvaluateArguments, argv, prog="hf-vitprune evaluate", description=__doc__)
     return run_evaluation(args, command="hf-vitprune evaluate " + shlex.join(argv))

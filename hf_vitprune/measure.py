@@ -155,6 +155,44 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _check_protocol(dtype: str, runs: int, batch_size: int) -> None:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}.")
+    if runs < 1 or batch_size < 1:
+        raise ValueError(f"runs and batch_size must be >= 1, got runs={runs}, batch_size={batch_size}.")
+
+
+def _autocast(device: torch.device, dtype: str):
+    return torch.autocast(device_type=device.type, dtype=DTYPES[dtype]) if DTYPES[dtype] else contextlib.nullcontext()
+
+
+def _timed(step, warmup: int, runs: int, batch_size: int, device: torch.device) -> list[float]:
+    """Images/s of `runs` synchronised calls of `step` after `warmup` untimed ones."""
+    for _ in range(warmup):
+        step()
+    rates = []
+    for _ in range(runs):
+        _synchronize(device)
+        start = time.perf_counter()
+        step()
+        _synchronize(device)
+        rates.append(batch_size / (time.perf_counter() - start))
+    return rates
+
+
+def _result(rates: list[float], model, device, **protocol) -> ThroughputResult:
+    return ThroughputResult(
+        images_per_s=statistics.median(rates),
+        images_per_s_min=min(rates),
+        images_per_s_max=max(rates),
+        device=device_name(device),
+        num_threads=torch.get_num_threads(),
+        attn_implementation=getattr(model.config, "_attn_implementation", None) or "eager",
+        torch_version=torch.__version__,
+        **protocol,
+    )
+
+
 def measure_throughput(
     model: nn.Module,
     batch_size: int = 64,
@@ -188,10 +226,7 @@ def measure_throughput(
     Raises:
         ValueError: for an unknown `dtype`, `runs < 1` or `batch_size < 1`.
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}.")
-    if runs < 1 or batch_size < 1:
-        raise ValueError(f"runs and batch_size must be >= 1, got runs={runs}, batch_size={batch_size}.")
+    _check_protocol(dtype, runs, batch_size)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval().to(device)
     size = image_size or _model_image_size(model)
@@ -201,34 +236,10 @@ def measure_throughput(
     if compile_mode is not None:
         wrapped = torch.compile(wrapped, mode=compile_mode, fullgraph=True)
         warmup = max(warmup, 2)
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=DTYPES[dtype]) if DTYPES[dtype] else contextlib.nullcontext()
-    )
-    rates = []
-    with torch.inference_mode(), autocast:
-        for _ in range(warmup):
-            wrapped(pixel_values)
-        for _ in range(runs):
-            _synchronize(device)
-            start = time.perf_counter()
-            wrapped(pixel_values)
-            _synchronize(device)
-            rates.append(batch_size / (time.perf_counter() - start))
-    return ThroughputResult(
-        images_per_s=statistics.median(rates),
-        images_per_s_min=min(rates),
-        images_per_s_max=max(rates),
-        batch_size=batch_size,
-        image_size=size,
-        dtype=dtype,
-        device=device_name(device),
-        num_threads=torch.get_num_threads(),
-        attn_implementation=getattr(model.config, "_attn_implementation", None) or "eager",
-        warmup=warmup,
-        runs=runs,
-        torch_version=torch.__version__,
-        compile_mode=compile_mode,
-    )
+    with torch.inference_mode(), _autocast(device, dtype):
+        rates = _timed(lambda: wrapped(pixel_values), warmup, runs, batch_size, device)
+    return _result(rates, model, device, batch_size=batch_size, image_size=size, dtype=dtype, warmup=warmup,
+                   runs=runs, compile_mode=compile_mode)  # fmt: skip
 
 
 def measure_training_throughput(
@@ -257,10 +268,7 @@ def measure_training_throughput(
     Raises:
         ValueError: as `measure_throughput`.
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}.")
-    if runs < 1 or batch_size < 1:
-        raise ValueError(f"runs and batch_size must be >= 1, got runs={runs}, batch_size={batch_size}.")
+    _check_protocol(dtype, runs, batch_size)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -270,43 +278,19 @@ def measure_training_throughput(
     pixel_values = torch.randn(batch_size, model.config.num_channels, size, size, generator=generator).to(device)
     labels = torch.randint(0, model.config.num_labels, (batch_size,), generator=generator).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=DTYPES[dtype]) if DTYPES[dtype] else contextlib.nullcontext()
-    )
 
     def step():
-        with autocast:
+        with _autocast(device, dtype):
             logits = model(pixel_values=pixel_values).logits
-        loss = nn.functional.cross_entropy(logits.float(), labels)
-        loss.backward()
+        nn.functional.cross_entropy(logits.float(), labels).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    rates = []
     try:
-        for _ in range(warmup):
-            step()
-        for _ in range(runs):
-            _synchronize(device)
-            start = time.perf_counter()
-            step()
-            _synchronize(device)
-            rates.append(batch_size / (time.perf_counter() - start))
+        rates = _timed(step, warmup, runs, batch_size, device)
     finally:
         with torch.no_grad():
             model.load_state_dict(saved)
         model.train(was_training)
-    return ThroughputResult(
-        images_per_s=statistics.median(rates),
-        images_per_s_min=min(rates),
-        images_per_s_max=max(rates),
-        batch_size=batch_size,
-        image_size=size,
-        dtype=dtype,
-        device=device_name(device),
-        num_threads=torch.get_num_threads(),
-        attn_implementation=getattr(model.config, "_attn_implementation", None) or "eager",
-        warmup=warmup,
-        runs=runs,
-        torch_version=torch.__version__,
-    )
+    return _result(rates, model, device, batch_size=batch_size, image_size=size, dtype=dtype, warmup=warmup,
+                   runs=runs)  # fmt: skip

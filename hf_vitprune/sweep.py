@@ -186,14 +186,8 @@ def run_sweep(args: SweepArguments, command: str | None = None) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     """Entry point of `hf-vitprune sweep`: parse `argv` (flags, or one .json / .yaml file) and run."""
-    from transformers import HfArgumentParser
+    from .cli import parse_arguments
 
-    parser = HfArgumentParser(SweepArguments, prog="hf-vitprune sweep", description=__doc__)
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        (args,) = parser.parse_json_file(argv[0])
-    elif len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        (args,) = parser.parse_yaml_file(argv[0])
-    else:
-        (args,) = parser.parse_args_into_dataclasses(argv)
+    (args,) = parse_arguments(SweepArguments, argv, prog="hf-vitprune sweep", description=__doc__)
     return run_sweep(args, command="hf-vitprune sweep " + shlex.join(argv))

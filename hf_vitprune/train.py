@@ -296,17 +296,11 @@ def top_k_metrics():
 
 def parse_args(argv: list[str] | None = None):
     """Parse flags (or one .json / .yaml file) into `(ModelArguments, DataArguments, PruningTrainingArguments)`."""
-    from transformers import HfArgumentParser
+    from .cli import parse_arguments
 
-    parser = HfArgumentParser(
-        (ModelArguments, DataArguments, PruningTrainingArguments), prog="hf-vitprune train", description=__doc__
+    return parse_arguments(
+        (ModelArguments, DataArguments, PruningTrainingArguments), argv, prog="hf-vitprune train", description=__doc__
     )
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(os.path.abspath(argv[0]))
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(argv)
 
 
 def load_model_for_training(model_args: ModelArguments, class_names: list[str]):

@@ -203,9 +203,8 @@ def visualize(args: VisualizeArguments, command: str | None = None) -> Path:
 
 def main(argv: list[str] | None = None) -> Path:
     """Entry point of `hf-vitprune visualize`."""
-    from transformers import HfArgumentParser
+    from .cli import parse_arguments
 
-    parser = HfArgumentParser(VisualizeArguments, prog="hf-vitprune visualize", description=__doc__)
     argv = sys.argv[1:] if argv is None else argv
-    (args,) = parser.parse_args_into_dataclasses(argv)
+    (args,) = parse_arguments(VisualizeArguments, argv, prog="hf-vitprune visualize", description=__doc__)
     return visualize(args, command="hf-vitprune visualize " + shlex.join(argv))

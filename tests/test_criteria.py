@@ -155,3 +155,17 @@ def test_num_keep_out_of_range():
         prune_tokens(hidden, scores, 0, 1, patch_ids)
     with pytest.raises(ValueError, match="num_keep"):
         prune_tokens(hidden, scores, 5, 1, patch_ids)
+
+
+def test_gather_tokens_equals_gather_in_values_and_gradients():
+    from hf_vitprune.modeling_pruned_vit import gather_tokens
+
+    x = torch.randn(3, 7, 5, requires_grad=True)
+    index = torch.tensor([[6, 0, 2], [1, 1, 5], [3, 4, 0]])
+    expected = x.gather(1, index.unsqueeze(-1).expand(-1, -1, 5))
+    out = gather_tokens(x, index)
+    assert torch.equal(out, expected)
+    weights = torch.randn_like(out)
+    (grad_ours,) = torch.autograd.grad((out * weights).sum(), x)
+    (grad_gather,) = torch.autograd.grad((expected * weights).sum(), x)
+    assert torch.equal(grad_ours, grad_gather)
