@@ -82,6 +82,26 @@ def pruning_overhead(model, batch_size: int, dtype: str, device: torch.device) -
             "share": times["pruning"] / times["layer"]}  # fmt: skip
 
 
+def layer_time_by_tokens(shape: str, batch_size: int, dtype: str, device: torch.device, token_counts) -> list:
+    """Median time of one ViT layer (no pruning) at each token count, with torch.utils.benchmark.
+
+    Shows how far the time of a layer follows its MACs: a layer's MACs grow a little faster than linearly with the
+    token count (attention is quadratic), so time per token should fall slowly as tokens are removed.
+    """
+    model = build(shape, device, pruning_method=None)
+    layer = model.vit.layers[0]
+    rows = []
+    autocast = torch.autocast(device.type, dtype=DTYPES[dtype]) if DTYPES[dtype] else contextlib.nullcontext()
+    for tokens in token_counts:
+        hidden = torch.randn(batch_size, tokens, model.config.hidden_size, device=device)
+        ids = torch.zeros(batch_size, tokens - 1, dtype=torch.long, device=device)
+        with torch.inference_mode(), autocast:
+            timer = torch_benchmark.Timer(stmt="layer(hidden, None, ids, None)", globals=locals() | {"layer": layer},
+                                          num_threads=torch.get_num_threads())  # fmt: skip
+            rows.append((shape, tokens, 1e3 * timer.blocked_autorange(min_run_time=1.0).median))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -95,6 +115,10 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (and CUDA graphs on CUDA)")
     parser.add_argument("--train_batch_size", type=int, default=None, help="training-step batch (default: 32 CPU)")
     parser.add_argument("--train_runs", type=int, default=5)
+    parser.add_argument(
+        "--layer_tokens", nargs="*", type=int, default=[197, 196, 192, 178, 160, 139, 128, 99],
+        help="token counts for the one-layer timing table (none: skip it)",
+    )  # fmt: skip
     parser.add_argument("--output", default=None, help="also write the tables to this Markdown file")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -162,6 +186,12 @@ def main(argv: list[str] | None = None) -> str:
     lines.append("|---|---|---|---|")
     for shape, keep, ips, speedup in train_rows:
         lines.append(f"| {shape} | {keep} | {ips:.1f} | {speedup:.2f}× |")
+    if args.layer_tokens:
+        lines += ["", "### One ViT layer (no pruning) against its token count", ""]
+        lines += ["| model | tokens | layer time (ms) | time per token (µs) |", "|---|---|---|---|"]
+        for shape in args.shapes:
+            for name, tokens, ms in layer_time_by_tokens(shape, batch_size, dtype, device, args.layer_tokens):
+                lines.append(f"| {name} | {tokens} | {ms:.2f} | {1e3 * ms / tokens:.1f} |")
     if compile_rows:
         lines += ["", "### torch.compile" + (" and CUDA graphs" if device.type == "cuda" else ""), ""]
         lines += ["| model | keep rate | mode | images/s | over uncompiled |", "|---|---|---|---|---|"]

@@ -219,3 +219,20 @@ def test_help_documents_every_argument(capsys):
     assert all(f.metadata.get("help") for f in ours)
     recipe = {"num_train_epochs", "weight_decay", "lr_scheduler_type", "warmup_steps", "overwrite_output"}
     assert all(f.metadata.get("help") for f in dataclasses.fields(PruningTrainingArguments) if f.name in recipe)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_arguments_come_from_a_json_or_yaml_file(tmp_path, suffix):
+    import yaml
+
+    from hf_vitprune.train import parse_args
+
+    values = {"model_name_or_path": "some/model", "pruning_method": "medad", "keep_rate": [0.9, 0.7, 0.5],
+              "patch_stride": 12, "dataset": "some/data", "mixup_alpha": 0.0, "output_dir": str(tmp_path / "o"),
+              "num_train_epochs": 3, "learning_rate": 0.01, "base_learning_rate": 0}  # fmt: skip
+    path = tmp_path / f"args{suffix}"
+    path.write_text(json.dumps(values) if suffix == ".json" else yaml.safe_dump(values))
+    model_args, data_args, training_args = parse_args([str(path)])
+    assert model_args.pruning_fields()["keep_rate"] == [0.9, 0.7, 0.5] and model_args.patch_stride == 12
+    assert (data_args.dataset, data_args.mixup_alpha, data_args.base_learning_rate) == ("some/data", 0.0, 0)
+    assert training_args.num_train_epochs == 3 and training_args.weight_decay == 0.05  # recipe default kept
