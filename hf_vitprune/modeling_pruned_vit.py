@@ -376,18 +376,20 @@ def merge_tokens(
     unmerged_a = order[:, num_merge:].sort(dim=-1).values  # keep the sequence order
     destination = best_b.gather(1, merged_a)
 
-    def rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    # A token i sits at position num_prefix_tokens + first_a + 2 i of hidden_states
+    def a_tokens(index: torch.Tensor) -> torch.Tensor:
+        return gather_tokens(hidden_states, num_prefix_tokens + first_a + 2 * index).float()
 
-    tokens_a, tokens_b = candidates[:, side_a], candidates[:, side_b]
+    tokens_b = candidates[:, side_b]
     sizes_a, sizes_b = sizes[:, side_a], sizes[:, side_b]
+    merged_sizes = sizes_a.gather(1, merged_a)
     weighted_sum_b = (tokens_b * sizes_b.unsqueeze(-1)).scatter_add(
         1,
         destination.unsqueeze(-1).expand(-1, -1, hidden_size),
-        rows(tokens_a * sizes_a.unsqueeze(-1), merged_a),
+        a_tokens(merged_a) * merged_sizes.unsqueeze(-1),
     )
-    new_sizes_b = sizes_b.scatter_add(1, destination, sizes_a.gather(1, merged_a))
-    merged = torch.cat([rows(tokens_a, unmerged_a), weighted_sum_b / new_sizes_b.unsqueeze(-1)], dim=1)
+    new_sizes_b = sizes_b.scatter_add(1, destination, merged_sizes)
+    merged = torch.cat([a_tokens(unmerged_a), weighted_sum_b / new_sizes_b.unsqueeze(-1)], dim=1)
     hidden_states = torch.cat([hidden_states[:, :num_prefix_tokens], merged.to(hidden_states.dtype)], dim=1)
     token_sizes = torch.cat([token_sizes[:, :num_prefix_tokens], sizes_a.gather(1, unmerged_a), new_sizes_b], dim=1)
     patch_ids = torch.cat([patch_ids[:, side_a].gather(1, unmerged_a), patch_ids[:, side_b]], dim=1)
