@@ -501,7 +501,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
                 * max(training_args.world_size, 1),
                 "learning rate": training_args.learning_rate,
                 "weight decay": training_args.weight_decay,
-                "schedule": f"{training_args.lr_scheduler_type}, warm-up {training_args.warmup_steps}",
+                "schedule": f"{getattr(training_args.lr_scheduler_type, 'value', training_args.lr_scheduler_type)}, "
+                f"warm-up {training_args.warmup_steps}",
                 "augmentation": data_args.augmentation,
                 "mixup / cutmix alpha": f"{data_args.mixup_alpha} / {data_args.cutmix_alpha}",
                 "label smoothing": data_args.label_smoothing,
