@@ -125,7 +125,9 @@ def draw(rows: list[tuple[np.ndarray, KeptPatches]], title: str | None = None):
     import matplotlib.pyplot as plt
 
     ncols = 1 + max(len(k.masks) for _, k in rows)
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(2.2 * ncols, 2.35 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), ncols, figsize=(2.2 * ncols, 2.5 * len(rows)), squeeze=False, layout="constrained"
+    )
     for i, (image, kept) in enumerate(rows):
         axes[i, 0].imshow(image)
         axes[i, 0].set_title(f"{kept.method}\n→ {kept.prediction}", fontsize=8)
@@ -136,7 +138,6 @@ def draw(rows: list[tuple[np.ndarray, KeptPatches]], title: str | None = None):
             ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     return fig
 
 
