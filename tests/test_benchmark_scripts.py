@@ -37,3 +37,23 @@ def test_finetune_table_computes_speedups_against_the_reference(tmp_path):
     assert (tmp_path / "t.md").read_text() == text
     with pytest.raises(FileNotFoundError, match="did the run"):
         finetune_table.main([str(tmp_path / "missing")])
+
+
+def test_render_model_cards_writes_the_card_with_the_note_and_never_overwrites(tmp_path):
+    from test_model_card import RESULTS
+
+    render_model_cards = _load("render_model_cards")
+    run = tmp_path / "deit-tiny-imagenette-variance-0.7"
+    run.mkdir()
+    (run / "pruning_results.json").write_text(json.dumps(RESULTS))
+    (path,) = render_model_cards.main([str(run), "--output_dir", str(tmp_path / "cards"), "--note", "Not on the Hub."])
+    assert path == tmp_path / "cards" / "deit-tiny-imagenette-variance-0.7.md"
+    text = path.read_text()
+    assert "Not on the Hub." in text and "91.23" in text and text.startswith("---\n")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        render_model_cards.main([str(run), "--output_dir", str(tmp_path / "cards")])
+    path.write_text("edited by hand")
+    render_model_cards.main([str(run), "--output_dir", str(tmp_path / "cards"), "--overwrite"])
+    assert "Not on the Hub." not in path.read_text() and "91.23" in path.read_text()
+    with pytest.raises(FileNotFoundError, match="did the run"):
+        render_model_cards.main([str(tmp_path / "missing")])
