@@ -19,12 +19,35 @@ TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card_template.md"
 PAPER = "Igaue & Aizawa, arXiv:2507.19175 (2025)"
 
 
-def _fmt(value, digits: int = 2) -> str:
+def _fmt(value, digits: int | None = 2) -> str:
+    """`digits` decimals for floats, or (`digits=None`) up to 6 significant digits without trailing zeros."""
     if value is None:
         return "—"
     if isinstance(value, float):
-        return f"{value:.{digits}f}"
+        return f"{value:.6g}" if digits is None else f"{value:.{digits}f}"
     return str(value)
+
+
+def _hub_id(name: str) -> str | None:
+    """`name` if it reads as a Hub repository id (`owner/name` or `name`), `None` for a local path."""
+    if not name or name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).exists():
+        return None
+    return name
+
+
+def _relevant_pruning_rows(pruning: dict) -> list[tuple[str, str]]:
+    """The pruning settings that act under `pruning["pruning_method"]` (no `tome_r` for variance, and so on)."""
+    method = pruning.get("pruning_method")
+    unused = set()
+    if method != "entropy":
+        unused.add("renyi_alpha")
+    if method != "tome":
+        unused.add("tome_r")
+    if method in (None, "tome"):
+        unused |= {"keep_rate", "fuse_pruned", "fusion_temperature"}
+    elif not pruning.get("fuse_pruned"):
+        unused.add("fusion_temperature")
+    return [(k, _fmt(v, None)) for k, v in pruning.items() if k not in unused]
 
 
 def build_model_card(results: dict):
@@ -44,7 +67,9 @@ def build_model_card(results: dict):
 
     dataset, pruning, pruned = results["dataset"], results["pruning"], results["metrics"]["pruned"]
     model_name = results.get("model_name") or f"{results['base_model'].split('/')[-1]}-{pruning['pruning_method']}"
-    task = dict(task_type="image-classification", dataset_type=dataset["id"], dataset_name=dataset["name"])
+    # a local folder is named by its last component in the metadata, which the Hub reads as ids
+    dataset_type = _hub_id(dataset["id"]) or Path(dataset["id"]).resolve().name
+    task = dict(task_type="image-classification", dataset_type=dataset_type, dataset_name=dataset["name"])
     task["dataset_split"] = dataset.get("split")
     eval_results = [
         EvalResult(**task, metric_type="accuracy", metric_name="top-1 accuracy (%)", metric_value=pruned["top1"]),
@@ -52,8 +77,8 @@ def build_model_card(results: dict):
     ]
     card_data = ModelCardData(
         model_name=model_name,
-        base_model=results["base_model"],
-        datasets=[dataset["id"]] if "/" in dataset["id"] else None,
+        base_model=_hub_id(results["base_model"]),
+        datasets=[dataset["id"]] if _hub_id(dataset["id"]) else None,
         license=results.get("license", "apache-2.0"),
         library_name="transformers",
         pipeline_tag="image-classification",
@@ -92,8 +117,8 @@ def build_model_card(results: dict):
         result_rows=rows,
         protocol=protocol,
         results_note=results.get("results_note", ""),
-        pruning_rows=[(k, _fmt(v)) for k, v in pruning.items()],
-        training_rows=[(k, _fmt(v, 6)) for k, v in (results.get("training") or {}).items()],
+        pruning_rows=_relevant_pruning_rows(pruning),
+        training_rows=[(k, _fmt(v, None)) for k, v in (results.get("training") or {}).items()],
         repo_id=results.get("repo_id") or "path/to/this/model",
         command=results.get("command"),
     )

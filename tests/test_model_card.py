@@ -40,13 +40,31 @@ def test_card_renders_with_parsable_metadata_and_results(tmp_path):
     # the body: results of both models, pruning settings, the protocol, the snippet and the citation
     assert "| pruned (variance) | 91.23 | 99.01 | 0.824 | 73.5 | 196→138+1→98+1→70+1 |" in text
     assert "| unpruned | 92.50 | 99.20 | 1.258 | 45.1 | 196 |" in text
-    assert "| fusion_temperature | 0.10 |" in text
+    assert "| fusion_temperature | 0.1 |" in text and "| keep_rate | 0.7 |" in text
     assert 'from_pretrained("someone/deit-tiny-imagenette-variance-0.7", trust_remote_code=True)' in text
     assert "arXiv:2507.19175" in text and "fine-tuned on Imagenette" in text
-    assert "| learning rate | 0.000250 |" in text and "hf-vitprune train --model_name_or_path" in text
+    assert "| learning rate | 0.00025 |" in text and "hf-vitprune train --model_name_or_path" in text
     # huggingface_hub reads its own card back with the same results
     card = ModelCard.load(path)
     assert card.data.eval_results[0].metric_value == 91.23
+
+
+def test_card_of_a_local_run_keeps_local_paths_out_of_the_metadata_and_shows_only_settings_that_act(tmp_path):
+    local = {
+        **RESULTS,
+        "base_model": "../shared/models/deit-tiny-patch16-224",
+        "dataset": {"id": "../shared/data/imagenette", "name": "../shared/data/imagenette", "split": None,
+                    "images": 3925},
+        "pruning": {**RESULTS["pruning"], "renyi_alpha": 1.0, "tome_r": 8},
+    }  # fmt: skip
+    text = str(build_model_card(local))
+    metadata = yaml.safe_load(text.split("---\n")[1])
+    assert "base_model" not in metadata and "datasets" not in metadata
+    assert metadata["model-index"][0]["results"][0]["dataset"]["type"] == "imagenette"
+    assert "`../shared/models/deit-tiny-patch16-224`" in text  # still named in the text
+    assert "| tome_r |" not in text and "| renyi_alpha |" not in text and "| keep_rate | 0.7 |" in text
+    tome = str(build_model_card({**local, "pruning": {"pruning_method": "tome", "tome_r": 8, "keep_rate": 1.0}}))
+    assert "| tome_r | 8 |" in tome and "| keep_rate |" not in tome
 
 
 def test_untrained_card_says_so():
