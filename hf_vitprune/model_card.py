@@ -86,7 +86,10 @@ def build_model_card(results: dict):
         eval_results=eval_results,
     )
     rows = []
-    for key, label in (("pruned", f"pruned ({pruning['pruning_method']})"), ("unpruned", "unpruned")):
+    method = pruning["pruning_method"]
+    # an unpruned run: its own measurement is the only row (the "unpruned" re-measurement is the same model)
+    labels = (("pruned", f"pruned ({method})"), ("unpruned", "unpruned")) if method else (("pruned", "unpruned"),)
+    for key, label in labels:
         metrics = results["metrics"].get(key)
         if metrics:
             rows.append(
@@ -99,10 +102,9 @@ def build_model_card(results: dict):
                     "tokens": metrics.get("tokens", "—"),
                 }
             )
-    method = pruning["pruning_method"]
     summary = (
-        f"Pruning: **{method}**"
-        + (f" at keep rate {pruning.get('keep_rate')}" if method != "tome" else "")
+        (f"Pruning: **{method}**" if method else "The unpruned reference (pruning switched off)")
+        + (f" at keep rate {pruning.get('keep_rate')}" if method not in ("tome", None) else "")
         + f", top-1 {_fmt(pruned['top1'])} % on {dataset['name']} ({dataset.get('split') or 'evaluation'} split, "
         f"{dataset.get('images', '?')} images) at {_fmt(pruned.get('gmacs'), 3)} GMACs. Method: {PAPER}."
     )

@@ -67,6 +67,15 @@ def test_card_of_a_local_run_keeps_local_paths_out_of_the_metadata_and_shows_onl
     assert "| tome_r | 8 |" in tome and "| keep_rate |" not in tome
 
 
+def test_card_of_an_unpruned_run_has_one_row_and_says_it_is_unpruned():
+    unpruned = {**RESULTS, "pruning": {**RESULTS["pruning"], "pruning_method": None, "tokens": "196"}}
+    unpruned["metrics"] = {"pruned": {**RESULTS["metrics"]["unpruned"]}, "unpruned": RESULTS["metrics"]["unpruned"]}
+    text = str(build_model_card(unpruned))
+    assert "The unpruned reference (pruning switched off), top-1 92.50 %" in text
+    assert "| unpruned | 92.50 | 99.20 | 1.258 | 45.1 | 196 |" in text and "pruned (None)" not in text
+    assert text.count("| unpruned |") == 1 and "| keep_rate |" not in text
+
+
 def test_untrained_card_says_so():
     card = build_model_card({**RESULTS, "training": {}, "command": None})
     assert "evaluated on Imagenette (10 ImageNet classes) without fine-tuning" in str(card)
