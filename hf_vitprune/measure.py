@@ -256,6 +256,7 @@ def measure_training_throughput(
     The protocol of `measure_throughput` (warm-up, synchronised timed steps, median and spread) applied to a training
     step, without data loading, so that pruned and unpruned models compare on compute alone. The model's weights are
     restored afterwards (the optimizer steps on a copy of the state); it is left in its former train/eval mode.
+    Source: our protocol; the step is what `transformers.Trainer` runs per batch (without data loading).
 
     Args:
         model (`nn.Module`): an HF image classifier taking `pixel_values` and `labels`.

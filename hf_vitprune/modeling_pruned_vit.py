@@ -87,7 +87,7 @@ def variance_scores(class_attention: torch.Tensor) -> torch.Tensor:
     Returns:
         `torch.FloatTensor` of shape `(batch, candidates)`.
     """
-    # written out: torch.var over the head dimension of this strided slice is ~40x slower on CPU
+    # written out: torch.var over the head dimension of this strided slice is much slower on CPU (torch 2.14)
     centered = class_attention - class_attention.mean(dim=1, keepdim=True)
     return centered.square().mean(dim=1)
 
@@ -312,8 +312,10 @@ def prune_tokens(
 def gather_tokens(hidden_states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """The tokens `index[b]` of each sequence `b`, in that order.
 
-    Equal to `hidden_states.gather(1, index[..., None].expand(-1, -1, hidden))`, computed as one `index_select` over
-    the flattened batch, which copies whole rows (about 8x faster on CPU for DeiT-sized inputs).
+    Equal to `hidden_states.gather(1, index[..., None].expand(-1, -1, hidden))` (values and gradients), computed as
+    one `index_select` over the flattened batch, which copies whole rows instead of reading an expanded index per
+    element (faster on CPU; the pruning-overhead table of `benchmarks/speed.py` times the whole pruning step). Our
+    helper, not from a paper.
 
     Args:
         hidden_states (`torch.Tensor` of shape `(batch, tokens, hidden)`).
@@ -321,6 +323,10 @@ def gather_tokens(hidden_states: torch.Tensor, index: torch.Tensor) -> torch.Ten
 
     Returns:
         `torch.Tensor` of shape `(batch, k, hidden)`.
+
+    Raises:
+        IndexError / RuntimeError (from `index_select`): for a position outside [0, tokens) that lands outside the
+        flattened batch; positions are not range-checked per sequence (the callers build them from `argsort`).
     """
     batch_size, num_tokens, hidden_size = hidden_states.shape
     offsets = torch.arange(batch_size, device=index.device).unsqueeze(1) * num_tokens

@@ -451,10 +451,10 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
         pruned_gmacs = count_gmacs(unwrapped)
         timing = dict(batch_size=training_args.throughput_batch_size, runs=training_args.throughput_runs, warmup=3)
         pruned_speed = measure_throughput(unwrapped, **timing)
-        saved = {k: getattr(unwrapped.config, k) for k in ("pruning_method",)}
+        method = unwrapped.config.pruning_method
         unwrapped.set_pruning(pruning_method=None)
         unpruned_gmacs, unpruned_speed = count_gmacs(unwrapped), measure_throughput(unwrapped, **timing)
-        unwrapped.set_pruning(**saved)
+        unwrapped.set_pruning(pruning_method=method)
         results = {
             "model_name": os.path.basename(os.path.abspath(output_dir)),
             "repo_id": training_args.hub_model_id or None,
