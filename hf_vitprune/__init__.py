@@ -1,5 +1,11 @@
 """hf_vitprune: patch (token) pruning for Vision Transformers as a Hugging Face Transformers model family.
 
+- `prune(model, pruning_method=..., keep_rate=...)`: token reduction in an already-loaded stock model (ViT, DeiT,
+  DINOv2, DINOv2 with registers, CLIP vision), in place.
+- `PrunedViTConfig` / `PrunedViTForImageClassification` (and the distilled-DeiT classes): the HF-native model family
+  for Hub checkpoints, loadable anywhere with `trust_remote_code=True`.
+- `token_reduction`: the backbone-free methods (`REDUCERS`), their settings and per-forward state.
+
 Importing the package registers the model family with the Auto classes (`AutoConfig`, `AutoModel`,
 `AutoModelForImageClassification`) and marks it for `auto_map`, so `save_pretrained`, `push_to_hub` and Trainer
 checkpoints carry the code needed to load them anywhere with `trust_remote_code=True`.
@@ -7,7 +13,8 @@ checkpoints carry the code needed to load them anywhere with `trust_remote_code=
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
-from .configuration_pruned_vit import PRUNING_METHODS, PrunedDeiTConfig, PrunedViTConfig, exact_keep_count
+from .backbones import BACKBONES, prune, pruning, set_pruning
+from .configuration_pruned_vit import PRUNING_METHODS, PrunedDeiTConfig, PrunedViTConfig
 from .modeling_pruned_vit import (
     PrunedDeiTForImageClassification,
     PrunedDeiTForImageClassificationWithTeacher,
@@ -16,9 +23,8 @@ from .modeling_pruned_vit import (
     PrunedViTForImageClassification,
     PrunedViTModel,
     PrunedViTPreTrainedModel,
-    prune_tokens,
-    score_tokens,
 )
+from .token_reduction import REDUCERS, PruningSettings, TokenReducer, exact_keep_count, prune_tokens
 
 __version__ = "0.1.0"
 
@@ -38,7 +44,9 @@ PrunedDeiTForImageClassification.register_for_auto_class("AutoModelForImageClass
 PrunedDeiTForImageClassificationWithTeacher.register_for_auto_class("AutoModelForImageClassification")
 
 __all__ = [
+    "BACKBONES",
     "PRUNING_METHODS",
+    "REDUCERS",
     "PrunedDeiTConfig",
     "PrunedDeiTForImageClassification",
     "PrunedDeiTForImageClassificationWithTeacher",
@@ -48,7 +56,11 @@ __all__ = [
     "PrunedViTForImageClassification",
     "PrunedViTModel",
     "PrunedViTPreTrainedModel",
+    "PruningSettings",
+    "TokenReducer",
     "exact_keep_count",
+    "prune",
     "prune_tokens",
-    "score_tokens",
+    "pruning",
+    "set_pruning",
 ]

@@ -5,33 +5,34 @@ This file is shipped to the Hugging Face Hub next to `config.json` when a model 
 `trust_remote_code`: it must stay flat and import only torch, transformers and its sibling files.
 """
 
-from fractions import Fraction
-from typing import Any
+from transformers.utils.versions import require_version
 
-from huggingface_hub.dataclasses import strict
-from transformers import ViTConfig
-
-PRUNING_METHODS = ("variance", "medad", "evit", "entropy", "random", "tome")
-"""Token-reduction methods known to `PrunedViTConfig.pruning_method` (`None` switches pruning off)."""
-
-PRUNING_FIELDS = (
-    "pruning_method",
-    "keep_rate",
-    "prune_layers",
-    "fuse_pruned",
-    "fusion_temperature",
-    "renyi_alpha",
-    "tome_r",
+require_version(
+    "transformers>=5.20",
+    "hf_vitprune's PrunedViT models need transformers 5.20 or newer: pip install -U 'transformers>=5.20'",
 )
-"""The config fields that describe pruning (what `PrunedViTPreTrainedModel.set_pruning` may change)."""
+
+from huggingface_hub.dataclasses import strict  # noqa: E402
+from transformers import ViTConfig  # noqa: E402
+
+from .token_reduction import (  # noqa: E402
+    REDUCERS,
+    PruningSettings,
+    default_prune_layers,
+    exact_keep_count,
+    tome_merge_limit,
+)
+
+PRUNING_METHODS = tuple(REDUCERS)
+"""Token-reduction methods known to `PrunedViTConfig.pruning_method` (`None` switches pruning off); read from the
+registry `token_reduction.REDUCERS`."""
+
+PRUNING_FIELDS = PruningSettings.names()
+"""The config fields that describe pruning (what `set_pruning` and `pruning` may change)."""
 
 
 def _pair(value) -> tuple[int, int]:
     return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @strict
@@ -50,7 +51,8 @@ class PrunedViTConfig(ViTConfig):
 
     Args:
         pruning_method (`str` or `None`, *optional*, defaults to `"variance"`):
-            How a pruning layer scores each candidate token (higher = more important, kept):
+            The token-reduction method, a name in the registry `token_reduction.REDUCERS` (one `TokenReducer` class
+            each). The pruning criteria score each candidate token (higher = more important, kept):
             `"variance"` (variance over heads of the class token's attention to the token, paper eq. 6),
             `"medad"` (median absolute deviation over heads, paper eq. 7), `"evit"` (mean over heads, EViT,
             paper eq. 5), `"entropy"` (minus the Renyi entropy of the token's own attention row, averaged over
@@ -63,9 +65,9 @@ class PrunedViTConfig(ViTConfig):
             `prune_layers`. A layer keeps `ceil(keep_rate * candidates)` tokens (computed exactly, so at least one),
             where the candidates are all non-prefix tokens present at that layer, a fused token made by an earlier
             pruning layer included. `1.0` keeps everything (the layer is then an ordinary ViT layer).
-        prune_layers (`list[int]`, *optional*, defaults to `[3, 6, 9]`):
+        prune_layers (`list[int]`, *optional*, defaults to `[3, 6, 9]` for 12 layers):
             0-indexed layers that prune, strictly increasing, each `< num_hidden_layers` (the paper's blocks 4, 7
-            and 10 of a 12-layer model).
+            and 10 of a 12-layer model; for other depths the same fractions of the depth, `default_prune_layers`).
         fuse_pruned (`bool`, *optional*, defaults to `True`):
             Whether each pruning layer appends one fused token: the pruned tokens averaged with weights
             `softmax(s / (std(s) * fusion_temperature))`, `s` their criterion scores and `std(s)` the standard
@@ -89,7 +91,10 @@ class PrunedViTConfig(ViTConfig):
             (`num_hidden_layers` values). A layer merges at most half of its non-prefix tokens.
 
     Raises:
-        ValueError: when a pruning field is out of range; the message names the field and the allowed values.
+        ValueError: when a pruning field is out of range or the fields do not fit together or with the depth; the
+            message names the field and the allowed values.
+        huggingface_hub.errors.StrictDataclassFieldValidationError: when a field has the wrong type (e.g. a string
+            keep rate); the message names the field.
     """
 
     model_type = "pruned_vit"
@@ -97,78 +102,33 @@ class PrunedViTConfig(ViTConfig):
     num_prefix_tokens = 1
     keys_to_ignore_at_inference = ["hidden_states", "attentions", "kept_patch_indices"]
 
-    # Typed `Any` for the strict dataclass: `check_pruning_fields` validates them together and raises a ValueError that
-    # names the field and the allowed values (documented types above).
-    pruning_method: Any = "variance"
-    keep_rate: Any = 0.7
-    prune_layers: Any = None
-    fuse_pruned: Any = True
-    fusion_temperature: Any = 0.1
-    renyi_alpha: Any = 1.0
-    tome_r: Any = 8
-    patch_stride: Any = None
+    # Typed for the strict dataclass (a value of the wrong type raises its StrictDataclassFieldValidationError naming
+    # the field); ranges and how the fields fit together are checked by `check_pruning_fields`.
+    pruning_method: str | None = "variance"
+    keep_rate: int | float | list[int | float] = 0.7
+    prune_layers: list[int] | None = None
+    fuse_pruned: bool = True
+    fusion_temperature: int | float = 0.1
+    renyi_alpha: int | float = 1.0
+    tome_r: int | list[int] = 8
+    patch_stride: int | None = None
 
     def __post_init__(self, **kwargs):
         # A config dict read from a plain ViT/DeiT checkpoint carries its own `model_type`: never let it shadow ours.
         kwargs.pop("model_type", None)
-        if self.prune_layers is None:
-            self.prune_layers = [3, 6, 9]
-        elif isinstance(self.prune_layers, tuple):
-            self.prune_layers = list(self.prune_layers)
-        if isinstance(self.keep_rate, tuple):
-            self.keep_rate = list(self.keep_rate)
+        settings = PruningSettings.from_config(self).with_defaults(self.num_hidden_layers)
+        self.prune_layers, self.keep_rate, self.tome_r = settings.prune_layers, settings.keep_rate, settings.tome_r
         self.check_pruning_fields()
         self.check_patch_stride()
         super().__post_init__(**kwargs)
 
     def check_pruning_fields(self) -> None:
-        """Validate the pruning fields against each other.
+        """Validate the pruning fields against each other and the model's depth ([`PruningSettings.validate`]).
 
         Raises:
             ValueError: naming the offending field, its value and what is allowed.
         """
-        if self.pruning_method is not None and self.pruning_method not in PRUNING_METHODS:
-            raise ValueError(
-                f"pruning_method={self.pruning_method!r} is not known. Use one of {list(PRUNING_METHODS)}, "
-                "or None to switch pruning off."
-            )
-        layers = self.prune_layers
-        if not isinstance(layers, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
-            raise ValueError(f"prune_layers must be a list of integer layer indices, got {layers!r}.")
-        for i in layers:
-            if not 0 <= i < self.num_hidden_layers:
-                raise ValueError(
-                    f"prune_layers={layers} holds {i}, which is not a layer of this model: indices are 0-indexed "
-                    f"and must lie in [0, {self.num_hidden_layers - 1}] (num_hidden_layers={self.num_hidden_layers})."
-                )
-        if any(b <= a for a, b in zip(layers, layers[1:])):
-            raise ValueError(f"prune_layers must be strictly increasing (sorted, no repeats), got {layers}.")
-        rates = self.keep_rate if isinstance(self.keep_rate, list) else [self.keep_rate]
-        if isinstance(self.keep_rate, list) and len(rates) != len(layers):
-            raise ValueError(
-                f"keep_rate is a list of {len(rates)} values but prune_layers={layers} has {len(layers)} pruning "
-                "layers: give one keep rate per pruning layer, or a single float for all of them."
-            )
-        for rate in rates:
-            if not _is_number(rate) or not 0 < rate <= 1:
-                raise ValueError(
-                    f"keep_rate must be a number in (0, 1] (or a list of such numbers, one per pruning layer); "
-                    f"got {self.keep_rate!r}. 1.0 keeps every token; a keep rate of 0 would drop them all."
-                )
-        if not isinstance(self.fuse_pruned, bool):
-            raise ValueError(f"fuse_pruned must be True or False, got {self.fuse_pruned!r}.")
-        if not _is_number(self.fusion_temperature) or not self.fusion_temperature > 0:
-            raise ValueError(f"fusion_temperature must be a number > 0, got {self.fusion_temperature!r}.")
-        if not _is_number(self.renyi_alpha) or not self.renyi_alpha > 0:
-            raise ValueError(f"renyi_alpha must be a number > 0 (1.0 = Shannon entropy), got {self.renyi_alpha!r}.")
-        merges = self.tome_r if isinstance(self.tome_r, list) else [self.tome_r]
-        if isinstance(self.tome_r, list) and len(merges) != self.num_hidden_layers:
-            raise ValueError(
-                f"tome_r is a list of {len(merges)} values but the model has {self.num_hidden_layers} layers: give "
-                "one merge count per layer, or a single integer for all of them."
-            )
-        if not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in merges):
-            raise ValueError(f"tome_r must be an integer >= 0 (or a list of them, one per layer), got {self.tome_r!r}.")
+        PruningSettings.from_config(self).validate(self.num_hidden_layers)
 
     def check_patch_stride(self) -> None:
         """Validate `patch_stride` against the patch and image sizes.
@@ -203,27 +163,6 @@ class PrunedViTConfig(ViTConfig):
             raise ValueError(f"An input of {height}x{width} px is smaller than one {patch[0]}x{patch[1]} px patch.")
         return (height - patch[0]) // stride[0] + 1, (width - patch[1]) // stride[1] + 1
 
-    def layer_merge_count(self, layer_idx: int) -> int:
-        """ToMe's `r` at layer `layer_idx`: tokens to merge there (0 unless `pruning_method == "tome"`)."""
-        if self.pruning_method != "tome":
-            return 0
-        return self.tome_r[layer_idx] if isinstance(self.tome_r, list) else self.tome_r
-
-    def layer_keep_rate(self, layer_idx: int) -> float | None:
-        """The keep rate of layer `layer_idx`, or `None` if that layer does not prune.
-
-        Args:
-            layer_idx (`int`): 0-indexed layer.
-
-        Returns:
-            `float` in (0, 1], or `None` when pruning is off or the layer is not in `prune_layers`.
-        """
-        if self.pruning_method in (None, "tome") or layer_idx not in self.prune_layers:
-            return None
-        if isinstance(self.keep_rate, list):
-            return self.keep_rate[self.prune_layers.index(layer_idx)]
-        return self.keep_rate
-
     def token_schedule(self, num_patches: int) -> list[tuple[int, int]]:
         """Candidate tokens left, and fused tokens appended, by each token-reducing layer, for `num_patches` patches.
 
@@ -231,26 +170,12 @@ class PrunedViTConfig(ViTConfig):
             num_patches (`int`): patch tokens after the embedding (196 for 224 px and 16 px patches).
 
         Returns:
-            `list[(kept, fused)]`: for the attention criteria one entry per entry of `prune_layers`, `fused` being 1
-            when the layer appends a fused token (DeiT-S at keep 0.7 with fusion: `[(138, 1), (98, 1), (70, 1)]`);
-            for ToMe one entry per layer with `r > 0` (`fused` is 0: merging leaves no extra token). Empty when
-            pruning is off.
+            `list[(kept, fused)]` from the method's reducer ([`TokenReducer.token_schedule`]): one entry per reducing
+            layer (DeiT-S at keep 0.7 with fusion: `[(138, 1), (98, 1), (70, 1)]`; ToMe: one per layer with `r > 0`,
+            `fused` 0). Empty when pruning is off.
         """
-        schedule = []
-        candidates = num_patches
-        if self.pruning_method == "tome":
-            for layer_idx in range(self.num_hidden_layers):
-                r = self.layer_merge_count(layer_idx)
-                if r > 0:
-                    candidates -= min(r, tome_merge_limit(candidates, self.num_prefix_tokens))
-                    schedule.append((candidates, 0))
-            return schedule
-        for layer_idx in self.prune_layers if self.pruning_method is not None else []:
-            kept = exact_keep_count(self.layer_keep_rate(layer_idx), candidates)
-            fused = int(self.fuse_pruned and kept < candidates)
-            schedule.append((kept, fused))
-            candidates = kept + fused
-        return schedule
+        reducer = PruningSettings.from_config(self).reducer(self.num_prefix_tokens)
+        return [] if reducer is None else reducer.token_schedule(num_patches, self.num_hidden_layers)
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):
@@ -310,47 +235,12 @@ class PrunedDeiTConfig(PrunedViTConfig):
     num_prefix_tokens = 2
 
 
-def exact_keep_count(keep_rate: float, num_candidates: int) -> int:
-    """Number of tokens a pruning layer keeps: `ceil(keep_rate * num_candidates)`, without float error.
-
-    The rate is read as the decimal it prints as (`0.07` is 7/100, so `0.07 * 100` gives 7, where float
-    arithmetic gives 8). Because of the ceiling, at least one token is kept whenever there is one.
-
-    Args:
-        keep_rate (`float`): in (0, 1].
-        num_candidates (`int`): non-prefix tokens present at the layer, >= 0.
-
-    Returns:
-        `int` in [min(1, num_candidates), num_candidates].
-
-    Raises:
-        ValueError: if `keep_rate` is not in (0, 1] or `num_candidates` is negative.
-    """
-    if not _is_number(keep_rate) or not 0 < keep_rate <= 1:
-        raise ValueError(f"keep_rate must be a number in (0, 1], got {keep_rate!r}.")
-    if num_candidates < 0:
-        raise ValueError(f"num_candidates must be >= 0, got {num_candidates}.")
-    product = Fraction(repr(float(keep_rate))) * num_candidates
-    return min(num_candidates, -(-product.numerator // product.denominator))
-
-
-def tome_merge_limit(num_candidates: int, num_prefix_tokens: int) -> int:
-    """Most tokens ToMe can merge in one layer: the size of the bipartite side "A" among `num_candidates` tokens.
-
-    The non-prefix tokens alternate between sides A and B by their position in the sequence (position `p` is in A
-    when `p` is even, as in ToMe, where the class token at position 0 is the protected first member of A); each A
-    token can merge into B, so at most `|A|` merges happen.
-    """
-    first_a = num_prefix_tokens % 2  # candidate index c sits at position c + num_prefix_tokens
-    size_a = max(num_candidates - first_a + 1, 0) // 2
-    return size_a if num_candidates - size_a > 0 else 0  # B must not be empty
-
-
 __all__ = [
     "PRUNING_FIELDS",
     "PRUNING_METHODS",
     "PrunedDeiTConfig",
     "PrunedViTConfig",
+    "default_prune_layers",
     "exact_keep_count",
     "tome_merge_limit",
 ]

@@ -260,26 +260,132 @@ def resolve_label_mapping(class_names: Sequence[str], id2label: dict, class_list
     return [label2id[name] for name in class_names]
 
 
-def eval_transform(
-    image_size: int = 224, mean: Sequence[float] = IMAGENET_DEFAULT_MEAN, std: Sequence[float] = IMAGENET_DEFAULT_STD
-) -> v2.Compose:
-    """DeiT evaluation preprocessing with torchvision transforms v2.
+_PIL_RESAMPLE = {0: "NEAREST", 1: "LANCZOS", 2: "BILINEAR", 3: "BICUBIC", 4: "BOX", 5: "HAMMING"}
 
-    Resize the shorter side to `int(image_size / 0.875)` (256 for 224) with bicubic interpolation (antialiased, as
-    PIL), centre crop `image_size`, scale to [0, 1], normalise with `mean` / `std`. Source: DeiT (Touvron et al.
-    2021) / timm `transforms_factory.transforms_imagenet_eval`.
 
-    Input: a PIL image (RGB). Output: `torch.FloatTensor` of shape `(3, image_size, image_size)`.
+@dataclass
+class Preprocessing:
+    """Evaluation preprocessing read from an image processor, so that one source decides it everywhere.
+
+    Attributes:
+        processor: the transformers image processor (what training saves next to the model and what `pipeline`
+            uses).
+        source (`str`): where it came from (the checkpoint, or the DeiT default when the checkpoint has none).
     """
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            v2.Resize(int(image_size / DEIT_CROP_PCT), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-            v2.CenterCrop(image_size),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=list(mean), std=list(std)),
-        ]
+
+    processor: object
+    source: str
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return tuple(self.processor.image_mean) if self.processor.do_normalize else (0.0, 0.0, 0.0)
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return tuple(self.processor.image_std) if self.processor.do_normalize else (1.0, 1.0, 1.0)
+
+    def resize_size(self) -> int | tuple[int, int] | None:
+        """`v2.Resize`'s size: an int (shorter side) or `(height, width)`; `None` when the processor does not resize.
+
+        Raises:
+            ValueError: for a size setting torchvision's Resize cannot express (e.g. only `longest_edge`).
+        """
+        if not self.processor.do_resize:
+            return None
+        size = self.processor.size
+        if getattr(size, "shortest_edge", None):
+            return int(size.shortest_edge)
+        if getattr(size, "height", None) and getattr(size, "width", None):
+            return int(size.height), int(size.width)
+        raise ValueError(f"Unsupported image processor size {size}: expected shortest_edge or height and width.")
+
+    def crop_size(self) -> tuple[int, int] | None:
+        """`(height, width)` of the centre crop, or `None` without one."""
+        if not getattr(self.processor, "do_center_crop", False):
+            return None
+        crop = self.processor.crop_size
+        return int(crop.height), int(crop.width)
+
+    def interpolation(self) -> v2.InterpolationMode:
+        """The processor's resampling filter (a PIL constant) as torchvision's interpolation mode."""
+        resample = self.processor.resample
+        name = _PIL_RESAMPLE.get(int(resample), "BICUBIC") if not isinstance(resample, str) else resample.upper()
+        return getattr(v2.InterpolationMode, name)
+
+    def describe(self) -> str:
+        """One line for result protocols, e.g. `resize 256x256 bicubic, centre crop 224x224, mean [...], std [...]`."""
+        resize = self.resize_size()
+        resize_text = "no resize" if resize is None else (
+            f"resize shorter side {resize}" if isinstance(resize, int) else f"resize {resize[0]}x{resize[1]}"
+        )  # fmt: skip
+        crop = self.crop_size()
+        crop_text = "no crop" if crop is None else f"centre crop {crop[0]}x{crop[1]}"
+        return (
+            f"{resize_text} {self.interpolation().value}, {crop_text}, mean {list(self.mean)}, std {list(self.std)} "
+            f"({self.source})"
+        )
+
+    def eval_transform(self) -> v2.Compose:
+        """The processor's resize, centre crop, rescale and normalisation with torchvision transforms v2.
+
+        Input: a PIL image (RGB). Output: `torch.FloatTensor` of shape `(3, H, W)`. The operations are those of the
+        transformers image processor's torchvision backend (the default backend of `AutoImageProcessor` and
+        `pipeline`): resize of the uint8 image, antialiased, then centre crop, scaling to [0, 1] and normalisation.
+        """
+        steps = [v2.ToImage()]
+        resize = self.resize_size()
+        if resize is not None:
+            steps.append(v2.Resize(resize, interpolation=self.interpolation(), antialias=True))
+        crop = self.crop_size()
+        if crop is not None:
+            steps.append(v2.CenterCrop(crop))
+        factor = self.processor.rescale_factor if self.processor.do_rescale else 1.0
+        if abs(factor - 1 / 255) < 1e-12:
+            steps.append(v2.ToDtype(torch.float32, scale=True))
+        else:
+            steps += [v2.ToDtype(torch.float32, scale=False), v2.Lambda(lambda x: x * factor)]
+        steps.append(v2.Normalize(mean=list(self.mean), std=list(self.std)))
+        return v2.Compose(steps)
+
+
+def default_image_processor(image_size: int = 224):
+    """DeiT's evaluation preprocessing as a transformers image processor, for checkpoints without one: resize the
+    shorter side to `int(image_size / 0.875)` (256 for 224), bicubic, centre crop `image_size`, ImageNet mean / std.
+    Source: DeiT (Touvron et al. 2021) / timm `transforms_imagenet_eval` (crop_pct 0.875)."""
+    from transformers import DeiTImageProcessor
+
+    return DeiTImageProcessor(
+        size={"shortest_edge": int(image_size / DEIT_CROP_PCT)},
+        crop_size={"height": image_size, "width": image_size},
+        resample=3,  # PIL.Image.BICUBIC
+        image_mean=list(IMAGENET_DEFAULT_MEAN),
+        image_std=list(IMAGENET_DEFAULT_STD),
     )
+
+
+def load_preprocessing(name_or_path: str, image_size: int = 224) -> Preprocessing:
+    """The evaluation preprocessing of checkpoint `name_or_path`: its image processor (`AutoImageProcessor`), or
+    [`default_image_processor`] when it has none.
+
+    Raises:
+        ValueError: for an image processor whose resize [`Preprocessing`] cannot express.
+    """
+    from transformers import AutoImageProcessor
+
+    try:
+        processor = AutoImageProcessor.from_pretrained(name_or_path)
+        preprocessing = Preprocessing(processor, f"{name_or_path} image processor")
+    except (OSError, ValueError):
+        preprocessing = Preprocessing(default_image_processor(image_size), "DeiT default (checkpoint has no processor)")
+    preprocessing.resize_size()  # fails early, with the reason, for a size it cannot express
+    return preprocessing
+
+
+def eval_transform(image_size: int = 224) -> v2.Compose:
+    """[`default_image_processor`]'s evaluation transform (DeiT: resize the shorter side to 256, centre crop 224, for
+    224 px): for code and tests that have no checkpoint processor at hand. Input: RGB PIL image; output
+    `(3, image_size, image_size)` float."""
+    return Preprocessing(default_image_processor(image_size), "DeiT default").eval_transform()
 
 
 def open_rgb(image: dict | object):
@@ -301,22 +407,6 @@ def open_rgb(image: dict | object):
             return opened.convert("RGB")
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"Cannot read image {path or '<bytes>'}: {error}") from error
-
-
-def preprocessing_stats(name_or_path: str) -> tuple[tuple[float, ...], tuple[float, ...], str]:
-    """The checkpoint's normalisation mean / std, from its image processor config.
-
-    Returns:
-        `(mean, std, source)`; when the checkpoint has no image processor config, ImageNet's defaults with `source`
-        saying so.
-    """
-    from transformers import AutoImageProcessor
-
-    try:
-        processor = AutoImageProcessor.from_pretrained(name_or_path)
-        return tuple(processor.image_mean), tuple(processor.image_std), f"{name_or_path} image processor"
-    except (OSError, ValueError, AttributeError):
-        return IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, "ImageNet default (checkpoint has no image processor)"
 
 
 class TransformedImages(torch.utils.data.Dataset):

@@ -13,13 +13,15 @@ import torch
 from tqdm.auto import tqdm
 
 from .measure import DTYPES, count_gmacs, device_name, measure_throughput
+from .token_reduction import REDUCERS, PruningSettings, TokenReducer
 
 
 @dataclass
 class Variant:
     """One pruning setting to evaluate. `pruning_method=None` is the unpruned model.
 
-    `fusion_temperature=None` keeps the model's configured temperature. For `"tome"` only `tome_r` matters.
+    `fusion_temperature=None` keeps the model's configured temperature. Only the fields the method reads
+    (`TokenReducer.settings_used`) matter; the others keep their defaults here.
     """
 
     pruning_method: str | None
@@ -30,7 +32,7 @@ class Variant:
     tome_r: int = 0
 
     def pruning_fields(self) -> dict:
-        """Keyword arguments for `model.set_pruning`."""
+        """Keyword arguments for `model.pruning(...)` / `model.set_pruning(...)`."""
         fields = {
             "pruning_method": self.pruning_method,
             "keep_rate": self.keep_rate,
@@ -42,17 +44,25 @@ class Variant:
             fields["fusion_temperature"] = self.fusion_temperature
         return fields
 
+    @property
+    def reducer(self) -> type[TokenReducer] | None:
+        """The method's reducer class (`None` for the unpruned model)."""
+        return None if self.pruning_method is None else REDUCERS[self.pruning_method]
+
+    def settings(self) -> PruningSettings:
+        """These fields as [`PruningSettings`] (an unset fusion temperature shows as the default)."""
+        fields = self.pruning_fields()
+        return PruningSettings(**fields)
+
+    def explicit(self) -> tuple[str, ...]:
+        """Fields chosen for this variant rather than left at the model's value (shown in labels)."""
+        return ("fusion_temperature",) if self.fusion_temperature is not None else ()
+
     def name(self) -> str:
-        """Short label: `variance@0.7+fusion`, `entropy(a=2)@0.5`, `unpruned`."""
-        if self.pruning_method is None:
+        """Short label: `variance@0.7+fusion`, `entropy(a=2)@0.5`, `tome(r=8)`, `unpruned`."""
+        if self.reducer is None:
             return "unpruned"
-        if self.pruning_method == "tome":
-            return f"tome(r={self.tome_r})"
-        method = self.pruning_method
-        if method == "entropy":
-            method += f"(a={self.renyi_alpha:g})"
-        fusion = f"+fusion(T={self.fusion_temperature:g})" if self.fusion_temperature is not None else "+fusion"
-        return f"{method}@{self.keep_rate:g}{fusion if self.fuse_pruned else ''}"
+        return self.reducer.short_name(self.settings(), self.explicit())
 
 
 def build_variants(
@@ -63,31 +73,31 @@ def build_variants(
     fusion_temperatures: list[float] | None = None,
     tome_rs: list[int] = (8,),
 ) -> list[Variant]:
-    """The unpruned baseline followed by every method x (alpha for entropy) x keep rate x fusion (x temperature);
-    `"tome"` gives one variant per `tome_rs` value instead.
+    """The unpruned baseline followed by every method crossed with the values of the settings it reads
+    (`TokenReducer.settings_used`): alpha x keep rate x fusion (x temperature, with fusion only) for the criteria,
+    alpha for entropy only, one variant per `tome_rs` value for ToMe.
 
     Raises:
-        ValueError: for an unknown method, an empty list, or a value `PrunedViTConfig` rejects.
+        ValueError: for an unknown method (listing the registry's), an empty list, or a rejected value.
     """
-    from .configuration_pruned_vit import PRUNING_METHODS, PrunedViTConfig
-
-    unknown = [m for m in methods if m not in PRUNING_METHODS]
+    unknown = [m for m in methods if m not in REDUCERS]
     if unknown:
-        raise ValueError(f"Unknown pruning method(s) {unknown}; known: {list(PRUNING_METHODS)}.")
+        raise ValueError(f"Unknown pruning method(s) {unknown}; known: {list(REDUCERS)}.")
     if not methods or not keep_rates or not fusion:
         raise ValueError("methods, keep_rates and fusion must each name at least one value.")
     variants = [Variant(None)]
     for method in methods:
-        if method == "tome":
-            variants.extend(Variant("tome", tome_r=r) for r in tome_rs)
+        used = REDUCERS[method].settings_used
+        if "tome_r" in used:
+            variants.extend(Variant(method, tome_r=r) for r in tome_rs)
             continue
-        for alpha in renyi_alphas if method == "entropy" else [1.0]:
+        for alpha in renyi_alphas if "renyi_alpha" in used else [1.0]:
             for keep_rate in keep_rates:
                 for fuse in fusion:
                     for temperature in (fusion_temperatures or [None]) if fuse else [None]:
                         variants.append(Variant(method, keep_rate, fuse, alpha, temperature))
     for variant in variants[1:]:
-        PrunedViTConfig(**variant.pruning_fields())  # validates every value before any work starts
+        variant.settings().with_defaults(12).validate(12)  # every value checked before any work starts
     return variants
 
 
@@ -97,7 +107,8 @@ def evaluate_variants(
     """Top-1 / top-5 of every variant, in one pass over the data (each batch is decoded once, run by each variant).
 
     Args:
-        model: a PrunedViT image classifier (its pruning fields are changed per variant and restored at the end).
+        model: a pruned image classifier (`model.pruning(...)` sets each variant; the model's own setting is
+            untouched).
         loader: yields `(pixel_values (B, 3, H, W), labels (B,))`, labels already in the model's output indices.
         variants (`list[Variant]`).
         device (`torch.device`); dtype (`str`): "fp32", or "bf16" / "fp16" autocast.
@@ -105,7 +116,6 @@ def evaluate_variants(
     Returns:
         One dict per variant: `correct_top1`, `correct_top5`, `images`.
     """
-    saved = {k: getattr(model.config, k) for k in Variant(None).pruning_fields() | {"fusion_temperature": None}}
     counts = [{"correct_top1": 0, "correct_top5": 0, "images": 0} for _ in variants]
     autocast = (
         torch.autocast(device.type, dtype=DTYPES[dtype])
@@ -113,19 +123,16 @@ def evaluate_variants(
         else torch.autocast(device.type, enabled=False)
     )
     model.eval()
-    try:
-        with torch.inference_mode(), autocast:
-            for pixel_values, labels in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
-                pixel_values, labels = pixel_values.to(device), labels.to(device)
-                for variant, count in zip(variants, counts):
-                    model.set_pruning(**variant.pruning_fields())
+    with torch.inference_mode(), autocast:
+        for pixel_values, labels in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
+            pixel_values, labels = pixel_values.to(device), labels.to(device)
+            for variant, count in zip(variants, counts):
+                with model.pruning(**variant.pruning_fields()):
                     logits = model(pixel_values=pixel_values).logits
-                    top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
-                    count["correct_top1"] += int((top5[:, 0] == labels).sum())
-                    count["correct_top5"] += int((top5 == labels[:, None]).any(dim=-1).sum())
-                    count["images"] += len(labels)
-    finally:
-        model.set_pruning(**saved)
+                top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+                count["correct_top1"] += int((top5[:, 0] == labels).sum())
+                count["correct_top5"] += int((top5 == labels[:, None]).any(dim=-1).sum())
+                count["images"] += len(labels)
     return counts
 
 
@@ -138,24 +145,30 @@ def tokens_text(config, num_patches: int) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """Markdown table of evaluation rows (as written by `run_evaluation`)."""
+    """Markdown table of evaluation rows (as written by `run_evaluation`); the method, keep-rate and fusion cells
+    come from each method's reducer class."""
     header = "| method | keep rate | fusion | tokens per stage | top-1 (%) | Δ top-1 | GMACs | images/s | speed-up |"
     lines = [header, "|" + "---|" * 9]
     for r in rows:
-        method = r["pruning_method"] or "unpruned"
-        if method == "entropy":
-            method = f"entropy (α={r['renyi_alpha']:g})"
-        if method == "tome":
-            method = f"ToMe (r={r['tome_r']})"
-        fusion = "—" if r["pruning_method"] in (None, "tome") else ("yes" if r["fuse_pruned"] else "no")
-        if r["pruning_method"] is not None and r["fuse_pruned"] and r.get("fusion_temperature_set"):
-            fusion = f"yes (T={r['fusion_temperature']:g})"
-        keep = "—" if r["pruning_method"] in (None, "tome") else f"{r['keep_rate']:g}"
+        variant = variant_of(r)
+        method, keep, fusion = "unpruned", "—", "—"
+        if variant.reducer is not None:
+            method = variant.reducer.label(variant.settings())
+            keep, fusion = variant.reducer.table_cells(variant.settings(), variant.explicit())
         lines.append(
             f"| {method} | {keep} | {fusion} | {r['tokens']} | {r['top1']:.2f} | {r['top1_delta']:+.2f} | "
             f"{r['gmacs']:.3f} | {r['images_per_s']:.1f} | {r['speedup']:.2f}× |"
         )
     return "\n".join(lines)
+
+
+def variant_of(row: dict) -> Variant:
+    """The [`Variant`] a results row describes (its fields are the row's; an explicit temperature is flagged by
+    `fusion_temperature_set`)."""
+    temperature = row.get("fusion_temperature") if row.get("fusion_temperature_set") else None
+    return Variant(
+        row["pruning_method"], row["keep_rate"], row["fuse_pruned"], row["renyi_alpha"], temperature, row["tome_r"]
+    )
 
 
 @dataclass
@@ -183,7 +196,7 @@ class EvaluateArguments:
     )
     methods: list[str] = field(
         default_factory=lambda: ["evit", "variance", "medad", "entropy", "random"],
-        metadata={"help": "Pruning methods: variance, medad, evit, entropy, random."},
+        metadata={"help": f"Pruning methods, from the registry: {', '.join(REDUCERS)}."},
     )
     keep_rates: list[float] = field(default_factory=lambda: [0.9, 0.7, 0.5], metadata={"help": "Keep rates."})
     fusion: list[str] = field(
@@ -273,7 +286,7 @@ def prepare_evaluation(args: EvaluateArguments) -> EvaluationSetup:
     Raises:
         ValueError / OSError: for a bad model, data set or class list.
     """
-    from .data import TransformedImages, eval_transform, load_image_data, preprocessing_stats, resolve_label_mapping
+    from .data import TransformedImages, load_image_data, load_preprocessing, resolve_label_mapping
     from .loading import load_pruned_model
 
     torch.manual_seed(args.seed)
@@ -286,10 +299,10 @@ def prepare_evaluation(args: EvaluateArguments) -> EvaluationSetup:
         args.data, args.split, args.image_column, args.label_column, max_samples=args.max_samples, seed=args.seed
     )
     label_ids = resolve_label_mapping(data.class_names, model.config.id2label, args.class_list)
-    mean, std, stats_source = preprocessing_stats(args.model)
     image_size = model.config.image_size
+    preprocessing = load_preprocessing(args.model, image_size)
     loader = torch.utils.data.DataLoader(
-        TransformedImages(data, eval_transform(image_size, mean, std), label_ids),
+        TransformedImages(data, preprocessing.eval_transform(), label_ids),
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         pin_memory=device.type == "cuda",
@@ -301,8 +314,7 @@ def prepare_evaluation(args: EvaluateArguments) -> EvaluationSetup:
         device=device,
         image_size=image_size,
         num_patches=model.base_model.embeddings.patch_embeddings.num_patches,
-        preprocessing=f"resize {int(image_size / 0.875)} bicubic, centre crop {image_size}, mean {list(mean)}, "
-        f"std {list(std)} ({stats_source})",
+        preprocessing=preprocessing.describe(),
     )
 
 
@@ -320,37 +332,49 @@ def measure_variants(
     counts = evaluate_variants(model, setup.loader, variants, device, args.dtype)
     rows, throughput_protocol = [], None
     for variant, count in tqdm(list(zip(variants, counts)), desc="GMACs and images/s", unit="variant"):
-        model.set_pruning(**variant.pruning_fields())
-        row = asdict(variant)
-        row["fusion_temperature_set"] = variant.fusion_temperature is not None
-        row["fusion_temperature"] = model.config.fusion_temperature
-        row["name"] = variant.name()
-        row["tokens"] = tokens_text(model.config, setup.num_patches)
-        row["images"] = count["images"]
-        row["top1"] = 100.0 * count["correct_top1"] / max(count["images"], 1)
-        row["top5"] = 100.0 * count["correct_top5"] / max(count["images"], 1)
-        row["gmacs"] = count_gmacs(model)
-        if args.skip_throughput:
-            row["images_per_s"] = math.nan
-        else:
-            result = measure_throughput(
-                model,
-                batch_size=args.throughput_batch_size,
-                dtype=args.dtype,
-                warmup=args.throughput_warmup,
-                runs=args.throughput_runs,
-                device=device,
-            )
-            row["images_per_s"] = result.images_per_s
-            row["images_per_s_min"], row["images_per_s_max"] = result.images_per_s_min, result.images_per_s_max
-            throughput_protocol = result.describe()
+        with model.pruning(**variant.pruning_fields()):
+            row, throughput = measure_variant(setup, variant, count, args)
         rows.append(row)
+        throughput_protocol = throughput or throughput_protocol
     base = rows[0]
     for row in rows:
         row["top1_delta"] = row["top1"] - base["top1"]
         row["gmacs_ratio"] = row["gmacs"] / base["gmacs"]
         row["speedup"] = row["images_per_s"] / base["images_per_s"]
     return rows, throughput_protocol
+
+
+def measure_variant(setup: EvaluationSetup, variant: Variant, count: dict, args: EvaluateArguments):
+    """The results row of the variant the model is set to now: its fields, tokens, top-1 / top-5 from `count`,
+    GMACs and (unless skipped) images/s.
+
+    Returns:
+        `(row, throughput_protocol)`; the protocol line is `None` when images/s are not measured.
+    """
+    model = setup.model
+    row = asdict(variant)
+    row["fusion_temperature_set"] = variant.fusion_temperature is not None
+    row["fusion_temperature"] = model.config.fusion_temperature
+    row["name"] = variant.name()
+    row["tokens"] = tokens_text(model.config, setup.num_patches)
+    row["images"] = count["images"]
+    row["top1"] = 100.0 * count["correct_top1"] / max(count["images"], 1)
+    row["top5"] = 100.0 * count["correct_top5"] / max(count["images"], 1)
+    row["gmacs"] = count_gmacs(model)
+    if args.skip_throughput:
+        row["images_per_s"] = math.nan
+        return row, None
+    result = measure_throughput(
+        model,
+        batch_size=args.throughput_batch_size,
+        dtype=args.dtype,
+        warmup=args.throughput_warmup,
+        runs=args.throughput_runs,
+        device=setup.device,
+    )
+    row["images_per_s"] = result.images_per_s
+    row["images_per_s_min"], row["images_per_s_max"] = result.images_per_s_min, result.images_per_s_max
+    return row, result.describe()
 
 
 def evaluation_protocol(

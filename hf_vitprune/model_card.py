@@ -35,17 +35,21 @@ def _hub_id(name: str) -> str | None:
     return name
 
 
+def _uses(method: str | None, field: str) -> bool:
+    """Whether `field` acts under `method` (its reducer's `settings_used`; nothing acts without pruning)."""
+    from .token_reduction import REDUCERS
+
+    return method in REDUCERS and field in REDUCERS[method].settings_used
+
+
 def _relevant_pruning_rows(pruning: dict) -> list[tuple[str, str]]:
-    """The pruning settings that act under `pruning["pruning_method"]` (no `tome_r` for variance, and so on)."""
+    """The pruning settings that act under `pruning["pruning_method"]` (no `tome_r` for variance, and so on): the
+    fields its reducer reads, plus what is not a pruning field (`tokens`, `patch_stride`, ...)."""
+    from .token_reduction import PruningSettings
+
     method = pruning.get("pruning_method")
-    unused = set()
-    if method != "entropy":
-        unused.add("renyi_alpha")
-    if method != "tome":
-        unused.add("tome_r")
-    if method in (None, "tome"):
-        unused |= {"keep_rate", "fuse_pruned", "fusion_temperature"}
-    elif not pruning.get("fuse_pruned"):
+    unused = {f for f in PruningSettings.names() if f != "pruning_method" and not _uses(method, f)}
+    if not pruning.get("fuse_pruned"):
         unused.add("fusion_temperature")
     return [(k, _fmt(v, None)) for k, v in pruning.items() if k not in unused]
 
@@ -104,7 +108,7 @@ def build_model_card(results: dict):
             )
     summary = (
         (f"Pruning: **{method}**" if method else "The unpruned reference (pruning switched off)")
-        + (f" at keep rate {pruning.get('keep_rate')}" if method not in ("tome", None) else "")
+        + (f" at keep rate {pruning.get('keep_rate')}" if _uses(method, "keep_rate") else "")
         + f", top-1 {_fmt(pruned['top1'])} % on {dataset['name']} ({dataset.get('split') or 'evaluation'} split, "
         f"{dataset.get('images', '?')} images) at {_fmt(pruned.get('gmacs'), 3)} GMACs. Method: {PAPER}."
     )

@@ -22,9 +22,11 @@ from .evaluation import (
     measure_variants,
     prepare_evaluation,
     table_footer,
+    variant_of,
     variants_from_args,
 )
 from .measure import count_gmacs
+from .token_reduction import REDUCERS
 
 
 @dataclass
@@ -33,7 +35,7 @@ class SweepArguments(EvaluateArguments):
 
     methods: list[str] = field(
         default_factory=lambda: ["evit", "variance", "medad", "entropy", "random", "tome"],
-        metadata={"help": "Methods: variance, medad, evit, entropy, random, tome."},
+        metadata={"help": f"Methods, from the registry: {', '.join(REDUCERS)}."},
     )
     keep_rates: list[float] = field(
         default_factory=lambda: [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], metadata={"help": "Keep rates."}
@@ -50,48 +52,72 @@ class SweepArguments(EvaluateArguments):
 
 
 def series_name(variant: Variant) -> str:
-    """The line a variant belongs to in the plots: method (+ alpha) and fusion, or ToMe."""
-    if variant.pruning_method == "tome":
-        return "ToMe"
-    name = variant.pruning_method
-    if name == "entropy":
-        name += f" (α={variant.renyi_alpha:g})"
-    return name + (" + fusion" if variant.fuse_pruned else "")
+    """The line a variant belongs to in the plots (its reducer's `series`: method, alpha, fusion; or ToMe)."""
+    return "unpruned" if variant.reducer is None else variant.reducer.series(variant.settings())
 
 
 def match_gmacs(model, target: float, template: Variant, max_tome_r: int = 64) -> tuple[Variant, float]:
     """The setting of `template`'s method whose GMACs are closest to `target` (ties: the larger keep rate / smaller r).
 
-    Keep rates are searched on a 0.01 grid in (0, 1]; ToMe's `r` over 0..`max_tome_r`. GMACs depend only on the
-    token schedule, so each distinct schedule is counted once (fvcore, `count_gmacs`).
+    The setting that moves is the one the method reads: keep rates on a 0.01 grid from 1 down to 0.01 for the pruning
+    criteria, ToMe's `r` from 0 up to `max_tome_r`. Along that order the token counts never grow, so GMACs fall,
+    except at the first settings, where pruning or merging switches on and adds the small cost of its own work (the
+    class-attention row, fusion, ToMe's similarities). The search therefore counts the first 3 settings, bisects the
+    rest for the crossing of `target` and counts 3 settings on each side of it: the result is that of counting every
+    setting (`tests/test_sweep.py` checks this against the exhaustive search) with about 20 counts instead of 100.
+    Each distinct token schedule is counted once (fvcore, `count_gmacs`).
 
     Args:
-        model: a PrunedViT model (its pruning fields are restored afterwards).
+        model: a PrunedViT model (its own pruning setting is left unchanged).
         target (`float`): GMACs.
         template (`Variant`): the method, fusion setting and alpha to keep.
+        max_tome_r (`int`): largest `r` tried for ToMe.
 
     Returns:
         `(variant, gmacs)`.
     """
-    saved = {k: getattr(model.config, k) for k in template.pruning_fields()}
-    num_patches = model.base_model.embeddings.patch_embeddings.num_patches
-    if template.pruning_method == "tome":
-        candidates = [replace(template, tome_r=r) for r in range(max_tome_r + 1)]
-    else:
-        candidates = [replace(template, keep_rate=round(k / 100, 2)) for k in range(100, 0, -1)]
-    cache, best = {}, None
-    try:
-        for candidate in candidates:
-            model.set_pruning(**candidate.pruning_fields())
-            schedule = tuple(model.config.token_schedule(num_patches))
-            if schedule not in cache:
-                cache[schedule] = count_gmacs(model)
-            gmacs = cache[schedule]
-            if best is None or abs(gmacs - target) < abs(best[1] - target) - 1e-12:
-                best = (candidate, gmacs)
-    finally:
-        model.set_pruning(**saved)
-    return best
+    candidates = matching_candidates(template, max_tome_r)
+    gmacs_of = _GMACsCounter(model, candidates)
+    low, high = 3, len(candidates) - 1  # first index at or below the target, by bisection over the falling part
+    while low < high:
+        middle = (low + high) // 2
+        if gmacs_of(middle) <= target:
+            high = middle
+        else:
+            low = middle + 1
+    counted = {0, 1, 2} | set(range(max(low - 3, 0), min(low + 4, len(candidates))))
+    best = min(sorted(counted), key=lambda i: (abs(gmacs_of(i) - target), i))
+    if best > 3:  # the first setting with these GMACs (plateaus: e.g. ToMe's r beyond what a layer can merge)
+        first, last = 3, best
+        while first < last:
+            middle = (first + last) // 2
+            first, last = (first, middle) if gmacs_of(middle) <= gmacs_of(best) else (middle + 1, last)
+        best = first
+    return candidates[best], gmacs_of(best)
+
+
+def matching_candidates(template: Variant, max_tome_r: int = 64) -> list[Variant]:
+    """The settings [`match_gmacs`] searches, in order of falling token counts: keep rates 1.00, 0.99, ..., 0.01 when
+    the method reads `keep_rate`, else ToMe's `r` 0, 1, ..., `max_tome_r`."""
+    if "tome_r" in template.reducer.settings_used:
+        return [replace(template, tome_r=r) for r in range(max_tome_r + 1)]
+    return [replace(template, keep_rate=round(k / 100, 2)) for k in range(100, 0, -1)]
+
+
+class _GMACsCounter:
+    """GMACs of `candidates[i]` on `model`, counted once per distinct token schedule."""
+
+    def __init__(self, model, candidates: list[Variant]):
+        self.model, self.candidates = model, candidates
+        self.num_patches = model.base_model.embeddings.patch_embeddings.num_patches
+        self.by_schedule: dict[tuple, float] = {}
+
+    def __call__(self, index: int) -> float:
+        with self.model.pruning(**self.candidates[index].pruning_fields()):
+            schedule = tuple(self.model.config.token_schedule(self.num_patches))
+            if schedule not in self.by_schedule:
+                self.by_schedule[schedule] = count_gmacs(self.model)
+        return self.by_schedule[schedule]
 
 
 def plot_tradeoff(rows: list[dict], x: str, xlabel: str, path: str, title: str) -> None:
@@ -124,7 +150,8 @@ def matched_table(rows: list[dict]) -> str:
     """Markdown table of the matched-GMACs rows, one block per target."""
     lines = ["| target GMACs | method | setting | GMACs | top-1 (%) | images/s |", "|---|---|---|---|---|---|"]
     for row in sorted((r for r in rows if r.get("matched_target") is not None), key=lambda r: -r["matched_target"]):
-        setting = f"r={row['tome_r']}" if row["pruning_method"] == "tome" else f"keep {row['keep_rate']:g}"
+        variant = variant_of(row)
+        setting = variant.reducer.setting_text(variant.settings())
         lines.append(
             f"| {row['matched_target']:g} | {row['series']} | {setting} | {row['gmacs']:.3f} | {row['top1']:.2f} | "
             f"{row['images_per_s']:.1f} |"
@@ -154,7 +181,7 @@ def run_sweep(args: SweepArguments, command: str | None = None) -> dict:
     all_variants = variants + [v for _, v in matched]
     rows, throughput_protocol = measure_variants(setup, all_variants, args)
     for row, variant in zip(rows, all_variants):
-        row["series"] = "unpruned" if variant.pruning_method is None else series_name(variant)
+        row["series"] = series_name(variant)
         row["matched_target"] = None
     for row, (target, _) in zip(rows[len(variants) :], matched):
         row["matched_target"] = target

@@ -22,8 +22,6 @@ import torch
 from torchvision.transforms import v2
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from .data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, eval_transform
-
 
 @dataclass
 class ModelArguments:
@@ -181,12 +179,18 @@ class KeepRateScheduleCallback(TrainerCallback):
         self._restore(model)
 
 
-def train_transform(image_size: int, mean, std, augmentation: str, random_erasing: float) -> v2.Compose:
+def train_transform(image_size: int, preprocessing, augmentation: str, random_erasing: float) -> v2.Compose:
     """DeiT training augmentation with torchvision transforms v2 (input: RGB PIL image; output `(3, H, W)` float).
+
+    `randaugment`: RandomResizedCrop `image_size` (bicubic) + flip + RandAugment(2, 9); `randomcrop`: the evaluation
+    resize of `preprocessing` (a `data.Preprocessing`, the checkpoint's image processor) + RandomCrop + flip (the
+    paper's); `none`: the evaluation resize and centre crop. Then scaling and the processor's normalisation, and
+    RandomErasing with probability `random_erasing`. Source: DeiT (Touvron et al. 2021) / timm's training transforms.
 
     Raises:
         ValueError: for an unknown `augmentation`.
     """
+    resize = v2.Resize(preprocessing.resize_size(), interpolation=preprocessing.interpolation(), antialias=True)
     if augmentation == "randaugment":
         spatial = [
             v2.RandomResizedCrop(image_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
@@ -195,19 +199,13 @@ def train_transform(image_size: int, mean, std, augmentation: str, random_erasin
             v2.RandAugment(num_ops=2, magnitude=9, interpolation=v2.InterpolationMode.BILINEAR),
         ]
     elif augmentation == "randomcrop":
-        spatial = [
-            v2.Resize(int(image_size / 0.875), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-            v2.RandomCrop(image_size),
-            v2.RandomHorizontalFlip(),
-        ]
+        spatial = [resize, v2.RandomCrop(image_size), v2.RandomHorizontalFlip()]
     elif augmentation == "none":
-        spatial = [
-            v2.Resize(int(image_size / 0.875), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-            v2.CenterCrop(image_size),
-        ]
+        spatial = [resize, v2.CenterCrop(image_size)]
     else:
         raise ValueError(f"--augmentation must be randaugment, randomcrop or none, got {augmentation!r}.")
-    tail = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
+    normalize = v2.Normalize(mean=list(preprocessing.mean), std=list(preprocessing.std))
+    tail = [v2.ToDtype(torch.float32, scale=True), normalize]
     if random_erasing > 0:
         tail.append(v2.RandomErasing(p=random_erasing, value=0))
     return v2.Compose([v2.ToImage(), *spatial, *tail])
@@ -267,30 +265,25 @@ def soft_target_loss(label_smoothing: float):
     return loss_fn
 
 
-def top_k_metrics():
-    """`compute_metrics` for the Trainer: top-1 (through `evaluate`'s accuracy when it can be loaded, else computed
-    here, identically) and top-5, in percent."""
-    accuracy = None
-    try:
-        import evaluate
+TOP_K_SOURCE = "top-1 / top-5 computed from the logits (hf_vitprune.train.top_k_metrics)"
 
-        accuracy = evaluate.load("accuracy")
-    except Exception:  # noqa: BLE001 - offline, or the metric cannot be fetched: compute it here
-        accuracy = None
+
+def top_k_metrics():
+    """`compute_metrics` for the Trainer: top-1 and top-5 accuracy in percent, computed from the logits.
+
+    Computed here rather than through `evaluate.load("accuracy")`, which downloads the metric from the Hub (offline
+    runs would then depend on a cache); top-1 is what that metric computes, `mean(argmax == label)`.
+    """
 
     def compute(eval_pred):
         logits, labels = eval_pred.predictions, eval_pred.label_ids
         logits = logits[0] if isinstance(logits, tuple) else logits
-        predictions = logits.argmax(-1)
-        if accuracy is not None:
-            top1 = accuracy.compute(predictions=predictions, references=labels)["accuracy"]
-        else:
-            top1 = float((predictions == labels).mean())
         k = min(5, logits.shape[-1])
-        top5 = float((np.argsort(-logits, axis=-1)[:, :k] == labels[:, None]).any(-1).mean())
+        ranked = np.argsort(-logits, axis=-1, kind="stable")[:, :k]
+        top1 = float((ranked[:, 0] == labels).mean())
+        top5 = float((ranked == labels[:, None]).any(-1).mean())
         return {"top1": 100 * top1, "top5": 100 * top5}
 
-    compute.source = "evaluate.load('accuracy')" if accuracy is not None else "computed locally (evaluate unavailable)"
     return compute
 
 
@@ -350,24 +343,13 @@ def load_model_for_training(model_args: ModelArguments, class_names: list[str]):
     return model, list(range(len(class_names)))
 
 
-def run_training(model_args: ModelArguments, data_args: DataArguments, training_args, command: str | None = None):
-    """Fine-tune, evaluate, save the model, its image processor, metrics, `pruning_results.json` and a model card.
-
-    Returns:
-        The results dict written to `pruning_results.json` (the model card's input).
+def check_training_output_dir(training_args) -> None:
+    """Refuse to train into a folder that already holds a trained model or checkpoints, unless told what to do.
 
     Raises:
-        ValueError / OSError: for data, columns, labels or models that cannot be used, before training starts.
-        FileExistsError: if `output_dir` already holds a trained model and neither `--resume_from_checkpoint` nor
-            `--overwrite_output` says what to do with it.
+        FileExistsError: if `output_dir` holds `checkpoint-*`, `config.json`, `model.safetensors` or
+            `pruning_results.json` and neither `--resume_from_checkpoint` nor `--overwrite_output` is given.
     """
-    from transformers import DeiTImageProcessor
-
-    from .data import TransformedImages, load_image_data, preprocessing_stats
-    from .evaluation import tokens_text
-    from .measure import count_gmacs, device_name, measure_throughput
-    from .model_card import build_model_card
-
     output_dir = training_args.output_dir
     existing = [
         name
@@ -379,62 +361,189 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
             f"{output_dir} already holds {sorted(existing)[:3]}: pass --resume_from_checkpoint to continue that run, "
             "--overwrite_output to replace it, or another --output_dir."
         )
+
+
+def load_training_data(data_args: DataArguments, seed: int):
+    """The training and evaluation [`ImageData`] of a run.
+
+    Raises:
+        ValueError / OSError: for data that cannot be loaded, or evaluation classes absent from the training data.
+    """
+    from .data import load_image_data
+
     train_data = load_image_data(
         data_args.dataset, data_args.train_split, data_args.image_column, data_args.label_column,
-        max_samples=data_args.max_train_samples, seed=training_args.seed,
+        max_samples=data_args.max_train_samples, seed=seed,
     )  # fmt: skip
     eval_data = load_image_data(
         data_args.eval_dataset or data_args.dataset, data_args.eval_split, data_args.image_column,
-        data_args.label_column, max_samples=data_args.max_eval_samples, seed=training_args.seed,
+        data_args.label_column, max_samples=data_args.max_eval_samples, seed=seed,
     )  # fmt: skip
     unknown = [c for c in eval_data.class_names if c not in train_data.class_names]
     if unknown:
         raise ValueError(f"Evaluation classes {unknown[:5]} do not occur in the training data.")
-    set_seed(training_args.seed)  # before the model: a new head's initialisation is part of the run
-    model, label_ids = load_model_for_training(model_args, train_data.class_names)
-    eval_label_ids = [label_ids[train_data.class_names.index(c)] for c in eval_data.class_names]
+    return train_data, eval_data
 
-    mean, std, _ = preprocessing_stats(model_args.model_name_or_path)
-    image_size = model.config.image_size
-    num_classes = model.config.num_labels
+
+def global_batch_size(training_args) -> int:
+    """Images per optimizer step over all processes (per-device batch x accumulation x world size)."""
+    _ = training_args.device  # sets up the distributed state; world_size reads 1 before that
+    return (
+        training_args.per_device_train_batch_size
+        * training_args.gradient_accumulation_steps
+        * max(training_args.world_size, 1)
+    )
+
+
+def build_trainer(model, label_ids, train_data, eval_data, preprocessing, model_args, data_args, training_args):
+    """The [`ImageClassificationTrainer`] of a run: datasets with the DeiT recipe's augmentation for training and the
+    checkpoint's image-processor preprocessing for evaluation (`preprocessing`, a `data.Preprocessing`, also saved as
+    the run's processor), Mixup / CutMix collator, soft-target loss, top-1 / top-5 metrics, keep-rate schedule.
+
+    Sets `training_args.learning_rate` from `--base_learning_rate` (linear scaling per 256 images) when given.
+    """
+    from .data import TransformedImages
+
+    eval_label_ids = [label_ids[train_data.class_names.index(c)] for c in eval_data.class_names]
     train_set = TransformedImages(
         train_data,
-        train_transform(image_size, mean, std, data_args.augmentation, data_args.random_erasing),
+        train_transform(model.config.image_size, preprocessing, data_args.augmentation, data_args.random_erasing),
         label_ids,
     )
-    eval_set = TransformedImages(eval_data, eval_transform(image_size, mean, std), eval_label_ids)
-
+    eval_set = TransformedImages(eval_data, preprocessing.eval_transform(), eval_label_ids)
     if data_args.base_learning_rate:
-        _ = training_args.device  # sets up the distributed state; world_size reads 1 before that
-        global_batch = (
-            training_args.per_device_train_batch_size
-            * training_args.gradient_accumulation_steps
-            * max(training_args.world_size, 1)
-        )
-        training_args.learning_rate = data_args.base_learning_rate * global_batch / 256
-    target_keep_rate = model.config.keep_rate
+        training_args.learning_rate = data_args.base_learning_rate * global_batch_size(training_args) / 256
     callbacks = []
     if model_args.keep_rate_warmup_epochs > 0:
-        callbacks.append(KeepRateScheduleCallback(target_keep_rate, model_args.keep_rate_warmup_epochs))
-    processor = DeiTImageProcessor(
-        size={"height": int(image_size / 0.875), "width": int(image_size / 0.875)},
-        crop_size={"height": image_size, "width": image_size},
-        image_mean=list(mean or IMAGENET_DEFAULT_MEAN),
-        image_std=list(std or IMAGENET_DEFAULT_STD),
-    )
-    metrics_fn = top_k_metrics()
-    trainer = ImageClassificationTrainer(
+        callbacks.append(KeepRateScheduleCallback(model.config.keep_rate, model_args.keep_rate_warmup_epochs))
+    return ImageClassificationTrainer(
         eval_data_collator=eval_collator,
         model=model,
         args=training_args,
         train_dataset=train_set,
         eval_dataset=eval_set,
-        data_collator=TrainCollator(num_classes, data_args.mixup_alpha, data_args.cutmix_alpha),
+        data_collator=TrainCollator(model.config.num_labels, data_args.mixup_alpha, data_args.cutmix_alpha),
         compute_loss_func=soft_target_loss(data_args.label_smoothing),
-        compute_metrics=metrics_fn,
-        processing_class=processor,
+        compute_metrics=top_k_metrics(),
+        processing_class=preprocessing.processor,
         callbacks=callbacks,
     )
+
+
+def measure_trained_model(model, training_args) -> dict:
+    """GMACs and images/s of the trained model, pruned and (under `model.pruning(pruning_method=None)`, restored
+    afterwards also on errors) unpruned, with the throughput protocol.
+
+    Returns:
+        `{"pruned": {"gmacs", "speed"}, "unpruned": {...}}` (`speed` a `measure.ThroughputResult`).
+    """
+    from .measure import count_gmacs, measure_throughput
+
+    timing = dict(batch_size=training_args.throughput_batch_size, runs=training_args.throughput_runs, warmup=3)
+    measured = {"pruned": {"gmacs": count_gmacs(model), "speed": measure_throughput(model, **timing)}}
+    with model.pruning(pruning_method=None):
+        measured["unpruned"] = {"gmacs": count_gmacs(model), "speed": measure_throughput(model, **timing)}
+    return measured
+
+
+def pruning_results(model, measured, train_result, eval_metrics, eval_data, train_data, args, command) -> dict:
+    """The run's results as written to `pruning_results.json` (the model card's input).
+
+    Args:
+        model: the trained model; measured: from [`measure_trained_model`]; train_result / eval_metrics: the
+            Trainer's; eval_data / train_data: the run's [`ImageData`]; args: `(model_args, data_args,
+            training_args, preprocessing)`; command: the command line.
+    """
+    from .evaluation import tokens_text
+    from .measure import device_name
+
+    model_args, data_args, training_args, preprocessing = args
+    output_dir = training_args.output_dir
+    num_patches = model.base_model.embeddings.patch_embeddings.num_patches
+    tokens = tokens_text(model.config, num_patches)
+    train_images_per_s = train_result.metrics.get("train_samples_per_second")
+    return {
+        "model_name": os.path.basename(os.path.abspath(output_dir)),
+        "repo_id": training_args.hub_model_id or None,
+        "base_model": model_args.model_name_or_path,
+        "dataset": {
+            "id": data_args.dataset,
+            "name": data_args.eval_dataset or data_args.dataset,
+            "split": None if os.path.isdir(eval_data.source) else data_args.eval_split,
+            "images": len(eval_data),
+            "train_images": len(train_data),
+        },
+        "pruning": {
+            **{k: getattr(model.config, k) for k in model_args.pruning_fields()},
+            "prune_layers": model.config.prune_layers,
+            "patch_stride": model.config.patch_stride or model.config.patch_size,
+            "tokens": tokens,
+        },
+        "metrics": {
+            "pruned": {
+                "top1": eval_metrics["eval_top1"],
+                "top5": eval_metrics["eval_top5"],
+                "gmacs": measured["pruned"]["gmacs"],
+                "images_per_s": measured["pruned"]["speed"].images_per_s,
+                "tokens": tokens,
+                "train_images_per_s": train_images_per_s,
+            },
+            "unpruned": {
+                "gmacs": measured["unpruned"]["gmacs"],
+                "images_per_s": measured["unpruned"]["speed"].images_per_s,
+                "tokens": str(num_patches),
+            },
+        },
+        "protocol": {
+            "top1": f"{len(eval_data)} images of {eval_data.source}, {preprocessing.describe()}; "
+            f"metric: {TOP_K_SOURCE}",
+            "gmacs": "fvcore, one image (hf_vitprune.measure.count_gmacs)",
+            "throughput": measured["pruned"]["speed"].describe(),
+            "machine": device_name(model.device),
+        },
+        "training": {
+            "epochs": training_args.num_train_epochs,
+            "global batch size": global_batch_size(training_args),
+            "learning rate": training_args.learning_rate,
+            "weight decay": training_args.weight_decay,
+            "schedule": f"{getattr(training_args.lr_scheduler_type, 'value', training_args.lr_scheduler_type)}, "
+            f"warm-up {training_args.warmup_steps}",
+            "augmentation": data_args.augmentation,
+            "mixup / cutmix alpha": f"{data_args.mixup_alpha} / {data_args.cutmix_alpha}",
+            "label smoothing": data_args.label_smoothing,
+            "random erasing": data_args.random_erasing,
+            "keep-rate warm-up epochs": model_args.keep_rate_warmup_epochs,
+            "training images": len(train_data),
+            "training images/s": train_images_per_s,
+        },
+        "command": command,
+    }
+
+
+def run_training(model_args: ModelArguments, data_args: DataArguments, training_args, command: str | None = None):
+    """Fine-tune, evaluate, save the model, its image processor, metrics, `pruning_results.json` and a model card.
+
+    Returns:
+        The results dict written to `pruning_results.json` (the model card's input); `None` on processes other
+        than the main one.
+
+    Raises:
+        ValueError / OSError: for data, columns, labels or models that cannot be used, before training starts.
+        FileExistsError: if `output_dir` already holds a trained model and neither `--resume_from_checkpoint` nor
+            `--overwrite_output` says what to do with it.
+    """
+    from .data import load_preprocessing
+    from .model_card import build_model_card
+
+    check_training_output_dir(training_args)
+    train_data, eval_data = load_training_data(data_args, training_args.seed)
+    set_seed(training_args.seed)  # before the model: a new head's initialisation is part of the run
+    model, label_ids = load_model_for_training(model_args, train_data.class_names)
+    preprocessing = load_preprocessing(model_args.model_name_or_path, model.config.image_size)
+    trainer = build_trainer(
+        model, label_ids, train_data, eval_data, preprocessing, model_args, data_args, training_args
+    )
+
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
     trainer.log_metrics("train", train_result.metrics)
@@ -443,81 +552,19 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     eval_metrics = trainer.evaluate()
     trainer.log_metrics("eval", eval_metrics)
     trainer.save_metrics("eval", eval_metrics)
+    if not trainer.is_world_process_zero():
+        return None
 
-    results = None
-    if trainer.is_world_process_zero():
-        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-        num_patches = unwrapped.base_model.embeddings.patch_embeddings.num_patches
-        pruned_gmacs = count_gmacs(unwrapped)
-        timing = dict(batch_size=training_args.throughput_batch_size, runs=training_args.throughput_runs, warmup=3)
-        pruned_speed = measure_throughput(unwrapped, **timing)
-        method = unwrapped.config.pruning_method
-        unwrapped.set_pruning(pruning_method=None)
-        unpruned_gmacs, unpruned_speed = count_gmacs(unwrapped), measure_throughput(unwrapped, **timing)
-        unwrapped.set_pruning(pruning_method=method)
-        results = {
-            "model_name": os.path.basename(os.path.abspath(output_dir)),
-            "repo_id": training_args.hub_model_id or None,
-            "base_model": model_args.model_name_or_path,
-            "dataset": {
-                "id": data_args.dataset,
-                "name": data_args.eval_dataset or data_args.dataset,
-                "split": None if os.path.isdir(eval_data.source) else data_args.eval_split,
-                "images": len(eval_data),
-                "train_images": len(train_data),
-            },  # fmt: skip
-            "pruning": {
-                **{k: getattr(unwrapped.config, k) for k in model_args.pruning_fields()},
-                "prune_layers": unwrapped.config.prune_layers,
-                "patch_stride": unwrapped.config.patch_stride or unwrapped.config.patch_size,
-                "tokens": tokens_text(unwrapped.config, num_patches),
-            },  # fmt: skip
-            "metrics": {
-                "pruned": {
-                    "top1": eval_metrics["eval_top1"],
-                    "top5": eval_metrics["eval_top5"],
-                    "gmacs": pruned_gmacs,
-                    "images_per_s": pruned_speed.images_per_s,
-                    "tokens": tokens_text(unwrapped.config, num_patches),
-                    "train_images_per_s": train_result.metrics.get("train_samples_per_second"),
-                },
-                "unpruned": {
-                    "gmacs": unpruned_gmacs,
-                    "images_per_s": unpruned_speed.images_per_s,
-                    "tokens": str(num_patches),
-                },
-            },  # fmt: skip
-            "protocol": {
-                "top1": f"{len(eval_data)} images of {eval_data.source}, DeiT evaluation preprocessing; "
-                f"metric: {metrics_fn.source}",
-                "gmacs": "fvcore, one image (hf_vitprune.measure.count_gmacs)",
-                "throughput": pruned_speed.describe(),
-                "machine": device_name(unwrapped.device),
-            },
-            "training": {
-                "epochs": training_args.num_train_epochs,
-                "global batch size": training_args.per_device_train_batch_size
-                * training_args.gradient_accumulation_steps
-                * max(training_args.world_size, 1),
-                "learning rate": training_args.learning_rate,
-                "weight decay": training_args.weight_decay,
-                "schedule": f"{getattr(training_args.lr_scheduler_type, 'value', training_args.lr_scheduler_type)}, "
-                f"warm-up {training_args.warmup_steps}",
-                "augmentation": data_args.augmentation,
-                "mixup / cutmix alpha": f"{data_args.mixup_alpha} / {data_args.cutmix_alpha}",
-                "label smoothing": data_args.label_smoothing,
-                "random erasing": data_args.random_erasing,
-                "keep-rate warm-up epochs": model_args.keep_rate_warmup_epochs,
-                "training images": len(train_data),
-                "training images/s": train_result.metrics.get("train_samples_per_second"),
-            },  # fmt: skip
-            "command": command,
-        }
-        with open(os.path.join(output_dir, "pruning_results.json"), "w") as f:
-            json.dump(results, f, indent=2, default=str)
-        build_model_card(results).save(os.path.join(output_dir, "README.md"))
-        if training_args.push_to_hub:
-            push_output_dir(output_dir, training_args.hub_model_id or results["model_name"], training_args.hub_token)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    measured = measure_trained_model(model, training_args)
+    args = (model_args, data_args, training_args, preprocessing)
+    results = pruning_results(model, measured, train_result, eval_metrics, eval_data, train_data, args, command)
+    output_dir = training_args.output_dir
+    with open(os.path.join(output_dir, "pruning_results.json"), "w") as f:
+        json.dump(results, f, indent=2, default=str)
+    build_model_card(results).save(os.path.join(output_dir, "README.md"))
+    if training_args.push_to_hub:
+        push_output_dir(output_dir, training_args.hub_model_id or results["model_name"], training_args.hub_token)
     return results
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .token_reduction import reducer_from_config
+
 
 def kept_pixel_mask(
     kept_patch_ids,
@@ -91,10 +93,8 @@ def kept_patches(model, pixel_values: torch.Tensor) -> list[KeptPatches]:
     size = tuple(pixel_values.shape[-2:])
     with torch.no_grad():
         outputs = model(pixel_values=pixel_values)
-    if config.pruning_method == "tome":
-        layers = [i for i in range(config.num_hidden_layers) if config.layer_merge_count(i) > 0]
-    else:
-        layers = list(config.prune_layers)
+    reducer = reducer_from_config(config, config.num_prefix_tokens)
+    layers = [] if reducer is None else reducer.reducing_layers(patches.num_patches, config.num_hidden_layers)
     results = []
     for b in range(pixel_values.shape[0]):
         ids = [layer[b].cpu().numpy() for layer in outputs.kept_patch_indices]
@@ -170,7 +170,7 @@ def visualize(args: VisualizeArguments, command: str | None = None) -> Path:
         FileExistsError: if `output` exists and `overwrite` is not set.
         ValueError / OSError: for an unreadable image, an unknown method or a model that cannot be loaded.
     """
-    from .data import eval_transform, open_rgb, preprocessing_stats
+    from .data import load_preprocessing, open_rgb
     from .evaluation import build_variants
     from .loading import load_pruned_model
 
@@ -180,9 +180,9 @@ def visualize(args: VisualizeArguments, command: str | None = None) -> Path:
     build_variants(args.methods, [args.keep_rate], [args.fuse_pruned])  # validates methods and keep rate
     extra = {"patch_stride": args.patch_stride} if args.patch_stride is not None else {}
     model = load_pruned_model(args.model, **extra).eval()
-    mean, std, _ = preprocessing_stats(args.model)
-    size = model.config.image_size
-    transform = eval_transform(size, mean, std)
+    preprocessing = load_preprocessing(args.model, model.config.image_size)
+    mean, std = preprocessing.mean, preprocessing.std
+    transform = preprocessing.eval_transform()
     images = [open_rgb({"path": path, "bytes": None}) for path in args.images]
     pixel_values = torch.stack([transform(image) for image in images])
     shown = pixel_values * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
@@ -190,9 +190,9 @@ def visualize(args: VisualizeArguments, command: str | None = None) -> Path:
     rows = []
     for b in range(len(images)):
         for method in args.methods:
-            model.set_pruning(pruning_method=method, keep_rate=args.keep_rate, fuse_pruned=args.fuse_pruned)
-            torch.manual_seed(0)  # the random method draws the same scores every time
-            rows.append((shown[b], kept_patches(model, pixel_values[b : b + 1])[0]))
+            with model.pruning(pruning_method=method, keep_rate=args.keep_rate, fuse_pruned=args.fuse_pruned):
+                torch.manual_seed(0)  # the random method draws the same scores every time
+                rows.append((shown[b], kept_patches(model, pixel_values[b : b + 1])[0]))
     stride = model.config.patch_stride or model.config.patch_size
     title = f"{Path(args.model).name}, keep {args.keep_rate}, patches {model.config.patch_size} px, stride {stride} px"
     fig = draw(rows, title)

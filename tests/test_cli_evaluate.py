@@ -60,7 +60,7 @@ def test_evaluate_on_real_images_writes_consistent_results(real_folder, tmp_path
     assert rows["unpruned"]["gmacs"] == pytest.approx(1.26, abs=0.01)  # DeiT-Tiny
     assert rows["variance@0.7+fusion"]["gmacs"] < rows["unpruned"]["gmacs"]
     assert all(row["images_per_s"] > 0 for row in report["rows"])
-    assert report["protocol"]["images"] == 6 and "resize 256 bicubic" in report["protocol"]["preprocessing"]
+    assert report["protocol"]["images"] == 6 and "resize 256x256 bicubic" in report["protocol"]["preprocessing"]
     table = (out / "results.md").read_text()
     assert "| variance | 0.7 | yes | 196→138+1→98+1→70+1 |" in table and "entropy (α=2)" in table
     assert "Command: `hf-vitprune evaluate --model" in table

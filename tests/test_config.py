@@ -19,10 +19,21 @@ def test_defaults_are_the_papers_setting():
     assert PrunedDeiTConfig().num_prefix_tokens == 2
 
 
-@pytest.mark.parametrize("keep_rate", [0, 0.0, -0.3, 1.5, 2, float("nan"), True, "0.5"])
+@pytest.mark.parametrize("keep_rate", [0, 0.0, -0.3, 1.5, 2, float("nan")])
 def test_bad_keep_rate_is_rejected_naming_the_field(keep_rate):
     with pytest.raises(ValueError, match="keep_rate"):
         PrunedViTConfig(keep_rate=keep_rate)
+
+
+@pytest.mark.parametrize(
+    "field, value", [("keep_rate", True), ("keep_rate", "0.5"), ("tome_r", 1.5), ("fuse_pruned", 1)]
+)
+def test_wrongly_typed_fields_are_rejected_naming_the_field(field, value):
+    """The fields are typed: the strict dataclass names the field (a bool is not a keep rate)."""
+    from huggingface_hub.errors import StrictDataclassFieldValidationError
+
+    with pytest.raises((ValueError, StrictDataclassFieldValidationError), match=field):
+        PrunedViTConfig(**{field: value})
 
 
 def test_keep_rate_list_must_match_the_pruning_layers():
@@ -30,7 +41,7 @@ def test_keep_rate_list_must_match_the_pruning_layers():
         PrunedViTConfig(keep_rate=[0.7, 0.5])
     with pytest.raises(ValueError, match="keep_rate"):
         PrunedViTConfig(keep_rate=[0.7, 0.0, 0.5])
-    assert PrunedViTConfig(keep_rate=[0.9, 0.7, 0.5]).layer_keep_rate(6) == 0.7
+    assert PrunedViTConfig(keep_rate=[0.9, 0.7, 0.5]).token_schedule(100) == [(90, 1), (64, 1), (33, 1)]
 
 
 @pytest.mark.parametrize(
@@ -65,8 +76,15 @@ def test_temperature_and_alpha_must_be_positive(field, value):
 def test_integer_keep_rate_one_and_none_method_are_accepted():
     assert PrunedViTConfig(keep_rate=1).keep_rate == 1
     config = PrunedViTConfig(pruning_method=None)
-    assert config.layer_keep_rate(3) is None
     assert config.token_schedule(196) == []
+
+
+def test_default_pruning_layers_follow_the_depth():
+    """[3, 6, 9] for the paper's 12 layers; the same fractions of the depth otherwise."""
+    assert PrunedViTConfig().prune_layers == [3, 6, 9]
+    assert PrunedViTConfig(num_hidden_layers=24).prune_layers == [6, 12, 18]
+    assert PrunedViTConfig(num_hidden_layers=4).prune_layers == [1, 2, 3]
+    assert PrunedViTConfig(num_hidden_layers=2).prune_layers == [1]
 
 
 def test_exact_keep_count_avoids_float_error():

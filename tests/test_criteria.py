@@ -5,13 +5,16 @@ import math
 import pytest
 import torch
 
-from hf_vitprune.modeling_pruned_vit import (
+from hf_vitprune.token_reduction import (
+    REDUCERS,
+    PruningSettings,
+    entropy_scores,
     evit_scores,
+    gather_tokens,
     medad_scores,
     prune_tokens,
     random_scores,
     renyi_entropy,
-    score_tokens,
     true_median,
     variance_scores,
 )
@@ -61,7 +64,7 @@ def test_shannon_and_renyi_entropy_by_hand():
 def test_entropy_score_is_minus_the_head_mean_entropy():
     # batch 1, 2 heads, 2 candidates, 3 tokens
     rows = torch.tensor([[[[0.5, 0.25, 0.25], [1.0, 0.0, 0.0]], [[1 / 3, 1 / 3, 1 / 3], [1.0, 0.0, 0.0]]]])
-    scores = score_tokens("entropy", rows, 2, 1, "cpu", renyi_alpha=1.0)
+    scores = entropy_scores(rows, alpha=1.0)
     expected0 = -(1.5 * math.log(2) + math.log(3)) / 2
     torch.testing.assert_close(scores, torch.tensor([[expected0, 0.0]]))
     assert scores[0, 1] > scores[0, 0]  # the concentrated token is more important
@@ -76,9 +79,21 @@ def test_random_scores_are_uniform_and_seeded():
     assert torch.equal(a, b) and (a >= 0).all() and (a < 1).all()
 
 
-def test_unknown_method_in_score_tokens():
-    with pytest.raises(ValueError, match="Unknown pruning method"):
-        score_tokens("nope", A, 3, 1, "cpu")
+def test_each_criterion_reducer_scores_with_its_criterion():
+    """The registry's pruning classes score with the functions above (hand-checked there)."""
+    cases = {"evit": evit_scores(A), "variance": variance_scores(A), "medad": medad_scores(A)}
+    for name, expected in cases.items():
+        reducer = REDUCERS[name](PruningSettings(pruning_method=name).with_defaults(12), 1)
+        assert torch.equal(reducer.score(A, 1, 3, "cpu"), expected), name
+    rows = torch.tensor([[[[0.5, 0.25, 0.25], [1.0, 0.0, 0.0]], [[1 / 3, 1 / 3, 1 / 3], [1.0, 0.0, 0.0]]]])
+    entropy = REDUCERS["entropy"](PruningSettings(pruning_method="entropy", renyi_alpha=2.0).with_defaults(12), 1)
+    assert torch.equal(entropy.score(rows, 1, 2, "cpu"), entropy_scores(rows, 2.0))
+
+
+def test_unknown_method_lists_the_registry():
+    with pytest.raises(ValueError, match="not known") as error:
+        PruningSettings(pruning_method="nope").with_defaults(12).validate(12)
+    assert all(name in str(error.value) for name in REDUCERS)
 
 
 def _example():
@@ -158,8 +173,6 @@ def test_num_keep_out_of_range():
 
 
 def test_gather_tokens_equals_gather_in_values_and_gradients():
-    from hf_vitprune.modeling_pruned_vit import gather_tokens
-
     x = torch.randn(3, 7, 5, requires_grad=True)
     index = torch.tensor([[6, 0, 2], [1, 1, 5], [3, 4, 0]])
     expected = x.gather(1, index.unsqueeze(-1).expand(-1, -1, 5))

@@ -114,8 +114,12 @@ def test_mapping_without_a_class_list_uses_id2label_and_hints_for_wordnet_ids(tm
 
 
 def test_eval_transform_is_resize_256_centre_crop_224():
+    from hf_vitprune.data import Preprocessing, default_image_processor
+
     image = Image.new("RGB", (512, 256), (255, 0, 0))
     image.paste((0, 0, 255), (0, 0, 100, 256))  # a blue band the 224 centre crop of the 512x256 resize cuts off
-    x = eval_transform(224, mean=(0, 0, 0), std=(1, 1, 1))(image)
+    processor = default_image_processor(224)
+    processor.do_normalize = False
+    x = Preprocessing(processor, "test").eval_transform()(image)
     assert x.shape == (3, 224, 224)
     assert torch.allclose(x[:, :, 0], torch.tensor([1.0, 0.0, 0.0])[:, None], atol=0.02)

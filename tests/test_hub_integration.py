@@ -1,5 +1,6 @@
 """Hugging Face integration: legacy checkpoints, Auto classes, auto_map, trust_remote_code in a fresh process."""
 
+import ast
 import json
 import os
 import subprocess
@@ -8,7 +9,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import DEIT_TINY, IMAGENETTE, needs_shared, tiny_config_kwargs
+from conftest import DEIT_TINY, IMAGENETTE, REPO, needs_shared, tiny_config_kwargs
 from transformers import (
     AutoConfig,
     AutoModelForImageClassification,
@@ -137,6 +138,24 @@ def test_saved_weights_use_the_native_names_and_both_layouts_load(stock_vit_dir,
             assert torch.equal(reloaded.eval()(pixel_values=pixel_values).logits, expected)
 
 
+SHIPPED = {"configuration_pruned_vit.py", "modeling_pruned_vit.py", "token_reduction.py"}
+ALLOWED_IMPORTS = {"torch", "transformers", "huggingface_hub"}
+
+
+def _imports(path):
+    """`(absolute top-level modules, relative module names)` imported anywhere in the file (ast, not text)."""
+    absolute, relative = set(), set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            absolute |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                relative.add(node.module or "")
+            else:
+                absolute.add(node.module.split(".")[0])
+    return absolute, relative
+
+
 def test_save_pretrained_writes_auto_map_and_the_code(stock_vit_dir, tmp_path):
     _save_pruned_with_processor(stock_vit_dir, tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
@@ -145,11 +164,38 @@ def test_save_pretrained_writes_auto_map_and_the_code(stock_vit_dir, tmp_path):
         "AutoConfig": "configuration_pruned_vit.PrunedViTConfig",
         "AutoModelForImageClassification": "modeling_pruned_vit.PrunedViTForImageClassification",
     }
-    assert (tmp_path / "configuration_pruned_vit.py").exists() and (tmp_path / "modeling_pruned_vit.py").exists()
-    # the shipped code imports only torch, transformers and its sibling file
-    for name in ("configuration_pruned_vit.py", "modeling_pruned_vit.py"):
-        code = (tmp_path / name).read_text()
-        assert "hf_vitprune" not in code.replace("hf_vitprune Authors", "")
+    assert {p.name for p in tmp_path.glob("*.py")} == SHIPPED
+    # the shipped code imports only the standard library, torch, transformers, huggingface_hub and its siblings
+    for path in sorted(tmp_path.glob("*.py")):
+        absolute, relative = _imports(path)
+        outside = absolute - ALLOWED_IMPORTS - set(sys.stdlib_module_names)
+        assert not outside, f"{path.name} imports {sorted(outside)}"
+        assert {f"{name}.py" for name in relative} <= SHIPPED, f"{path.name} imports siblings {sorted(relative)}"
+
+
+def test_the_import_check_catches_a_foreign_import(tmp_path):
+    """The check above can fail: a file importing the package (or numpy, or a subpackage) is caught."""
+    bad = tmp_path / "modeling_bad.py"
+    bad.write_text("import numpy as np\nfrom hf_vitprune.data import open_rgb\nfrom .layers.x import y\n")
+    absolute, relative = _imports(bad)
+    assert absolute - ALLOWED_IMPORTS - set(sys.stdlib_module_names) == {"numpy", "hf_vitprune"}
+    assert {f"{name}.py" for name in relative} - SHIPPED == {"layers.x.py"}
+
+
+def test_shipped_code_names_the_minimum_transformers_version(monkeypatch):
+    """An old transformers gets one clear error with what to install (checked through transformers' own helper)."""
+    import importlib.metadata
+
+    from transformers.utils import versions
+
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(
+        versions.importlib.metadata, "version", lambda name: "4.57.0" if name == "transformers" else real_version(name)
+    )
+    code = (REPO / "hf_vitprune" / "configuration_pruned_vit.py").read_text()
+    check = code[code.index("require_version(") : code.index(")", code.index("require_version(")) + 1]
+    with pytest.raises(ImportError, match=r"(?s)transformers>=5\.20.*found transformers==4\.57\.0.*pip install -U"):
+        exec("from transformers.utils.versions import require_version\n" + check, {})
 
 
 REMOTE_SCRIPT = textwrap.dedent(

@@ -17,7 +17,7 @@ from hf_vitprune import (
     PrunedViTForImageClassification,
     PrunedViTModel,
 )
-from hf_vitprune.configuration_pruned_vit import PRUNING_METHODS
+from hf_vitprune.token_reduction import ATTENTION, CLASS_ATTENTION
 
 
 def _stock_and_pruned(attn_implementation="sdpa", **pruning):
@@ -70,7 +70,7 @@ def test_distilled_deit_without_pruning_matches_stock_teacher_model(pixel_values
     assert [k.shape for k in out.kept_patch_indices] == [(3, 8), (3, 5)]
 
 
-@pytest.mark.parametrize("method", [m for m in PRUNING_METHODS if m != "tome"])  # ToMe: tests/test_tome.py
+@pytest.mark.parametrize("method", ["variance", "medad", "evit", "entropy", "random"])  # ToMe: tests/test_tome.py
 @pytest.mark.parametrize("fuse", [True, False])
 def test_shapes_and_kept_indices_for_every_method(method, fuse, pixel_values):
     _, model = _stock_and_pruned(pruning_method=method, fuse_pruned=fuse, keep_rate=[0.5, 0.7])
@@ -112,7 +112,7 @@ def test_variance_selection_agrees_with_eager_attention_weights(pixel_values):
         layer = model.vit.layers[0]
         normed = layer.layernorm_before(hidden)
         model.set_attn_implementation("eager")
-        _, weights, statistic = layer.attention(normed, pruning_statistic="class", num_prefix_tokens=1)
+        _, weights, statistic = layer.attention(normed, statistic=CLASS_ATTENTION, num_prefix_tokens=1)
     torch.testing.assert_close(statistic, weights[:, :, 0, 1:].float())
     assert statistic.dtype == torch.float32
 
@@ -138,7 +138,7 @@ def test_training_step_reaches_every_parameter(pixel_values):
     assert without_grad == []
 
 
-@pytest.mark.parametrize("method", ["variance", "random", "entropy"])
+@pytest.mark.parametrize("method", ["variance", "random", "entropy", "tome"])
 def test_gradient_checkpointing_gives_the_same_gradients(method, pixel_values):
     labels = torch.tensor([0, 1, 2])
     grads = []
@@ -163,11 +163,11 @@ def test_half_precision_models_compute_criteria_in_float32(dtype, method, pixel_
     with torch.no_grad():
         out = model(pixel_values=pixel_values.to(dtype))
         hidden = model.vit.layers[0].layernorm_before(model.vit.embeddings(pixel_values.to(dtype)))
-        kind = "class" if method == "variance" else "full"
-        _, _, statistic = model.vit.layers[0].attention(hidden, pruning_statistic=kind, num_prefix_tokens=1)
+        kind = CLASS_ATTENTION if method == "variance" else ATTENTION
+        _, _, statistic = model.vit.layers[0].attention(hidden, statistic=kind, num_prefix_tokens=1)
     assert out.logits.dtype == dtype and torch.isfinite(out.logits).all()
     assert statistic.dtype == torch.float32
-    if kind == "full":
+    if kind == ATTENTION:
         torch.testing.assert_close(statistic.sum(-1), torch.ones_like(statistic.sum(-1)))
 
 
@@ -217,7 +217,7 @@ def test_set_pruning_validates_and_leaves_the_config_unchanged_on_error():
     _, model = _stock_and_pruned(keep_rate=0.5)
     with pytest.raises(ValueError, match="keep_rate"):
         model.set_pruning(keep_rate=0.0)
-    with pytest.raises(ValueError, match="unknown field"):
+    with pytest.raises(ValueError, match="unknown pruning field"):
         model.set_pruning(keep=0.3)
     with pytest.raises(ValueError, match="holds 7"):
         model.set_pruning(pruning_method="medad", prune_layers=[1, 7])

@@ -1,0 +1,44 @@
+"""The sweep's matched-GMACs search: equal to counting every setting."""
+
+import pytest
+import torch
+from conftest import tiny_config_kwargs
+
+import hf_vitprune.sweep as sweep
+from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification
+from hf_vitprune.evaluation import Variant
+from hf_vitprune.measure import count_gmacs
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    config = PrunedViTConfig(**tiny_config_kwargs(image_size=64, patch_size=8, prune_layers=[1, 2]))  # 64 patches
+    return PrunedViTForImageClassification(config).eval()
+
+
+@pytest.mark.parametrize("template", [Variant("variance", 0.7, True), Variant("tome", tome_r=4)], ids=["prune", "tome"])
+def test_bisection_finds_what_counting_every_setting_finds(model, template, monkeypatch):
+    """Real fvcore counts of every setting (once per token schedule), then the search against the exhaustive rule
+    (closest GMACs, ties: the first setting in order) for targets across the whole range and beyond it."""
+    counts = {}
+
+    def count_once(m):
+        schedule = tuple(m.config.token_schedule(64))
+        if schedule not in counts:
+            counts[schedule] = count_gmacs(m)
+        return counts[schedule]
+
+    monkeypatch.setattr(sweep, "count_gmacs", count_once)
+    candidates = sweep.matching_candidates(template, max_tome_r=40)
+    every = []
+    for candidate in candidates:
+        with model.pruning(**candidate.pruning_fields()):
+            every.append(count_once(model))
+    unpruned = max(every)
+    for fraction in (1.01, 1.0, 0.999, 0.97, 0.9, 0.8, 0.75, 0.6, 0.5, 0.45, 0.3, 0.2):
+        target = fraction * unpruned
+        expected = min(range(len(every)), key=lambda i: (abs(every[i] - target), i))
+        found = sweep.match_gmacs(model, target, template, max_tome_r=40)
+        assert found == (candidates[expected], every[expected]), fraction
+    assert model.config.pruning_method == "variance" and model.config.keep_rate == 0.5  # left as it was
