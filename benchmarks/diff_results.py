@@ -1,0 +1,59 @@
+"""Do two runs of `hf-vitprune evaluate` / `sweep` report the same numbers? Row by row, on what does not depend on
+the machine's speed: top-1, top-5, GMACs, tokens per stage (images/s are left out: they drift).
+
+    python benchmarks/diff_results.py docs/results/evaluate_deit_tiny_imagenette.json \
+        runs/repro/readme_eval/results.json
+
+Rows are matched by their `name` (and `matched_target` for the sweep's matched-GMACs rows). Prints one line per
+difference and a summary; exits 1 if any number differs or a row is missing on either side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+FIELDS = ("top1", "top5", "gmacs", "tokens", "images")
+
+
+def rows_by_key(path: str) -> dict:
+    """`{(name, matched_target): row}` of a results file."""
+    with open(path) as f:
+        report = json.load(f)
+    return {(row["name"], row.get("matched_target")): row for row in report["rows"]}
+
+
+def diff(old_path: str, new_path: str, tolerance: float = 0.0) -> list[str]:
+    """The differences between the two files, one line each (empty when they agree).
+
+    Args:
+        tolerance (`float`): largest absolute difference of a number that still counts as equal (GMACs are printed
+            with 9 digits; 0 means exactly equal).
+    """
+    old, new = rows_by_key(old_path), rows_by_key(new_path)
+    lines = [f"missing in {new_path}: {key}" for key in old if key not in new]
+    lines += [f"missing in {old_path}: {key}" for key in new if key not in old]
+    for key in old.keys() & new.keys():
+        for field in FIELDS:
+            a, b = old[key].get(field), new[key].get(field)
+            same = a == b or (isinstance(a, float) and isinstance(b, float) and abs(a - b) <= tolerance)
+            if not same:
+                lines.append(f"{key[0]}{'' if key[1] is None else f' (target {key[1]})'}: {field} {a} -> {b}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("old")
+    parser.add_argument("new")
+    parser.add_argument("--tolerance", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    lines = diff(args.old, args.new, args.tolerance)
+    print("\n".join(lines) if lines else "")
+    print(f"{len(rows_by_key(args.old))} rows compared on {', '.join(FIELDS)}: {len(lines)} difference(s)")
+    return 1 if lines else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
