@@ -35,7 +35,7 @@ from transformers.models.dinov2_with_registers.modeling_dinov2_with_registers im
 from transformers.models.vit.modeling_vit import ViTAttention, ViTLayer, eager_attention_forward
 from transformers.utils import ModelOutput
 
-from .modeling_pruned_vit import PrunedViTAttention, PrunedViTLayer, PrunedViTPreTrainedModel
+from .modeling_pruned_vit import PrunedViTAttention, PrunedViTLayer, PrunedViTPreTrainedModel, check_pixel_values
 from .token_reduction import (
     PruningSettings,
     TokenReduction,
@@ -241,7 +241,7 @@ class Backbone:
     prefix: str
 
 
-BACKBONES: tuple[Backbone, ...] = (
+BACKBONES: list[Backbone] = [
     Backbone(
         "ViT",
         ("vit",),
@@ -287,7 +287,7 @@ BACKBONES: tuple[Backbone, ...] = (
         lambda config: 1,
         "class token",
     ),
-)
+]
 """Every model family `prune` knows. A new backbone is one entry here plus its layer (and attention) subclass."""
 
 
@@ -317,8 +317,10 @@ _INSTALLED = "_hf_vitprune_backbone"  # attribute on a pruned stock model: its B
 
 
 def _start_reduction(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """Forward pre-hook: start the forward pass's token reduction from `module.config` (unless an outer module did)."""
+    """Forward pre-hook: check the images, then start the forward pass's token reduction from `module.config` (unless
+    an outer module did)."""
     if kwargs.get("token_reduction") is None:
+        check_pixel_values(args[0] if args else kwargs.get("pixel_values"), module.config)
         config = module.config
         reduction = TokenReduction.from_config(config, backbone_of(module).num_prefix_tokens(config))
         if reduction is not None:

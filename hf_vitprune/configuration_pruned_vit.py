@@ -77,7 +77,8 @@ class PrunedViTConfig(ViTConfig):
             values a plain mean of the pruned tokens. The default was chosen by measurement: best mean top-1 of the
             paper's criteria on real images (docs/fusion_temperature.md).
         renyi_alpha (`float`, *optional*, defaults to 1.0):
-            Order alpha > 0 of the Renyi entropy used by `pruning_method="entropy"`; 1.0 is the Shannon entropy.
+            Order alpha > 0 of the Renyi entropy used by `pruning_method="entropy"`; 1.0 is the Shannon entropy,
+            `float("inf")` the min-entropy. Computed in log space: every order gives finite scores.
         patch_stride (`int`, *optional*):
             Stride of the patch embedding, in pixels, 1 <= stride <= `patch_size`; `None` (the default) means the
             patch size, i.e. no overlap. With 16 px patches and stride 12 (patches overlap by a quarter) a 224 px image

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,52 @@ def _scan_image_folder(path: str) -> tuple[list[str], list[tuple[str, int]]]:
     return classes, samples
 
 
+def _folder_dataset(path: str, image_column: str, label_column: str):
+    """`(datasets.Dataset, class names)` of a folder with one sub-folder per class, images undecoded."""
+    import datasets
+
+    classes, samples = _scan_image_folder(path)
+    features = datasets.Features(
+        {image_column: datasets.Image(decode=False), label_column: datasets.ClassLabel(names=classes)}
+    )
+    columns = {image_column: [p for p, _ in samples], label_column: [c for _, c in samples]}
+    return datasets.Dataset.from_dict(columns, features=features), classes
+
+
+def _hub_dataset(name: str, split: str | None, image_column: str, label_column: str, data_dir, revision):
+    """`(datasets.Dataset, class names)` of split `split` of Hub dataset `name`, images undecoded.
+
+    Raises:
+        ValueError: without a split, when the dataset cannot be loaded, lacks the columns, or its label column is not
+            a `datasets.ClassLabel`; each message says what to pass.
+    """
+    import datasets
+
+    if split is None:
+        raise ValueError(f"{name!r} looks like a Hub dataset id: pass its split, e.g. --split validation.")
+    try:
+        dataset = datasets.load_dataset(name, split=split, data_dir=data_dir, revision=revision)
+    except Exception as error:  # noqa: BLE001 - re-raised with what to do
+        raise ValueError(
+            f"Could not load the Hub dataset {name!r} (split {split!r}), and no local folder of that name "
+            f"exists: {type(error).__name__}: {error}. Check the id and split, your network access "
+            "(HF_HUB_OFFLINE must be unset to download), or pass a local folder with one sub-folder per class."
+        ) from error
+    missing = [c for c in (image_column, label_column) if c not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"Dataset {name!r} has no column(s) {missing}; its columns are {dataset.column_names}. Pass "
+            "--image_column / --label_column."
+        )
+    label_feature = dataset.features[label_column]
+    if not isinstance(label_feature, datasets.ClassLabel):
+        raise ValueError(
+            f"Column {label_column!r} of {name!r} is {label_feature}, not a class label: pass the column that "
+            "holds the class index (a datasets.ClassLabel)."
+        )
+    return dataset.cast_column(image_column, datasets.Image(decode=False)), list(label_feature.names)
+
+
 SPLIT_FOLDERS = {"train": ("train",), "validation": ("validation", "val", "valid"), "test": ("test",)}
 
 
@@ -107,6 +154,8 @@ def load_image_data(
     label_column: str = "label",
     max_samples: int | None = None,
     seed: int = 0,
+    data_dir: str | None = None,
+    revision: str | None = None,
 ) -> ImageData:
     """Load a labelled image data set: a local folder with one sub-folder per class, or a Hub dataset.
 
@@ -121,6 +170,9 @@ def load_image_data(
         image_column (`str`), label_column (`str`): column names of a Hub dataset.
         max_samples (`int`, *optional*): keep a random subset of this size (seeded), for quick runs.
         seed (`int`): seed of that subset.
+        data_dir (`str`, *optional*), revision (`str`, *optional*): for a Hub dataset, the folder of the repository
+            to read and the branch / commit (e.g. `data_dir="320px", revision="refs/convert/parquet"` for the Hub's
+            Parquet export of a dataset that only has a loading script); ignored for local folders.
 
     Returns:
         [`ImageData`] whose image column is not decoded yet (decoding happens in the transform, which names the file
@@ -131,61 +183,67 @@ def load_image_data(
             folder, or one without class sub-folders.
         ValueError: for a Hub dataset that cannot be loaded, lacks the columns, or whose label is not a class label.
     """
-    import datasets
-
     if os.path.exists(data) or data.startswith((".", "/", "~")):
         data = resolve_split_folder(data, split)
-        classes, samples = _scan_image_folder(data)
-        features = datasets.Features(
-            {image_column: datasets.Image(decode=False), label_column: datasets.ClassLabel(names=classes)}
-        )
-        dataset = datasets.Dataset.from_dict(
-            {image_column: [p for p, _ in samples], label_column: [c for _, c in samples]}, features=features
-        )
+        dataset, classes = _folder_dataset(data, image_column, label_column)
         source = str(data)
     else:
-        if split is None:
-            raise ValueError(f"{data!r} looks like a Hub dataset id: pass its split, e.g. --split validation.")
-        try:
-            dataset = datasets.load_dataset(data, split=split)
-        except Exception as error:  # noqa: BLE001 - re-raised with what to do
-            raise ValueError(
-                f"Could not load the Hub dataset {data!r} (split {split!r}), and no local folder of that name "
-                f"exists: {type(error).__name__}: {error}. Check the id and split, your network access "
-                "(HF_HUB_OFFLINE must be unset to download), or pass a local folder with one sub-folder per class."
-            ) from error
-        missing = [c for c in (image_column, label_column) if c not in dataset.column_names]
-        if missing:
-            raise ValueError(
-                f"Dataset {data!r} has no column(s) {missing}; its columns are {dataset.column_names}. Pass "
-                "--image_column / --label_column."
-            )
-        label_feature = dataset.features[label_column]
-        if not isinstance(label_feature, datasets.ClassLabel):
-            raise ValueError(
-                f"Column {label_column!r} of {data!r} is {label_feature}, not a class label: pass the column that "
-                "holds the class index (a datasets.ClassLabel)."
-            )
-        classes = list(label_feature.names)
-        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
-        source = f"{data}:{split}"
+        dataset, classes = _hub_dataset(data, split, image_column, label_column, data_dir, revision)
+        source = f"{data}:{split}" if data_dir is None else f"{data}/{data_dir}:{split}"
     if max_samples is not None and max_samples < len(dataset):
         dataset = dataset.shuffle(seed=seed).select(range(max_samples))
     return ImageData(dataset, classes, source, image_column, label_column)
 
 
+BUILTIN_CLASS_LISTS = ("imagenet1k",)
+"""Class lists known by name: `imagenet1k`, the ImageNet-1k WordNet ids and class names in the standard index order
+(from timm's `ImageNetInfo`)."""
+
+
+def _synonyms(label: str) -> list[str]:
+    """`"tench, Tinca tinca"` -> `["tench, Tinca tinca", "tench", "Tinca tinca"]`: an ImageNet label and its names."""
+    parts = [part.strip() for part in str(label).split(",") if part.strip()]
+    return [str(label)] + (parts if len(parts) > 1 else [])
+
+
+def imagenet1k_class_list() -> dict[str, int]:
+    """The built-in `imagenet1k` class list: WordNet id (`n01440764`), full label (`tench, Tinca tinca`) and each of
+    its comma-separated names (`tench`) -> index in the standard ImageNet-1k order. Names shared by two classes (crane,
+    maillot) are left out; their WordNet ids map. Source: timm's `timm.data.ImageNetInfo` (the data files of timm)."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo("imagenet-1k")
+    mapping: dict[str, int] = {}
+    shared: set[str] = set()
+    for index, wnid in enumerate(info.label_names()):
+        mapping[wnid] = index
+        for name in _synonyms(info.index_to_description(index)):
+            if mapping.get(name, index) != index:
+                shared.add(name)
+            mapping.setdefault(name, index)
+    return {name: index for name, index in mapping.items() if name not in shared}
+
+
 def read_class_list(path: str) -> dict[str, int]:
     """Read a class list: class name -> output index of the model head.
 
-    Two formats: a TSV with a header naming an `index` column and a `wnid` column (and optionally `name`), such as
+    `imagenet1k` (no file of that name existing) is the built-in [`imagenet1k_class_list`]. Files have two formats:
+    a TSV with a header naming an `index` column and a `wnid` column (and optionally `name`), such as
     `imagenet1k_classes.tsv` (index, WordNet id, name; both the WordNet id and the name map to the index); or plain
     text with one class name per line, the line number (from 0) being the index (e.g. the ImageNet-100 WordNet-id
     list).
 
     Raises:
-        FileNotFoundError: if the file does not exist.
+        FileNotFoundError: if the file does not exist (and the name is not a built-in list).
         ValueError: if it is empty or a TSV row is malformed.
     """
+    if path in BUILTIN_CLASS_LISTS and not Path(path).exists():
+        return imagenet1k_class_list()
+    if not Path(path).exists():
+        raise FileNotFoundError(
+            f"Class list {path!r} does not exist: pass a TSV / text file, or a built-in list "
+            f"({', '.join(BUILTIN_CLASS_LISTS)})."
+        )
     lines = [line.rstrip("\n") for line in Path(path).read_text().splitlines() if line.strip()]
     if not lines:
         raise ValueError(f"Class list {path!r} is empty.")
@@ -212,8 +270,9 @@ def resolve_label_mapping(class_names: Sequence[str], id2label: dict, class_list
     """For each data-set class, the index of the model output that predicts it.
 
     With `class_list` (see [`read_class_list`]) every class name must appear in it, e.g. WordNet-id folders of an
-    ImageNet subset mapped onto a 1000-class ImageNet-1k head. Without it, the class names must be the model's
-    `id2label` names (a model fine-tuned on this data set).
+    ImageNet subset mapped onto a 1000-class ImageNet-1k head (`class_list="imagenet1k"`, built in). Without it, the
+    class names must be the model's `id2label` names or one of their comma-separated names (`tench` for
+    `tench, Tinca tinca`; a name two labels share does not count).
 
     Args:
         class_names (`Sequence[str]`): the data set's classes, in label order.
@@ -243,19 +302,24 @@ def resolve_label_mapping(class_names: Sequence[str], id2label: dict, class_list
                 "this model's head."
             )
         return indices
-    label2id = {str(label): int(index) for index, label in id2label.items()}
-    unknown = [name for name in class_names if name not in label2id]
+    label2id: dict[str, int] = {}
+    ambiguous: set[str] = set()
+    for index, label in sorted(id2label.items(), key=lambda item: int(item[0])):
+        for name in _synonyms(label):  # "tench, Tinca tinca" also answers to "tench"
+            if label2id.get(name, int(index)) != int(index):
+                ambiguous.add(name)
+            label2id.setdefault(name, int(index))
+    unknown = [name for name in class_names if name not in label2id or name in ambiguous]
     if unknown:
         hint = (
-            " These look like WordNet ids: for an ImageNet-1k model pass --class_list with the ImageNet-1k class list "
-            "(e.g. ../shared/data/imagenet1k_classes.tsv)."
+            " These look like WordNet ids: for an ImageNet-1k model pass --class_list imagenet1k (the built-in list)."
             if all(_WNID.match(n) for n in class_names)
             else ""
         )
         raise ValueError(
             f"Cannot map data-set class(es) {unknown[:5]}{'...' if len(unknown) > 5 else ''} to the model's "
-            f"{num_labels} labels (its id2label has no such names).{hint} Pass --class_list, or evaluate a model "
-            "fine-tuned on these classes."
+            f"{num_labels} labels (its id2label has no such name, or two labels share it).{hint} Pass --class_list, "
+            "or evaluate a model fine-tuned on these classes."
         )
     return [label2id[name] for name in class_names]
 
@@ -413,12 +477,36 @@ class TransformedImages(torch.utils.data.Dataset):
     """A torch view of [`ImageData`] that decodes, converts to RGB and transforms each image.
 
     Item: `(pixel_values (3, H, W) float32, label int)` where the label is remapped through `label_ids` if given.
+
+    Args:
+        data ([`ImageData`]), transform (callable on an RGB PIL image), label_ids (`Sequence[int]`, *optional*).
+        skip_unreadable (`bool`): an image that cannot be decoded gives the item `None` (and a warning naming the
+            file) instead of an error; [`collate_skipping`] drops such items and counts them. Default: stop.
+        seed (`int`, *optional*): make random transforms reproducible: item `index` of epoch `e` is transformed under
+            torch's generator seeded from `(seed, e, index)` (see [`sample_seed`]), whatever ran before it, so a run
+            resumed from a checkpoint draws the augmentations the uninterrupted run drew. Set the epoch with
+            `set_epoch` (it is shared with DataLoader workers, persistent ones included). With a seed the item is
+            `(pixel_values, label, sample_seed)`.
     """
 
-    def __init__(self, data: ImageData, transform, label_ids: Sequence[int] | None = None):
+    def __init__(
+        self,
+        data: ImageData,
+        transform,
+        label_ids: Sequence[int] | None = None,
+        skip_unreadable: bool = False,
+        seed: int | None = None,
+    ):
         self.data = data
         self.transform = transform
         self.label_ids = list(label_ids) if label_ids is not None else None
+        self.skip_unreadable = skip_unreadable
+        self.seed = seed
+        self._epoch = torch.zeros(1, dtype=torch.long).share_memory_()  # seen by forked and persistent workers
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose augmentations the next items draw (used with `seed`)."""
+        self._epoch[0] = int(epoch)
 
     def __len__(self) -> int:
         return len(self.data.dataset)
@@ -428,4 +516,35 @@ class TransformedImages(torch.utils.data.Dataset):
         label = int(row[self.data.label_column])
         if self.label_ids is not None:
             label = self.label_ids[label]
-        return self.transform(open_rgb(row[self.data.image_column])), label
+        try:
+            image = open_rgb(row[self.data.image_column])
+        except ValueError as error:
+            if not self.skip_unreadable:
+                raise ValueError(f"{error} (pass --skip_unreadable to skip and count such images)") from error
+            warnings.warn(f"skipped: {error}", stacklevel=2)
+            return None
+        if self.seed is None:
+            return self.transform(image), label
+        seed = sample_seed(self.seed, int(self._epoch[0]), index)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(image), label, seed
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The generator seed of item `index` in epoch `epoch` of a run seeded with `seed`: distinct for every
+    `(epoch, index)` pair (indices below 10,000,019, epochs below 1,000,003), non-negative, below 2**63."""
+    return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63)
+
+
+def collate_skipping(items: list) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Stack `(pixel_values, label)` items, dropping `None` (unreadable images).
+
+    Returns:
+        `(pixel_values (n, 3, H, W), labels (n,), skipped)`; `n` may be 0 when every image was unreadable.
+    """
+    kept = [item for item in items if item is not None]
+    skipped = len(items) - len(kept)
+    if not kept:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
+    return torch.stack([item[0] for item in kept]), torch.tensor([item[1] for item in kept]), skipped

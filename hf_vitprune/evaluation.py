@@ -109,14 +109,18 @@ def evaluate_variants(
     Args:
         model: a pruned image classifier (`model.pruning(...)` sets each variant; the model's own setting is
             untouched).
-        loader: yields `(pixel_values (B, 3, H, W), labels (B,))`, labels already in the model's output indices.
+        loader: yields `(pixel_values (B, 3, H, W), labels (B,))`, labels already in the model's output indices, or
+            `(pixel_values, labels, skipped)` ([`data.collate_skipping`]: `skipped` unreadable images left out).
         variants (`list[Variant]`).
         device (`torch.device`); dtype (`str`): "fp32", or "bf16" / "fp16" autocast.
 
     Returns:
-        One dict per variant: `correct_top1`, `correct_top5`, `images`.
+        One dict per variant: `correct_top1`, `correct_top5`, `images` (evaluated), `skipped` (unreadable images).
+
+    Raises:
+        NonFiniteLogitsError: when a variant's logits hold NaN or infinity (a ValueError naming the variant).
     """
-    counts = [{"correct_top1": 0, "correct_top5": 0, "images": 0} for _ in variants]
+    counts = [{"correct_top1": 0, "correct_top5": 0, "images": 0, "skipped": 0} for _ in variants]
     autocast = (
         torch.autocast(device.type, dtype=DTYPES[dtype])
         if DTYPES[dtype]
@@ -124,16 +128,56 @@ def evaluate_variants(
     )
     model.eval()
     with torch.inference_mode(), autocast:
-        for pixel_values, labels in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
+        for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
+            pixel_values, labels, skipped = batch if len(batch) == 3 else (*batch, 0)
+            for count in counts:
+                count["skipped"] += skipped
+            if len(labels) == 0:
+                continue
             pixel_values, labels = pixel_values.to(device), labels.to(device)
             for variant, count in zip(variants, counts):
                 with model.pruning(**variant.pruning_fields()):
                     logits = model(pixel_values=pixel_values).logits
-                top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
-                count["correct_top1"] += int((top5[:, 0] == labels).sum())
-                count["correct_top5"] += int((top5 == labels[:, None]).any(dim=-1).sum())
+                check_finite(logits, variant, count["images"])
+                top1, top5 = top_k_hits(logits, labels)
+                count["correct_top1"] += top1
+                count["correct_top5"] += top5
                 count["images"] += len(labels)
     return counts
+
+
+def top_k_hits(logits: torch.Tensor, labels: torch.Tensor, k: int = 5) -> tuple[int, int]:
+    """How many images the model gets right at top-1 and at top-`k`: `(top1, topk)` counts.
+
+    Args:
+        logits (`torch.Tensor` of shape `(batch, classes)`), labels (`torch.LongTensor` of shape `(batch,)`).
+        k (`int`): capped at the number of classes.
+
+    The one place both `hf-vitprune evaluate` and training-time evaluation count with (`torch.topk`).
+    """
+    ranked = logits.topk(min(k, logits.shape[-1]), dim=-1).indices
+    labels = labels.to(ranked.device)
+    return int((ranked[:, 0] == labels).sum()), int((ranked == labels[:, None]).any(dim=-1).sum())
+
+
+class NonFiniteLogitsError(ValueError):
+    """A variant's logits hold NaN or infinity: its top-1 would be meaningless, so the run stops without results."""
+
+
+def check_finite(logits: torch.Tensor, variant: Variant, images_before: int) -> None:
+    """Stop with a message naming `variant` when `logits` `(batch, classes)` hold NaN or infinity.
+
+    Raises:
+        NonFiniteLogitsError: naming the variant and the first image (0-based, in data order) with such a logit.
+    """
+    bad = ~torch.isfinite(logits).all(dim=-1)
+    if bool(bad.any()):
+        first = images_before + int(bad.nonzero()[0, 0])
+        raise NonFiniteLogitsError(
+            f"variant {variant.name()} gave non-finite logits (NaN or inf) for {int(bad.sum())} image(s) of a batch, "
+            f"the first being image {first} of the data: no results are written for a run whose numbers would be "
+            "wrong. Check the variant's settings (and the model's dtype), or leave the variant out."
+        )
 
 
 def tokens_text(config, num_patches: int) -> str:
@@ -184,14 +228,21 @@ class EvaluateArguments:
         metadata={"help": "Local folder with one sub-folder of images per class, or a Hub dataset id (with --split)."},
     )
     split: str | None = field(default="validation", metadata={"help": "Split of a Hub dataset (ignored for folders)."})
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Folder of the Hub dataset's repository to read (e.g. 320px)."}
+    )
+    data_revision: str | None = field(
+        default=None,
+        metadata={"help": "Branch or commit of the Hub dataset (e.g. refs/convert/parquet, the Hub's Parquet export)."},
+    )
     image_column: str = field(default="image", metadata={"help": "Image column of a Hub dataset."})
     label_column: str = field(default="label", metadata={"help": "Label column of a Hub dataset."})
     class_list: str | None = field(
         default=None,
         metadata={
-            "help": "Class list mapping data-set class names to the model's outputs: a TSV with index and wnid "
-            "columns (e.g. ../shared/data/imagenet1k_classes.tsv) or one class name per line. Without it, class "
-            "names must match the model's id2label."
+            "help": "Class list mapping data-set class names to the model's outputs: imagenet1k (built in: the "
+            "ImageNet-1k WordNet ids and names), a TSV with index and wnid columns, or one class name per line. "
+            "Without it, class names must match the model's id2label (or one of its comma-separated names)."
         },
     )
     methods: list[str] = field(
@@ -232,6 +283,11 @@ class EvaluateArguments:
     output_dir: str = field(default="outputs/evaluate", metadata={"help": "Where results.json / results.md go."})
     overwrite: bool = field(default=False, metadata={"help": "Replace results already in --output_dir."})
     seed: int = field(default=0, metadata={"help": "Seed (random criterion, --max_samples subset)."})
+    skip_unreadable: bool = field(
+        default=False,
+        metadata={"help": "Skip images that cannot be decoded (each is named in a warning and counted in the results) "
+                  "instead of stopping at the first one."},
+    )  # fmt: skip
 
 
 @dataclass
@@ -247,16 +303,31 @@ class EvaluationSetup:
     preprocessing: str
 
 
-def check_output_dir(output_dir: str, overwrite: bool, filename: str = "results.json") -> Path:
-    """Refuse to replace results a user already has.
+EVALUATE_OUTPUTS = ("results.json", "results.md")
+"""The files `hf-vitprune evaluate` writes into its `--output_dir`."""
+
+
+def check_output_dir(output_dir: str, overwrite: bool, filenames: tuple[str, ...] = EVALUATE_OUTPUTS) -> Path:
+    """Refuse to replace any file a user already has, before any work starts.
+
+    Args:
+        output_dir (`str`): where the run writes.
+        overwrite (`bool`): replace existing files.
+        filenames (`tuple[str, ...]`): every file the run writes there; the first is returned.
+
+    Returns:
+        `Path` of `output_dir / filenames[0]`.
 
     Raises:
-        FileExistsError: if `output_dir/filename` exists and `overwrite` is false.
+        FileExistsError: naming the files that exist, if any does and `overwrite` is false.
     """
-    path = Path(output_dir) / filename
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists: pass --overwrite to replace it, or another --output_dir.")
-    return path
+    existing = [name for name in filenames if (Path(output_dir) / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{output_dir} already holds {', '.join(existing)}: pass --overwrite to replace them, or another "
+            "--output_dir."
+        )
+    return Path(output_dir) / filenames[0]
 
 
 def variants_from_args(args: EvaluateArguments) -> list[Variant]:
@@ -286,7 +357,7 @@ def prepare_evaluation(args: EvaluateArguments) -> EvaluationSetup:
     Raises:
         ValueError / OSError: for a bad model, data set or class list.
     """
-    from .data import TransformedImages, load_image_data, load_preprocessing, resolve_label_mapping
+    from .data import TransformedImages, collate_skipping, load_image_data, load_preprocessing, resolve_label_mapping
     from .loading import load_pruned_model
 
     torch.manual_seed(args.seed)
@@ -296,16 +367,18 @@ def prepare_evaluation(args: EvaluateArguments) -> EvaluationSetup:
         extra["patch_stride"] = args.patch_stride
     model = load_pruned_model(args.model, attn_implementation=args.attn_implementation, **extra).to(device).eval()
     data = load_image_data(
-        args.data, args.split, args.image_column, args.label_column, max_samples=args.max_samples, seed=args.seed
-    )
+        args.data, args.split, args.image_column, args.label_column, max_samples=args.max_samples, seed=args.seed,
+        data_dir=args.data_dir, revision=args.data_revision,
+    )  # fmt: skip
     label_ids = resolve_label_mapping(data.class_names, model.config.id2label, args.class_list)
     image_size = model.config.image_size
     preprocessing = load_preprocessing(args.model, image_size)
     loader = torch.utils.data.DataLoader(
-        TransformedImages(data, preprocessing.eval_transform(), label_ids),
+        TransformedImages(data, preprocessing.eval_transform(), label_ids, skip_unreadable=args.skip_unreadable),
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         pin_memory=device.type == "cuda",
+        collate_fn=collate_skipping,
     )
     return EvaluationSetup(
         model=model,
@@ -358,6 +431,7 @@ def measure_variant(setup: EvaluationSetup, variant: Variant, count: dict, args:
     row["name"] = variant.name()
     row["tokens"] = tokens_text(model.config, setup.num_patches)
     row["images"] = count["images"]
+    row["unreadable_skipped"] = count["skipped"]
     row["top1"] = 100.0 * count["correct_top1"] / max(count["images"], 1)
     row["top5"] = 100.0 * count["correct_top5"] / max(count["images"], 1)
     row["gmacs"] = count_gmacs(model)

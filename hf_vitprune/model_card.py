@@ -54,23 +54,12 @@ def _relevant_pruning_rows(pruning: dict) -> list[tuple[str, str]]:
     return [(k, _fmt(v, None)) for k, v in pruning.items() if k not in unused]
 
 
-def build_model_card(results: dict):
-    """A `huggingface_hub.ModelCard` for a pruned checkpoint, with `model-index` results.
+def card_metadata(results: dict):
+    """The model card's YAML metadata: `huggingface_hub.ModelCardData` with the `model-index` results (top-1 / top-5 of
+    the pruned model on its evaluation data)."""
+    from huggingface_hub import EvalResult, ModelCardData
 
-    Args:
-        results (`dict`): see the module docstring. `metrics.unpruned` may be absent.
-
-    Returns:
-        `huggingface_hub.ModelCard`; `str(card)` is the README.md text, `card.save(path)` writes it, and
-        `card.data.eval_results` holds the top-1 / top-5 of the pruned model.
-
-    Raises:
-        KeyError: naming a missing required entry (`base_model`, `dataset`, `pruning`, `metrics.pruned`).
-    """
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
-    dataset, pruning, pruned = results["dataset"], results["pruning"], results["metrics"]["pruned"]
-    model_name = results.get("model_name") or f"{results['base_model'].split('/')[-1]}-{pruning['pruning_method']}"
+    dataset, pruned = results["dataset"], results["metrics"]["pruned"]
     # a local folder is named by its last component in the metadata, which the Hub reads as ids
     dataset_type = _hub_id(dataset["id"]) or Path(dataset["id"]).resolve().name
     task = dict(task_type="image-classification", dataset_type=dataset_type, dataset_name=dataset["name"])
@@ -79,8 +68,8 @@ def build_model_card(results: dict):
         EvalResult(**task, metric_type="accuracy", metric_name="top-1 accuracy (%)", metric_value=pruned["top1"]),
         EvalResult(**task, metric_type="top-5-accuracy", metric_name="top-5 accuracy (%)", metric_value=pruned["top5"]),
     ]
-    card_data = ModelCardData(
-        model_name=model_name,
+    return ModelCardData(
+        model_name=model_name_of(results),
         base_model=_hub_id(results["base_model"]),
         datasets=[dataset["id"]] if _hub_id(dataset["id"]) else None,
         license=results.get("license", "apache-2.0"),
@@ -89,10 +78,19 @@ def build_model_card(results: dict):
         tags=["vision", "image-classification", "vit", "token-pruning", "hf_vitprune", "custom_code"],
         eval_results=eval_results,
     )
-    rows = []
-    method = pruning["pruning_method"]
+
+
+def model_name_of(results: dict) -> str:
+    """The run's name, or `<base model>-<method>`."""
+    return results.get("model_name") or f"{results['base_model'].split('/')[-1]}-{results['pruning']['pruning_method']}"
+
+
+def result_rows(results: dict) -> list[dict]:
+    """The results table's rows: the pruned model and the same model unpruned (an unpruned run: one row)."""
+    method = results["pruning"]["pruning_method"]
     # an unpruned run: its own measurement is the only row (the "unpruned" re-measurement is the same model)
     labels = (("pruned", f"pruned ({method})"), ("unpruned", "unpruned")) if method else (("pruned", "unpruned"),)
+    rows = []
     for key, label in labels:
         metrics = results["metrics"].get(key)
         if metrics:
@@ -106,24 +104,48 @@ def build_model_card(results: dict):
                     "tokens": metrics.get("tokens", "—"),
                 }
             )
-    summary = (
+    return rows
+
+
+def summary_line(results: dict) -> str:
+    """One sentence: method (and keep rate where it acts), top-1, data, GMACs, the paper."""
+    dataset, pruning, pruned = results["dataset"], results["pruning"], results["metrics"]["pruned"]
+    method = pruning["pruning_method"]
+    return (
         (f"Pruning: **{method}**" if method else "The unpruned reference (pruning switched off)")
         + (f" at keep rate {pruning.get('keep_rate')}" if _uses(method, "keep_rate") else "")
         + f", top-1 {_fmt(pruned['top1'])} % on {dataset['name']} ({dataset.get('split') or 'evaluation'} split, "
         f"{dataset.get('images', '?')} images) at {_fmt(pruned.get('gmacs'), 3)} GMACs. Method: {PAPER}."
     )
+
+
+def build_model_card(results: dict):
+    """A `huggingface_hub.ModelCard` for a pruned checkpoint, with `model-index` results.
+
+    Args:
+        results (`dict`): see the module docstring. `metrics.unpruned` may be absent.
+
+    Returns:
+        `huggingface_hub.ModelCard`; `str(card)` is the README.md text, `card.save(path)` writes it, and
+        `card.data.eval_results` holds the top-1 / top-5 of the pruned model.
+
+    Raises:
+        KeyError: naming a missing required entry (`base_model`, `dataset`, `pruning`, `metrics.pruned`).
+    """
+    from huggingface_hub import ModelCard
+
     protocol = {k: results.get("protocol", {}).get(k, "—") for k in ("top1", "gmacs", "throughput", "machine")}
     return ModelCard.from_template(
-        card_data,
+        card_metadata(results),
         template_path=str(TEMPLATE_PATH),
-        model_name=model_name,
-        summary=summary,
+        model_name=model_name_of(results),
+        summary=summary_line(results),
         base_model=results["base_model"],
-        dataset_name=dataset["name"],
-        result_rows=rows,
+        dataset_name=results["dataset"]["name"],
+        result_rows=result_rows(results),
         protocol=protocol,
         results_note=results.get("results_note", ""),
-        pruning_rows=_relevant_pruning_rows(pruning),
+        pruning_rows=_relevant_pruning_rows(results["pruning"]),
         training_rows=[(k, _fmt(v, None)) for k, v in (results.get("training") or {}).items()],
         repo_id=results.get("repo_id") or "path/to/this/model",
         command=results.get("command"),

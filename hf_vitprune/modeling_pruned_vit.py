@@ -53,6 +53,36 @@ for _backbone in ("PrunedViTModel", "PrunedDeiTModel"):
     register_checkpoint_conversion_mapping(_backbone, get_checkpoint_conversion_mapping("ViTModel"), overwrite=True)
 
 
+def check_pixel_values(pixel_values, config) -> None:
+    """Check the images a ViT-family model is given, before any torch operation can fail on them.
+
+    Args:
+        pixel_values: what was passed as `pixel_values`; expected a `torch.Tensor` of shape
+            `(batch, config.num_channels, height, width)` with `batch >= 1` and both sides at least one patch.
+        config: the model's config (`num_channels`, `patch_size`, `image_size`).
+
+    Raises:
+        ValueError: naming what was given and the expected shape.
+    """
+    patch = config.patch_size if isinstance(config.patch_size, int) else min(config.patch_size)
+    expected = f"(batch, {config.num_channels}, height, width) with height and width >= {patch} px"
+    if pixel_values is None:
+        raise ValueError(f"You have to specify pixel_values, a tensor of shape {expected}.")
+    if not isinstance(pixel_values, torch.Tensor):
+        raise ValueError(f"pixel_values must be a torch.Tensor of shape {expected}, got {type(pixel_values).__name__}.")
+    shape = tuple(pixel_values.shape)
+    if len(shape) != 4:
+        hint = " For one image add the batch dimension: pixel_values.unsqueeze(0)." if len(shape) == 3 else ""
+        raise ValueError(f"pixel_values has shape {shape}; expected 4 dimensions {expected}.{hint}")
+    if shape[0] == 0:
+        raise ValueError(f"pixel_values holds no image (shape {shape}); expected {expected}.")
+    if shape[2] < patch or shape[3] < patch:
+        raise ValueError(
+            f"pixel_values has images of {shape[2]}x{shape[3]} px, smaller than one {patch}x{patch} px patch; "
+            f"expected {expected} (this model was trained at {config.image_size} px: resize the images to that)."
+        )
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Modules
 # ---------------------------------------------------------------------------------------------------------------------
@@ -440,9 +470,19 @@ class PrunedViTModel(PrunedViTPreTrainedModel):
     `(batch, tokens_left, hidden)` (prefix tokens first, then kept tokens, then fused tokens) and
     `kept_patch_indices`. With `pruning_method=None` or keep rate 1.0 it computes exactly what `ViTModel` computes.
 
+    With pruning the sequence shrinks from layer to layer, so the per-layer outputs differ in length:
+    `output_hidden_states=True` gives `num_hidden_layers + 1` tensors `(batch, tokens_l, hidden)`, `tokens_l` the
+    tokens leaving layer `l` (the embeddings first: prefix + patches), e.g. DeiT-Tiny at keep 0.7 with fusion:
+    197 for the embeddings and layers 0-2, 140 after layer 3, ..., 72 after layers 9-11; `output_attentions=True`
+    gives `(batch, heads, tokens_in, tokens_in)` per layer with the tokens entering it, under eager attention (SDPA
+    returns no weights, as stock ViT does: `model.set_attn_implementation("eager")`). `pruning_method="random"` draws
+    from torch's global generator: seed it (`torch.manual_seed`) for repeatable outputs; an image's random pruning
+    depends on its place in the batch.
+
     Raises (in `forward`):
-        ValueError: if `attention_mask` is given while pruning (the mask would no longer match the tokens), or if the
-            image size does not match the config without `interpolate_pos_encoding=True`.
+        ValueError: for `pixel_values` that are not `(batch, channels, height, width)` with at least one image at
+            least one patch large, if `attention_mask` is given while pruning (the mask would no longer match the
+            tokens), or if the image size does not match the config without `interpolate_pos_encoding=True`.
     """
 
     _embeddings_class = PrunedViTEmbeddings
@@ -477,8 +517,7 @@ class PrunedViTModel(PrunedViTPreTrainedModel):
         interpolate_pos_encoding (`bool`, *optional*): interpolate the position embeddings to another image size.
         attention_mask (`torch.Tensor`, *optional*): not supported while pruning.
         """
-        if pixel_values is None:
-            raise ValueError("You have to specify pixel_values")
+        check_pixel_values(pixel_values, self.config)
         if attention_mask is not None and self.config.pruning_method is not None:
             raise ValueError(
                 "attention_mask cannot be combined with patch pruning: pruned tokens would no longer match the mask. "
@@ -679,6 +718,7 @@ class PrunedDeiTForImageClassificationWithTeacher(PrunedDeiTPreTrainedModel):
 
 
 __all__ = [
+    "check_pixel_values",
     "PrunedDeiTForImageClassification",
     "PrunedDeiTForImageClassificationWithTeacher",
     "PrunedDeiTModel",

@@ -28,6 +28,10 @@ from .evaluation import (
 from .measure import count_gmacs
 from .token_reduction import REDUCERS
 
+SWEEP_OUTPUTS = ("sweep.json", "sweep.csv", "sweep.md", "top1_vs_gmacs.png", "top1_vs_images_per_s.png",
+                 "matched_gmacs.md")  # fmt: skip
+"""The files `hf-vitprune sweep` writes into its `--output_dir`."""
+
 
 @dataclass
 class SweepArguments(EvaluateArguments):
@@ -169,7 +173,7 @@ def run_sweep(args: SweepArguments, command: str | None = None) -> dict:
         FileExistsError: if `output_dir` already holds a sweep and `overwrite` is not set.
         ValueError / OSError: for bad settings, data or models, before any evaluation.
     """
-    results_file = check_output_dir(args.output_dir, args.overwrite, "sweep.json")
+    results_file = check_output_dir(args.output_dir, args.overwrite, SWEEP_OUTPUTS)
     variants = variants_from_args(args)
     setup = prepare_evaluation(args)
     matched: list[tuple[float, Variant]] = []

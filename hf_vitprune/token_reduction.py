@@ -217,27 +217,34 @@ def medad_scores(class_attention: torch.Tensor) -> torch.Tensor:
 
 
 def renyi_entropy(probabilities: torch.Tensor, alpha: float, dim: int = -1) -> torch.Tensor:
-    """Renyi entropy of order `alpha` (in nats) of the distributions along `dim`.
+    """Renyi entropy of order `alpha` (in nats) of the distributions along `dim`, computed in log space.
 
-    `H_alpha(p) = log(sum_i p_i^alpha) / (1 - alpha)`; at `alpha == 1` its limit, the Shannon entropy
-    `-sum_i p_i log p_i` (with `0 log 0 = 0`). Source: Renyi (1961); the criterion of arXiv:2604.03803.
+    `H_alpha(p) = log(sum_i p_i^alpha) / (1 - alpha)`, evaluated as `logsumexp(alpha * log p) / (1 - alpha)` so that
+    no finite order under- or overflows (`p ** 30` of attention probabilities underflows to 0 in float32 and gives
+    `log 0`); `alpha == 1` is its limit, the Shannon entropy `-sum_i p_i log p_i` (with `0 log 0 = 0`), and
+    `alpha == inf` the min-entropy `-log max_i p_i`. Zero probabilities are read as the smallest normal float (their
+    terms then vanish), so the value and its gradient stay finite. Source: Renyi (1961); the criterion of
+    arXiv:2604.03803.
 
     Args:
         probabilities (`torch.FloatTensor`): non-negative, summing to 1 along `dim`.
-        alpha (`float`): order, > 0.
+        alpha (`float`): order, > 0 (`float("inf")` allowed).
         dim (`int`): the distribution's dimension.
 
     Returns:
-        `torch.FloatTensor` with `dim` reduced.
+        `torch.FloatTensor` with `dim` reduced, finite.
 
     Raises:
-        ValueError: if `alpha <= 0`.
+        ValueError: if `alpha` is not > 0 (or is NaN).
     """
     if not alpha > 0:
         raise ValueError(f"alpha must be > 0 for the Renyi entropy, got {alpha}.")
     if alpha == 1:
         return -torch.special.xlogy(probabilities, probabilities).sum(dim=dim)
-    return probabilities.pow(alpha).sum(dim=dim).log() / (1 - alpha)
+    log_p = probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny).log()
+    if alpha == float("inf"):
+        return -log_p.amax(dim=dim)
+    return torch.logsumexp(alpha * log_p, dim=dim) / (1 - alpha)
 
 
 def entropy_scores(token_attention: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
@@ -505,7 +512,7 @@ class PruningSettings:
             [`default_prune_layers`] of the model's depth.
         fuse_pruned (`bool`): append one fused token made of the pruned ones (eq. 8 of arXiv:2507.19175).
         fusion_temperature (`float`): > 0, temperature of the fusion softmax.
-        renyi_alpha (`float`): > 0, order of the Renyi entropy (1 = Shannon) of the `"entropy"` method.
+        renyi_alpha (`float`): > 0, order of the Renyi entropy (1 = Shannon, inf = min-entropy) of `"entropy"`.
         tome_r (`int` or `list[int]`): tokens ToMe merges per layer, >= 0 (a list: one per layer).
     """
 
@@ -582,7 +589,10 @@ class PruningSettings:
         if not _is_number(self.fusion_temperature) or not self.fusion_temperature > 0:
             raise ValueError(f"fusion_temperature must be a number > 0, got {self.fusion_temperature!r}.")
         if not _is_number(self.renyi_alpha) or not self.renyi_alpha > 0:
-            raise ValueError(f"renyi_alpha must be a number > 0 (1.0 = Shannon entropy), got {self.renyi_alpha!r}.")
+            raise ValueError(
+                "renyi_alpha must be a number > 0 (1.0 = Shannon entropy, inf = min-entropy), "
+                f"got {self.renyi_alpha!r}."
+            )
         merges = self.tome_r if isinstance(self.tome_r, list) else [self.tome_r]
         if isinstance(self.tome_r, list) and len(merges) != num_hidden_layers:
             raise ValueError(

@@ -10,14 +10,16 @@ learning rate 1e-3 per 256 images of global batch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
 import shlex
 import sys
+import warnings
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torchvision.transforms import v2
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
@@ -89,6 +91,8 @@ class DataArguments:
         metadata={"help": "Hub dataset id (with --train_split / --eval_split), or a local folder with class folders."},
     )
     train_split: str = field(default="train", metadata={"help": "Training split of a Hub dataset."})
+    data_dir: str | None = field(default=None, metadata={"help": "Folder of the Hub dataset's repository to read."})
+    data_revision: str | None = field(default=None, metadata={"help": "Branch or commit of the Hub dataset."})
     eval_split: str = field(default="validation", metadata={"help": "Evaluation split of a Hub dataset."})
     eval_dataset: str | None = field(
         default=None, metadata={"help": "Separate evaluation data (local folder or Hub id); default: --dataset."}
@@ -138,6 +142,19 @@ class PruningTrainingArguments(TrainingArguments):
         default=64, metadata={"help": "Batch size of the images/s measurement after training (model card)."}
     )
     throughput_runs: int = field(default=10, metadata={"help": "Timed runs of that measurement (after 3 warm-up)."})
+    hub_token: str | None = field(
+        default=None,
+        metadata={"help": "Token for --push_to_hub. Prefer the HF_TOKEN environment variable or `hf auth login` (the "
+                  "login cache), which are used when this is not given. A token given here is used for the push "
+                  "only and never written anywhere: it is redacted from the recorded command line and kept out of "
+                  "training_args.bin."},
+    )  # fmt: skip
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={"help": "Continue an interrupted run: `latest` (or `true`) takes the last complete checkpoint in "
+                  "--output_dir (incomplete ones, from a run killed while saving, are skipped with a warning); or "
+                  "the path of a checkpoint folder."},
+    )  # fmt: skip
 
 
 class KeepRateScheduleCallback(TrainerCallback):
@@ -179,6 +196,18 @@ class KeepRateScheduleCallback(TrainerCallback):
         self._restore(model)
 
 
+class AugmentationEpochCallback(TrainerCallback):
+    """Tells a seeded `data.TransformedImages` which epoch starts, so each epoch draws new augmentations and a
+    resumed run draws those of the uninterrupted one (the epoch is `floor(state.epoch)`: a run resumed mid-epoch
+    continues that epoch)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(math.floor((state.epoch or 0.0) + 1e-9))
+
+
 def train_transform(image_size: int, preprocessing, augmentation: str, random_erasing: float) -> v2.Compose:
     """DeiT training augmentation with torchvision transforms v2 (input: RGB PIL image; output `(3, H, W)` float).
 
@@ -215,6 +244,9 @@ class TrainCollator:
     """Stacks `(pixel_values, label)` items into a batch and applies Mixup or CutMix (one, chosen per batch).
 
     Labels come out as `(batch, num_classes)` float targets (one-hot without mixing), so the loss can smooth them.
+    Items `(pixel_values, label, sample_seed)` (a seeded `data.TransformedImages`) make the mix reproducible: it is
+    drawn under a generator seeded from the batch's sample seeds. Source: torchvision transforms v2 MixUp / CutMix /
+    RandomChoice, as timm's Mixup applies one of them per batch.
     """
 
     def __init__(self, num_classes: int, mixup_alpha: float, cutmix_alpha: float):
@@ -229,10 +261,18 @@ class TrainCollator:
     def __call__(self, items):
         pixel_values = torch.stack([item[0] for item in items])
         labels = torch.tensor([item[1] for item in items])
-        if self.mix is not None:
+        if self.mix is None:
+            one_hot = torch.nn.functional.one_hot(labels, self.num_classes).float()
+            return {"pixel_values": pixel_values, "labels": one_hot}
+        if len(items[0]) < 3:  # unseeded items: mix with torch's global generator
             pixel_values, labels = self.mix(pixel_values, labels)
-        else:
-            labels = torch.nn.functional.one_hot(labels, self.num_classes).float()
+            return {"pixel_values": pixel_values, "labels": labels}
+        # seeded items (data.TransformedImages with a seed): the mix is drawn from the batch's own items, so a resumed
+        # run mixes each batch as the uninterrupted run did
+        digest = hashlib.blake2b(repr([item[2] for item in items]).encode(), digest_size=8).digest()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int.from_bytes(digest, "little") >> 1)
+            pixel_values, labels = self.mix(pixel_values, labels)
         return {"pixel_values": pixel_values, "labels": labels}
 
 
@@ -242,47 +282,47 @@ def eval_collator(items):
 
 
 def soft_target_loss(label_smoothing: float):
-    """The Trainer `compute_loss_func`: cross-entropy against soft targets, with label smoothing on soft targets.
+    """The Trainer `compute_loss_func`: `torch.nn.functional.cross_entropy`, with label smoothing on soft targets.
 
-    Training batches carry `(batch, classes)` targets (Mixup / CutMix / one-hot); they are smoothed as
-    `(1 - eps) t + eps / classes` (equal to smoothing before mixing, as timm does). Evaluation batches carry class
-    indices and get the plain cross-entropy. With gradient accumulation the Trainer passes `num_items_in_batch`,
-    which counts target entries: divided by the class count for soft targets, it is the number of images.
+    Training batches carry `(batch, classes)` targets (Mixup / CutMix / one-hot), which `cross_entropy` takes as class
+    probabilities and smooths as `(1 - eps) t + eps / classes` (equal to smoothing before mixing, as timm does).
+    Evaluation batches carry class indices and get the plain cross-entropy. With gradient accumulation the Trainer
+    passes `num_items_in_batch`, which counts target entries: divided by the class count for soft targets, it is the
+    number of images.
     """
 
     def loss_fn(outputs, labels, num_items_in_batch=None):
         logits = outputs["logits"].float()
-        num_classes = logits.shape[-1]
         if labels.ndim == 1:
             per_image = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
             images = num_items_in_batch
         else:
-            target = labels.float() * (1 - label_smoothing) + label_smoothing / num_classes
-            per_image = -(target * logits.log_softmax(dim=-1)).sum(dim=-1)
-            images = None if num_items_in_batch is None else num_items_in_batch / num_classes
+            per_image = torch.nn.functional.cross_entropy(
+                logits, labels.float(), label_smoothing=label_smoothing, reduction="none"
+            )
+            images = None if num_items_in_batch is None else num_items_in_batch / logits.shape[-1]
         return per_image.mean() if images is None else per_image.sum() / images
 
     return loss_fn
 
 
-TOP_K_SOURCE = "top-1 / top-5 computed from the logits (hf_vitprune.train.top_k_metrics)"
+TOP_K_SOURCE = "top-1 / top-5 computed from the logits (hf_vitprune.evaluation.top_k_hits)"
 
 
 def top_k_metrics():
-    """`compute_metrics` for the Trainer: top-1 and top-5 accuracy in percent, computed from the logits.
+    """`compute_metrics` for the Trainer: top-1 and top-5 accuracy in percent, from the logits with
+    [`~evaluation.top_k_hits`] (the function `hf-vitprune evaluate` counts with).
 
     Computed here rather than through `evaluate.load("accuracy")`, which downloads the metric from the Hub (offline
     runs would then depend on a cache); top-1 is what that metric computes, `mean(argmax == label)`.
     """
+    from .evaluation import top_k_hits
 
     def compute(eval_pred):
         logits, labels = eval_pred.predictions, eval_pred.label_ids
         logits = logits[0] if isinstance(logits, tuple) else logits
-        k = min(5, logits.shape[-1])
-        ranked = np.argsort(-logits, axis=-1, kind="stable")[:, :k]
-        top1 = float((ranked[:, 0] == labels).mean())
-        top5 = float((ranked == labels[:, None]).any(-1).mean())
-        return {"top1": 100 * top1, "top5": 100 * top5}
+        top1, top5 = top_k_hits(torch.as_tensor(logits), torch.as_tensor(labels))
+        return {"top1": 100 * top1 / len(labels), "top5": 100 * top5 / len(labels)}
 
     return compute
 
@@ -308,10 +348,10 @@ def load_model_for_training(model_args: ModelArguments, class_names: list[str]):
     """
     from transformers import PretrainedConfig
 
-    from .loading import pruned_class_for
+    from .loading import check_model_source, load_pruned_model
 
+    check_model_source(model_args.model_name_or_path)
     try:
-        model_class = pruned_class_for(model_args.model_name_or_path)
         base = PretrainedConfig.get_config_dict(model_args.model_name_or_path)[0]
     except OSError as error:
         raise ValueError(
@@ -324,7 +364,7 @@ def load_model_for_training(model_args: ModelArguments, class_names: list[str]):
     if model_args.patch_stride is not None:
         kwargs["patch_stride"] = model_args.patch_stride
     if set(class_names) <= set(label2id) and len(id2label) == len(class_names):
-        return model_class.from_pretrained(model_args.model_name_or_path, **kwargs), [label2id[c] for c in class_names]
+        return load_pruned_model(model_args.model_name_or_path, **kwargs), [label2id[c] for c in class_names]
     if not model_args.ignore_mismatched_sizes:
         raise ValueError(
             f"The checkpoint's head predicts {len(id2label)} classes but the data set has {len(class_names)} "
@@ -332,7 +372,7 @@ def load_model_for_training(model_args: ModelArguments, class_names: list[str]):
             "labels. Pass --ignore_mismatched_sizes to train a new head for the data set's classes."
         )
     new_id2label = dict(enumerate(class_names))
-    model = model_class.from_pretrained(
+    model = load_pruned_model(
         model_args.model_name_or_path,
         num_labels=len(class_names),
         id2label=new_id2label,
@@ -341,6 +381,93 @@ def load_model_for_training(model_args: ModelArguments, class_names: list[str]):
         **kwargs,
     )
     return model, list(range(len(class_names)))
+
+
+SECRET_FLAGS = ("--hub_token", "--token")
+_TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{20,}")
+
+
+def redact_command(argv: list[str]) -> list[str]:
+    """`argv` with secrets replaced by `REDACTED`: the value of `--hub_token` / `--token` (as `--flag value` or
+    `--flag=value`) and anything shaped like a Hugging Face access token (`hf_` followed by 20 or more letters or
+    digits), so that a command line can be recorded in results and model cards."""
+    redacted, hide_next = [], False
+    for arg in argv:
+        if hide_next:
+            redacted.append("REDACTED")
+            hide_next = False
+            continue
+        flag, equals, _ = arg.partition("=")
+        if flag in SECRET_FLAGS:
+            redacted.append(f"{flag}=REDACTED" if equals else arg)
+            hide_next = not equals
+            continue
+        redacted.append(_TOKEN_PATTERN.sub("REDACTED", arg))
+    return redacted
+
+
+CHECKPOINT_FILES = ("trainer_state.json",)
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+OPTIMIZER_FILES = ("optimizer.pt", "scheduler.pt")
+
+
+def checkpoint_problems(path: str, save_only_model: bool = False) -> list[str]:
+    """What a `checkpoint-N` folder lacks to be resumed from (empty when complete).
+
+    A Trainer checkpoint is complete when its weights, optimizer and scheduler states (unless `save_only_model`) and,
+    written last, a readable `trainer_state.json` are there; a run killed while saving leaves some of them out.
+    """
+    problems = []
+    if not any(os.path.exists(os.path.join(path, name)) for name in WEIGHT_FILES):
+        problems.append("no model weights")
+    if not save_only_model:
+        problems += [f"no {name}" for name in OPTIMIZER_FILES if not os.path.exists(os.path.join(path, name))]
+    state = os.path.join(path, "trainer_state.json")
+    try:
+        with open(state) as f:
+            json.load(f)
+    except (OSError, ValueError):
+        problems.append("no readable trainer_state.json")
+    return problems
+
+
+def resolve_resume_checkpoint(training_args) -> str | None:
+    """The checkpoint folder `--resume_from_checkpoint` means: for `latest` / `true`, the last complete
+    `checkpoint-N` of `--output_dir` (incomplete ones skipped with a warning); a given folder is checked.
+
+    Raises:
+        FileNotFoundError: for `latest` without any complete checkpoint, or a folder that does not exist.
+        ValueError: for a given folder that is incomplete (naming what it lacks).
+    """
+    value = training_args.resume_from_checkpoint
+    if value is None or str(value).lower() in ("false", ""):
+        return None
+    only_model = training_args.save_only_model
+    if str(value).lower() in ("true", "latest", "last"):
+        output_dir = training_args.output_dir
+        found = [n for n in (os.listdir(output_dir) if os.path.isdir(output_dir) else []) if _CHECKPOINT.match(n)]
+        for name in sorted(found, key=lambda n: int(_CHECKPOINT.match(n).group(1)), reverse=True):
+            problems = checkpoint_problems(os.path.join(output_dir, name), only_model)
+            if not problems:
+                return os.path.join(output_dir, name)
+            message = f"skipping the incomplete checkpoint {output_dir}/{name} ({', '.join(problems)})."
+            warnings.warn(message, stacklevel=2)
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint {value}: {output_dir} holds no complete checkpoint-N folder to resume from "
+            f"({len(found)} incomplete). Start the run again without --resume_from_checkpoint (add --overwrite_output)."
+        )
+    if not os.path.isdir(value):
+        raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such checkpoint folder.")
+    problems = checkpoint_problems(value, only_model)
+    if problems:
+        raise ValueError(
+            f"--resume_from_checkpoint {value} is incomplete ({', '.join(problems)}; a run killed while saving leaves "
+            "such a folder): resume from an earlier checkpoint, or pass `latest` to take the last complete one."
+        )
+    return value
+
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 def check_training_output_dir(training_args) -> None:
@@ -373,11 +500,14 @@ def load_training_data(data_args: DataArguments, seed: int):
 
     train_data = load_image_data(
         data_args.dataset, data_args.train_split, data_args.image_column, data_args.label_column,
-        max_samples=data_args.max_train_samples, seed=seed,
+        max_samples=data_args.max_train_samples, seed=seed, data_dir=data_args.data_dir,
+        revision=data_args.data_revision,
     )  # fmt: skip
     eval_data = load_image_data(
         data_args.eval_dataset or data_args.dataset, data_args.eval_split, data_args.image_column,
         data_args.label_column, max_samples=data_args.max_eval_samples, seed=seed,
+        data_dir=None if data_args.eval_dataset else data_args.data_dir,
+        revision=None if data_args.eval_dataset else data_args.data_revision,
     )  # fmt: skip
     unknown = [c for c in eval_data.class_names if c not in train_data.class_names]
     if unknown:
@@ -409,11 +539,12 @@ def build_trainer(model, label_ids, train_data, eval_data, preprocessing, model_
         train_data,
         train_transform(model.config.image_size, preprocessing, data_args.augmentation, data_args.random_erasing),
         label_ids,
+        seed=training_args.seed,  # augmentations drawn per (seed, epoch, image): reproducible across a resume
     )
     eval_set = TransformedImages(eval_data, preprocessing.eval_transform(), eval_label_ids)
     if data_args.base_learning_rate:
         training_args.learning_rate = data_args.base_learning_rate * global_batch_size(training_args) / 256
-    callbacks = []
+    callbacks = [AugmentationEpochCallback(train_set)]
     if model_args.keep_rate_warmup_epochs > 0:
         callbacks.append(KeepRateScheduleCallback(model.config.keep_rate, model_args.keep_rate_warmup_epochs))
     return ImageClassificationTrainer(
@@ -536,6 +667,11 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     from .model_card import build_model_card
 
     check_training_output_dir(training_args)
+    training_args.resume_from_checkpoint = resolve_resume_checkpoint(training_args)
+    # The token and the push stay out of the Trainer: it would write the token into training_args.bin and push
+    # every checkpoint; this run pushes its final folder only (push_output_dir), with the token given or HF_TOKEN.
+    hub_token, push_to_hub = training_args.hub_token, training_args.push_to_hub
+    training_args.hub_token, training_args.push_to_hub = None, False
     train_data, eval_data = load_training_data(data_args, training_args.seed)
     set_seed(training_args.seed)  # before the model: a new head's initialisation is part of the run
     model, label_ids = load_model_for_training(model_args, train_data.class_names)
@@ -563,8 +699,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     with open(os.path.join(output_dir, "pruning_results.json"), "w") as f:
         json.dump(results, f, indent=2, default=str)
     build_model_card(results).save(os.path.join(output_dir, "README.md"))
-    if training_args.push_to_hub:
-        push_output_dir(output_dir, training_args.hub_model_id or results["model_name"], training_args.hub_token)
+    if push_to_hub:
+        push_output_dir(output_dir, training_args.hub_model_id or results["model_name"], hub_token)
     return results
 
 
@@ -621,7 +757,9 @@ def main(argv: list[str] | None = None):
     """Entry point of `hf-vitprune train` / `python -m hf_vitprune.train` / `accelerate launch -m hf_vitprune.train`."""
     model_args, data_args, training_args = parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
-    return run_training(model_args, data_args, training_args, command="hf-vitprune train " + shlex.join(argv))
+    return run_training(
+        model_args, data_args, training_args, command="hf-vitprune train " + shlex.join(redact_command(argv))
+    )
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ def test_evaluate_on_real_images_writes_consistent_results(real_folder, tmp_path
     # results already there are never replaced without --overwrite
     before = (out / "results.json").read_bytes()
     assert main(argv) == 2
-    assert "already exists" in capsys.readouterr().err
+    assert "already holds results.json, results.md: pass --overwrite" in capsys.readouterr().err
     assert (out / "results.json").read_bytes() == before
 
 
@@ -106,3 +106,47 @@ def test_cli_usage():
     assert main([]) == 2
     assert main(["--help"]) == 0
     assert main(["frobnicate"]) == 2
+
+
+@pytest.mark.slow
+@needs_shared
+def test_pipeline_and_evaluate_agree_on_non_square_real_images(tmp_path):
+    """One source of preprocessing: a saved run (model + the processor it was evaluated with) classified by
+    `pipeline("image-classification")` scores the top-1 that `hf-vitprune evaluate` reports, on real photographs cut
+    to non-square shapes (where squashing to 256x256 and resizing the shorter side differ)."""
+    from PIL import Image
+    from transformers import pipeline
+
+    from hf_vitprune import PrunedViTForImageClassification
+    from hf_vitprune.data import load_preprocessing, read_class_list
+
+    data = tmp_path / "val"
+    wnids = ["n01440764", "n02102040", "n03000684", "n03417042", "n03888257"]
+    for i, wnid in enumerate(wnids):
+        (data / wnid).mkdir(parents=True)
+        for j, path in enumerate(sorted((IMAGENETTE / "val" / wnid).iterdir())[:4]):
+            image = Image.open(path).convert("RGB")
+            box = (0, 30, 224, 194) if (i + j) % 2 else (40, 0, 180, 224)  # 224x164 landscape or 140x224 portrait
+            image.crop(box).save(data / wnid / f"{j}.png")
+    run = tmp_path / "run"
+    PrunedViTForImageClassification.from_pretrained(DEIT_TINY, keep_rate=0.7).save_pretrained(run)
+    load_preprocessing(str(DEIT_TINY)).processor.save_pretrained(run)  # what `hf-vitprune train` saves
+
+    out = tmp_path / "out"
+    argv = ["evaluate", "--model", str(run), "--data", str(data), "--class_list", "imagenet1k", "--methods",
+            "variance", "--keep_rates", "0.7", "--fusion", "on", "--batch_size", "8", "--num_workers", "0",
+            "--skip_throughput", "--output_dir", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    rows = {row["name"]: row for row in json.loads((out / "results.json").read_text())["rows"]}
+
+    classify = pipeline("image-classification", model=str(run))
+    index = read_class_list("imagenet1k")
+    label2id = {label: int(i) for i, label in classify.model.config.id2label.items()}
+    correct = total = 0
+    for wnid in wnids:
+        for path in sorted((data / wnid).iterdir()):
+            predicted = classify(Image.open(path), top_k=1)[0]["label"]
+            correct += int(label2id[predicted] == index[wnid])
+            total += 1
+    assert total == 20 and rows["variance@0.7+fusion"]["images"] == 20
+    assert 100.0 * correct / total == pytest.approx(rows["variance@0.7+fusion"]["top1"])

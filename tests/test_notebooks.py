@@ -42,7 +42,7 @@ def _check_quickstart(stdout: str, workdir: Path) -> None:
 def _check_benchmark(stdout: str, workdir: Path) -> None:
     report = json.loads((workdir / "sweep" / "sweep.json").read_text())
     series = {row["series"] for row in report["rows"]}
-    assert {"unpruned", "variance + fusion", "medad + fusion", "evit + fusion", "ToMe"} <= series
+    assert series == {"unpruned", "variance + fusion", "evit + fusion", "ToMe"}  # the small budget's methods
     assert (workdir / "sweep" / "top1_vs_gmacs.png").stat().st_size > 0
     assert "| 0.8 |" in (workdir / "sweep" / "matched_gmacs.md").read_text()
 

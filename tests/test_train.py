@@ -42,6 +42,12 @@ def test_train_saves_a_loadable_model_card_and_results(workspace):
     assert config["keep_rate"] == 0.5  # the target, not a scheduled value
     assert config["id2label"] == {"0": "cat", "1": "dog", "2": "fox"}
     assert (out / "modeling_pruned_vit.py").exists() and (out / "preprocessor_config.json").exists()
+    # the saved processor is the one evaluation used: the base checkpoint has none, so the DeiT default for 32 px
+    processor = json.loads((out / "preprocessor_config.json").read_text())
+    assert processor["size"] == {"shortest_edge": 36} and processor["crop_size"] == {"height": 32, "width": 32}
+    assert "resize shorter side 36 bicubic, centre crop 32x32" in json.loads(
+        (out / "pruning_results.json").read_text()
+    )["protocol"]["top1"]
     assert (out / "checkpoint-2" / "config.json").exists() and (
         out / "checkpoint-4" / "modeling_pruned_vit.py"
     ).exists()

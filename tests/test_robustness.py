@@ -1,0 +1,270 @@
+"""Nothing leaked, nothing lost: secrets, numerical limits, clear errors, training that survives a kill."""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import DEIT_TINY, IMAGENET1K_CLASSES, IMAGENETTE, make_image_folder, needs_shared, tiny_config_kwargs
+from safetensors.torch import load_file
+from transformers import ViTConfig, ViTForImageClassification
+
+from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification, prune
+from hf_vitprune.cli import main as cli_main
+from hf_vitprune.token_reduction import renyi_entropy
+
+TOKEN = "hf_" + "SeCrEt0123456789abcdefGHIJ"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("robust")
+    torch.manual_seed(0)
+    base = {k: v for k, v in tiny_config_kwargs().items() if k not in ("prune_layers", "keep_rate")}
+    ViTForImageClassification(ViTConfig(**base)).save_pretrained(root / "base")
+    make_image_folder(root / "data" / "train", {"cat": 6, "dog": 6, "fox": 4})
+    make_image_folder(root / "data" / "val", {"cat": 2, "dog": 2, "fox": 2})
+    (root / "classes.txt").write_text("cat\ndog\nfox\n")  # the base model's outputs 0-2 stand for them
+    return root
+
+
+def _train_args(root, out, *extra):
+    return ["train", "--model_name_or_path", str(root / "base"), "--dataset", str(root / "data"),
+            "--ignore_mismatched_sizes", "--prune_layers", "1", "2", "--keep_rate", "0.5", "--output_dir", str(out),
+            "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8", "--max_steps", "4",
+            "--save_strategy", "steps", "--save_steps", "2", "--save_total_limit", "5", "--eval_strategy", "no",
+            "--logging_steps", "1", "--dataloader_num_workers", "0", "--use_cpu", "--seed", "3",
+            "--throughput_batch_size", "2", "--throughput_runs", "1", *extra]  # fmt: skip
+
+
+def _files_containing(folder, needle: bytes) -> list[str]:
+    return [str(p) for p in folder.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+# 1. Secrets -----------------------------------------------------------------------------------------------------------
+
+LOAD_COPY = """
+import sys, json
+sys.modules["hf_vitprune"] = None
+import torch
+from transformers import AutoModelForImageClassification
+model = AutoModelForImageClassification.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+with torch.no_grad():
+    print(json.dumps(model(pixel_values=torch.load(sys.argv[2])).logits.tolist()))
+"""
+
+
+def test_a_hub_token_is_used_for_the_push_and_written_nowhere(workspace, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    pushed, calls = tmp_path / "pushed", []
+
+    def create_repo(repo_id, token=None, exist_ok=False, **kwargs):
+        calls.append(("create_repo", repo_id, token))
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(repo_id, folder_path, token=None, ignore_patterns=(), **kwargs):
+        calls.append(("upload_folder", repo_id, token))
+        shutil.copytree(folder_path, pushed, ignore=shutil.ignore_patterns(*ignore_patterns))
+        return "https://huggingface.co/commit/0"
+
+    monkeypatch.setattr(huggingface_hub, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub, "upload_folder", upload_folder)
+    out = tmp_path / "run"
+    args = _train_args(workspace, out, "--push_to_hub", "--hub_model_id", "someone/pruned", "--hub_token", TOKEN)
+    assert cli_main(args) == 0
+    assert calls == [("create_repo", "someone/pruned", TOKEN), ("upload_folder", "someone/pruned", TOKEN)]
+    assert _files_containing(out, TOKEN.encode()) == [] and _files_containing(pushed, TOKEN.encode()) == []
+    assert "--hub_token REDACTED" in json.loads((out / "pruning_results.json").read_text())["command"]
+    assert "--hub_token REDACTED" in (pushed / "README.md").read_text()  # the model card, command line redacted
+    assert not list(pushed.glob("checkpoint-*")) and list(out.glob("checkpoint-*"))
+    # the pushed folder loads anywhere: a fresh process without the package, offline, trust_remote_code
+    x = torch.randn(2, 3, 32, 32)
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        expected = PrunedViTForImageClassification.from_pretrained(out).eval()(pixel_values=x).logits
+    (tmp_path / "load.py").write_text(LOAD_COPY)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
+    result = subprocess.run([sys.executable, str(tmp_path / "load.py"), str(pushed), str(tmp_path / "x.pt")],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert torch.equal(torch.tensor(json.loads(result.stdout.strip().splitlines()[-1])), expected)
+
+
+def test_redact_command():
+    from hf_vitprune.train import redact_command
+
+    assert redact_command(["--hub_token", TOKEN, "--x", "1"]) == ["--hub_token", "REDACTED", "--x", "1"]
+    assert redact_command([f"--token={TOKEN}"]) == ["--token=REDACTED"]
+    assert redact_command([f"--hub_model_id=me/{TOKEN}"]) == ["--hub_model_id=me/REDACTED"]  # token-shaped anywhere
+
+
+# 2. Numerical limits --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alpha", [30.0, 50.0, 200.0, 1e4])
+def test_renyi_entropy_of_large_orders_is_finite_and_right(alpha):
+    p = torch.tensor([0.5, 0.25, 0.25])
+    # by hand: log(0.5^a + 2 * 0.25^a) = a log 0.5 + log(1 + 2 * 0.5^a), which float64 holds for every a
+    expected = (alpha * math.log(0.5) + math.log1p(2 * 0.5**alpha)) / (1 - alpha)
+    assert renyi_entropy(p, alpha).item() == pytest.approx(expected, rel=1e-5)
+    # float32 attention probabilities: p**30 underflows to 0 (log 0 = -inf) in the direct formula
+    small = torch.tensor([1e-3] * 1000)
+    assert small.pow(30).sum() == 0
+    assert renyi_entropy(small, alpha).item() == pytest.approx(math.log(1000), rel=1e-4)
+
+
+def test_min_entropy_and_zero_probabilities():
+    p = torch.tensor([0.5, 0.25, 0.25, 0.0])
+    assert renyi_entropy(p, float("inf")).item() == pytest.approx(math.log(2))
+    p.requires_grad_(True)
+    renyi_entropy(p, 3.0).backward()
+    assert torch.isfinite(p.grad).all()
+
+
+def test_entropy_pruning_with_a_large_order_gives_finite_logits():
+    torch.manual_seed(0)
+    config = PrunedViTConfig(**tiny_config_kwargs(pruning_method="entropy", renyi_alpha=50.0))
+    model = PrunedViTForImageClassification(config).eval()
+    with torch.no_grad():
+        for alpha in (50.0, 1e3, float("inf")):
+            with model.pruning(renyi_alpha=alpha):
+                assert torch.isfinite(model(pixel_values=torch.randn(2, 3, 32, 32)).logits).all(), alpha
+
+
+@needs_shared
+def test_evaluate_stops_naming_the_variant_with_non_finite_logits(tmp_path, monkeypatch, capsys):
+    from hf_vitprune.token_reduction import MedADPruner
+
+    monkeypatch.setattr(MedADPruner, "score", lambda self, statistic, *a: statistic.mean(1) * float("nan"))
+    data = tmp_path / "val" / "n01440764"
+    data.mkdir(parents=True)
+    for image in sorted((IMAGENETTE / "val" / "n01440764").iterdir())[:2]:
+        (data / image.name).symlink_to(image)
+    out = tmp_path / "out"
+    argv = ["evaluate", "--model", str(DEIT_TINY), "--data", str(tmp_path / "val"), "--class_list",
+            str(IMAGENET1K_CLASSES), "--methods", "variance", "medad", "--keep_rates", "0.7", "--fusion", "on",
+            "--num_workers", "0", "--skip_throughput", "--output_dir", str(out)]  # fmt: skip
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "variant medad@0.7+fusion gave non-finite logits" in err and "variance" not in err.split("variant")[1]
+    assert not out.exists()
+
+
+# 3. Bad checkpoints ---------------------------------------------------------------------------------------------------
+
+
+def test_a_truncated_checkpoint_is_one_clear_line(workspace, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(workspace / "base", broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    argv = ["evaluate", "--model", str(broken), "--data", str(workspace / "data" / "val"), "--skip_throughput",
+            "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{weights}" in err and "truncated or damaged" in err and "Traceback" not in err
+
+
+def test_a_missing_local_path_is_neither_a_folder_nor_a_hub_id(workspace, tmp_path, capsys):
+    for missing in (str(tmp_path / "no" / "such" / "model"), "./nowhere", "runs/train/never-run"):
+        argv = ["evaluate", "--model", missing, "--data", str(workspace / "data" / "val"), "--skip_throughput",
+                "--output_dir", str(tmp_path / "out")]  # fmt: skip
+        assert cli_main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{missing!r} is neither a local folder nor a Hub model id" in err, err
+
+
+# 4. Training that survives a kill -------------------------------------------------------------------------------------
+
+
+def test_resume_latest_skips_an_incomplete_checkpoint_and_ends_as_the_uninterrupted_run(workspace, tmp_path):
+    """The default recipe (RandomResizedCrop, RandAugment, Mixup / CutMix, RandomErasing): killed after checkpoint 2
+    (and a checkpoint half written when the kill came), resumed with `latest`: the final weights are the
+    uninterrupted run's, bit for bit."""
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert cli_main(_train_args(workspace, straight)) == 0
+    assert cli_main(_train_args(workspace, stopped)) == 0
+    for path in stopped.iterdir():  # as if killed after checkpoint-2 was saved ...
+        if path.name != "checkpoint-2":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    half = stopped / "checkpoint-4"  # ... while checkpoint-4 was being written
+    half.mkdir()
+    shutil.copy(straight / "checkpoint-4" / "config.json", half / "config.json")
+    (half / "model.safetensors").write_bytes((straight / "checkpoint-4" / "model.safetensors").read_bytes()[:100])
+    with pytest.warns(UserWarning, match=r"skipping the incomplete checkpoint .*checkpoint-4 \(.*trainer_state"):
+        assert cli_main(_train_args(workspace, stopped, "--resume_from_checkpoint", "latest")) == 0
+    a, b = load_file(straight / "model.safetensors"), load_file(stopped / "model.safetensors")
+    checkpoint = load_file(stopped / "checkpoint-2" / "model.safetensors")
+    assert max((b[k] - checkpoint[k]).abs().max() for k in b) > 0  # steps 3 and 4 did train
+    for key in a:
+        assert torch.equal(b[key], a[key]), key
+
+
+def test_resume_errors_are_clear(workspace, tmp_path, capsys):
+    out = tmp_path / "empty"
+    out.mkdir()
+    (out / "checkpoint-7").mkdir()
+    assert cli_main(_train_args(workspace, out, "--resume_from_checkpoint", "latest")) == 2
+    assert "holds no complete checkpoint-N folder" in capsys.readouterr().err
+    assert cli_main(_train_args(workspace, out, "--resume_from_checkpoint", str(out / "checkpoint-7"))) == 2
+    assert "is incomplete (no model weights" in capsys.readouterr().err
+
+
+# 5. Overwrites --------------------------------------------------------------------------------------------------------
+
+
+def test_evaluate_never_replaces_a_users_file(workspace, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.md").write_text("my notes")
+    argv = ["evaluate", "--model", str(workspace / "base"), "--data", str(workspace / "data" / "val"), "--methods",
+            "variance", "--keep_rates", "0.5", "--prune_layers", "1", "--skip_throughput", "--num_workers", "0",
+            "--class_list", str(workspace / "classes.txt"), "--output_dir", str(out)]  # fmt: skip
+    assert cli_main(argv) == 2
+    assert "already holds results.md: pass --overwrite" in capsys.readouterr().err
+    assert (out / "results.md").read_text() == "my notes"
+    assert cli_main([*argv, "--overwrite"]) == 0 and (out / "results.json").exists()
+
+
+# 6. Unreadable images -------------------------------------------------------------------------------------------------
+
+
+def test_one_unreadable_image_stops_by_default_and_is_counted_when_skipped(workspace, tmp_path, capsys):
+    data = tmp_path / "val"
+    shutil.copytree(workspace / "data" / "val", data)
+    (data / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
+    argv = ["evaluate", "--model", str(workspace / "base"), "--data", str(data), "--methods", "variance",
+            "--keep_rates", "0.5", "--prune_layers", "1", "--skip_throughput", "--num_workers", "0",
+            "--class_list", str(workspace / "classes.txt"), "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    assert cli_main(argv) == 2
+    assert "broken.jpg" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        assert cli_main([*argv, "--skip_unreadable"]) == 0
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
+    assert all(row["images"] == 6 and row["unreadable_skipped"] == 1 for row in rows)
+
+
+# 7. Clear errors instead of raw torch errors -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stock", [False, True], ids=["PrunedViT", "prune(ViT)"])
+def test_bad_pixel_values_name_the_expected_shape(stock):
+    torch.manual_seed(0)
+    if stock:
+        base = {k: v for k, v in tiny_config_kwargs().items() if k not in ("prune_layers", "keep_rate")}
+        model = prune(ViTForImageClassification(ViTConfig(**base)).eval(), keep_rate=0.5, prune_layers=[1, 2])
+    else:
+        model = PrunedViTForImageClassification(PrunedViTConfig(**tiny_config_kwargs())).eval()
+    cases = {
+        "smaller than one 8x8 px patch": torch.randn(2, 3, 4, 4),
+        r"expected 4 dimensions \(batch, 3, height, width\).*unsqueeze\(0\)": torch.randn(3, 32, 32),
+        "holds no image": torch.randn(0, 3, 32, 32),
+    }
+    for message, pixel_values in cases.items():
+        with pytest.raises(ValueError, match=message), torch.no_grad():
+            model(pixel_values=pixel_values)
