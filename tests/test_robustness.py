@@ -268,3 +268,23 @@ def test_bad_pixel_values_name_the_expected_shape(stock):
     for message, pixel_values in cases.items():
         with pytest.raises(ValueError, match=message), torch.no_grad():
             model(pixel_values=pixel_values)
+
+
+def test_the_package_never_unpickles_a_users_file():
+    """No `pickle.load(s)`, `torch.load` or `numpy.load(allow_pickle=...)` anywhere in the package (ast, not text):
+    checkpoints are read with safetensors, configs and results with json."""
+    import ast
+    from pathlib import Path
+
+    from conftest import REPO
+
+    calls = []
+    for path in sorted((REPO / "hf_vitprune").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                owner = node.func.value.id if isinstance(node.func.value, ast.Name) else None
+                if (owner, node.func.attr) in {("pickle", "load"), ("pickle", "loads"), ("torch", "load")}:
+                    calls.append(f"{Path(path).name}:{node.lineno}")
+                if node.func.attr == "load" and any(k.arg == "allow_pickle" for k in node.keywords):
+                    calls.append(f"{Path(path).name}:{node.lineno}")
+    assert calls == []
