@@ -17,6 +17,7 @@ adds `kept_patch_indices` to the output.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import types
 from collections.abc import Callable, Iterator
@@ -35,7 +36,13 @@ from transformers.models.dinov2_with_registers.modeling_dinov2_with_registers im
 from transformers.models.vit.modeling_vit import ViTAttention, ViTLayer, eager_attention_forward
 from transformers.utils import ModelOutput
 
-from .modeling_pruned_vit import PrunedViTAttention, PrunedViTLayer, PrunedViTPreTrainedModel, check_pixel_values
+from .modeling_pruned_vit import (
+    PrunedViTAttention,
+    PrunedViTLayer,
+    PrunedViTPreTrainedModel,
+    check_pixel_values,
+    layer_attention_mask,
+)
 from .token_reduction import (
     PruningSettings,
     TokenReduction,
@@ -87,10 +94,8 @@ class PrunedDinov2Layer(Dinov2Layer):
         **kwargs,
     ) -> torch.Tensor:
         plan = None
-        if token_reduction is not None:
-            plan, attention_bias = token_reduction.enter(self.layer_idx, hidden_states)
-            if attention_bias is not None:  # ToMe's proportional attention
-                attention_mask = attention_bias if attention_mask is None else attention_mask + attention_bias
+        if token_reduction is not None:  # the mask for the tokens left, with ToMe's proportional attention
+            plan, attention_mask = token_reduction.enter(self.layer_idx, hidden_states, attention_mask)
 
         # Self Attention
         residual = hidden_states
@@ -187,10 +192,8 @@ class PrunedCLIPEncoderLayer(CLIPEncoderLayer):
         **kwargs,
     ) -> torch.Tensor:
         plan = None
-        if token_reduction is not None:
-            plan, attention_bias = token_reduction.enter(self.layer_idx, hidden_states)
-            if attention_bias is not None:  # ToMe's proportional attention
-                attention_mask = attention_bias if attention_mask is None else attention_mask + attention_bias
+        if token_reduction is not None:  # the mask for the tokens left, with ToMe's proportional attention
+            plan, attention_mask = token_reduction.enter(self.layer_idx, hidden_states, attention_mask)
 
         residual = hidden_states
         hidden_states = self.layer_norm1(hidden_states)
@@ -322,7 +325,12 @@ def _start_reduction(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tupl
     if kwargs.get("token_reduction") is None:
         check_pixel_values(args[0] if args else kwargs.get("pixel_values"), module.config)
         config = module.config
-        reduction = TokenReduction.from_config(config, backbone_of(module).num_prefix_tokens(config))
+        reduction = TokenReduction.from_config(
+            config,
+            backbone_of(module).num_prefix_tokens(config),
+            key_mask=kwargs.get("attention_mask"),
+            mask_builder=functools.partial(layer_attention_mask, config),
+        )
         if reduction is not None:
             kwargs["token_reduction"] = reduction
     return args, kwargs

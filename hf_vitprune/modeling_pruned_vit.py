@@ -17,6 +17,7 @@ transformers and its siblings `configuration_pruned_vit.py` and `token_reduction
 
 import contextlib
 import copy
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -36,7 +37,8 @@ from transformers.models.vit.modeling_vit import (
     ViTPreTrainedModel,
     eager_attention_forward,
 )
-from transformers.utils import logging
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, logging
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
@@ -51,6 +53,13 @@ logger = logging.get_logger(__name__)
 # writes the same legacy names back). `overwrite=True`: this file is imported twice when loaded as remote code.
 for _backbone in ("PrunedViTModel", "PrunedDeiTModel"):
     register_checkpoint_conversion_mapping(_backbone, get_checkpoint_conversion_mapping("ViTModel"), overwrite=True)
+
+
+def layer_attention_mask(config, hidden_states: torch.Tensor, key_mask: torch.Tensor):
+    """The layers' attention mask for the tokens `hidden_states` `(batch, tokens, hidden)` and their key mask
+    `(batch, tokens)`, built as [`~transformers.ViTModel`] builds it (`create_bidirectional_mask`: boolean for SDPA,
+    additive for eager attention, `None` when nothing is masked)."""
+    return create_bidirectional_mask(config=config, inputs_embeds=hidden_states, attention_mask=key_mask)
 
 
 def check_pixel_values(pixel_values, config) -> None:
@@ -162,10 +171,8 @@ class PrunedViTLayer(ViTLayer):
         **kwargs,
     ) -> torch.Tensor:
         plan = None
-        if token_reduction is not None:
-            plan, attention_bias = token_reduction.enter(self.layer_idx, hidden_states)
-            if attention_bias is not None:  # ToMe's proportional attention
-                attention_mask = attention_bias if attention_mask is None else attention_mask + attention_bias
+        if token_reduction is not None:  # the mask for the tokens left, with ToMe's proportional attention
+            plan, attention_mask = token_reduction.enter(self.layer_idx, hidden_states, attention_mask)
 
         # Self Attention
         residual = hidden_states
@@ -508,21 +515,22 @@ class PrunedViTModel(PrunedViTPreTrainedModel):
         bool_masked_pos: torch.BoolTensor | None = None,
         interpolate_pos_encoding: bool | None = None,
         attention_mask: torch.Tensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> PrunedViTModelOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch, channels, height, width)`): images, normalised.
         bool_masked_pos (`torch.BoolTensor` of shape `(batch, num_patches)`, *optional*): patches to replace by the
             mask token (masked image modelling).
         interpolate_pos_encoding (`bool`, *optional*): interpolate the position embeddings to another image size.
-        attention_mask (`torch.Tensor`, *optional*): not supported while pruning.
+        attention_mask (`torch.Tensor` of shape `(batch, tokens)`, *optional*): which tokens may be attended to, one
+            entry per token of the embedded sequence (the prefix tokens, then the patches in grid order): 1 / True =
+            attended, 0 / False = masked (e.g. padding patches); bool, integer or 0 / 1 floats. As in
+            [`~transformers.ViTModel`] it masks keys. Under pruning it travels with the tokens: a masked token is
+            never kept ahead of an unmasked one, never enters the fused token or a merge with an unmasked token, and
+            stays masked; with keep rate 1.0 the outputs equal `ViTModel`'s with the same mask. A mask that masks
+            every patch token of an image is an error.
         """
         check_pixel_values(pixel_values, self.config)
-        if attention_mask is not None and self.config.pruning_method is not None:
-            raise ValueError(
-                "attention_mask cannot be combined with patch pruning: pruned tokens would no longer match the mask. "
-                "Pass attention_mask=None, or switch pruning off with model.set_pruning(pruning_method=None)."
-            )
         expected_dtype = self.embeddings.patch_embeddings.projection.weight.dtype
         if pixel_values.dtype != expected_dtype:
             pixel_values = pixel_values.to(expected_dtype)
@@ -530,12 +538,15 @@ class PrunedViTModel(PrunedViTPreTrainedModel):
         embedding_output = self.embeddings(
             pixel_values, bool_masked_pos=bool_masked_pos, interpolate_pos_encoding=interpolate_pos_encoding
         )
+        key_mask = attention_mask
         attention_mask = create_bidirectional_mask(
             config=self.config,
             inputs_embeds=embedding_output,
             attention_mask=attention_mask,
         )
-        token_reduction = TokenReduction.from_config(self.config, self.config.num_prefix_tokens)
+        token_reduction = TokenReduction.from_config(
+            self.config, self.config.num_prefix_tokens, key_mask, functools.partial(layer_attention_mask, self.config)
+        )
         hidden_states = embedding_output
         for layer in self.layers:
             hidden_states = layer(hidden_states, attention_mask, token_reduction=token_reduction, **kwargs)
@@ -579,7 +590,7 @@ class PrunedViTForImageClassification(PrunedViTPreTrainedModel):
         labels: torch.Tensor | None = None,
         interpolate_pos_encoding: bool | None = None,
         attention_mask: torch.Tensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> PrunedViTImageClassifierOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch, channels, height, width)`): normalised images.
@@ -646,7 +657,7 @@ class PrunedDeiTForImageClassification(PrunedDeiTPreTrainedModel):
         labels: torch.Tensor | None = None,
         interpolate_pos_encoding: bool | None = None,
         attention_mask: torch.Tensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> PrunedViTImageClassifierOutput:
         r"""Same arguments as [`PrunedViTForImageClassification.forward`]."""
         outputs: PrunedViTModelOutput = self.deit(
@@ -693,7 +704,7 @@ class PrunedDeiTForImageClassificationWithTeacher(PrunedDeiTPreTrainedModel):
         labels: torch.Tensor | None = None,
         interpolate_pos_encoding: bool | None = None,
         attention_mask: torch.Tensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> PrunedDeiTForImageClassificationWithTeacherOutput:
         r"""Same arguments as [`PrunedViTForImageClassification.forward`]."""
         outputs: PrunedViTModelOutput = self.deit(
@@ -719,6 +730,7 @@ class PrunedDeiTForImageClassificationWithTeacher(PrunedDeiTPreTrainedModel):
 
 __all__ = [
     "check_pixel_values",
+    "layer_attention_mask",
     "PrunedDeiTForImageClassification",
     "PrunedDeiTForImageClassificationWithTeacher",
     "PrunedDeiTModel",

@@ -25,7 +25,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from fractions import Fraction
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -343,6 +343,19 @@ def gather_tokens(hidden_states: torch.Tensor, index: torch.Tensor) -> torch.Ten
     return flat.index_select(0, (index + offsets).reshape(-1)).view(batch_size, index.shape[1], hidden_size)
 
 
+class PrunedTokens(NamedTuple):
+    """What [`prune_tokens`] returns."""
+
+    hidden_states: torch.Tensor
+    """`(batch, prefix + num_keep [+ 1], hidden)`: prefix, kept tokens (best first), the fused token."""
+    patch_ids: torch.Tensor
+    """`(batch, num_keep [+ 1])`: the new candidates' patch ids (-1 for the fused token)."""
+    kept_patch_ids: torch.Tensor
+    """`(batch, num_keep)`: the kept candidates' patch ids."""
+    key_mask: torch.Tensor | None
+    """`(batch, prefix + num_keep [+ 1])` bool, True = attended; `None` without a candidate mask."""
+
+
 def prune_tokens(
     hidden_states: torch.Tensor,
     scores: torch.Tensor,
@@ -351,7 +364,8 @@ def prune_tokens(
     patch_ids: torch.Tensor,
     fuse: bool = True,
     fusion_temperature: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    key_mask: torch.Tensor | None = None,
+) -> PrunedTokens:
     """Keep the `num_keep` best-scored candidate tokens and optionally fuse the rest into one appended token.
 
     Prefix tokens (class, distillation, registers) are never candidates and stay first. Kept tokens follow in
@@ -360,6 +374,10 @@ def prune_tokens(
     image's candidates (eq. 8 of arXiv:2507.19175). Raw criterion values are tiny (~1e-5 for the variance of attention
     probabilities), so dividing by `sigma` makes the weights independent of the criterion's scale; as softmax ignores
     shifts this is the same as z-scoring the scores per image. Equal scores (`sigma == 0`) give a plain mean.
+
+    With a `key_mask` (an attention mask over the tokens), masked candidates are kept only after every unmasked one,
+    never enter the fused token (weight 0; `sigma` is taken over the unmasked candidates) and stay masked; the fused
+    token is masked when every pruned token is.
 
     Args:
         hidden_states (`torch.Tensor` of shape `(batch, prefix + candidates, hidden)`).
@@ -370,11 +388,10 @@ def prune_tokens(
             candidate token, -1 for a fused token.
         fuse (`bool`): append the fused token (only when something is pruned).
         fusion_temperature (`float`): > 0.
+        key_mask (`torch.BoolTensor` of shape `(batch, prefix + candidates)`, *optional*): True = attended.
 
     Returns:
-        `(hidden_states, patch_ids, kept_patch_ids)`: the new hidden states of shape
-        `(batch, prefix + num_keep [+ 1], hidden)`, the new candidates' patch ids `(batch, num_keep [+ 1])` (the fused
-        token is -1) and the kept candidates' patch ids `(batch, num_keep)`.
+        [`PrunedTokens`]: `(hidden_states, patch_ids, kept_patch_ids, key_mask)`.
 
     Raises:
         ValueError: if `num_keep` is outside [1, candidates].
@@ -383,20 +400,66 @@ def prune_tokens(
     num_candidates = scores.shape[1]
     if not 1 <= num_keep <= num_candidates:
         raise ValueError(f"num_keep must lie in [1, {num_candidates}], got {num_keep}.")
-    order = scores.argsort(dim=1, descending=True)
+    valid = None if key_mask is None else key_mask[:, num_prefix_tokens:]
+    ranking = scores if valid is None else scores.masked_fill(~valid, float("-inf"))
+    order = ranking.argsort(dim=1, descending=True)
     kept = order[:, :num_keep]
     prefix = torch.arange(num_prefix_tokens, device=order.device).expand(batch_size, -1)
     output = gather_tokens(hidden_states, torch.cat([prefix, kept + num_prefix_tokens], dim=1))
     kept_patch_ids = patch_ids.gather(1, kept)
+    new_mask = None if valid is None else torch.cat([key_mask[:, :num_prefix_tokens], valid.gather(1, kept)], dim=1)
     if not (fuse and num_keep < num_candidates):
-        return output, kept_patch_ids, kept_patch_ids
+        return PrunedTokens(output, kept_patch_ids, kept_patch_ids, new_mask)
     pruned = order[:, num_keep:]
-    centered = scores - scores.mean(dim=1, keepdim=True)
-    spread = centered.square().mean(dim=1, keepdim=True).sqrt().clamp_min(torch.finfo(scores.dtype).tiny)
-    weights = (scores.gather(1, pruned) / (spread * fusion_temperature)).softmax(dim=1).to(hidden_states.dtype)
+    weights = fusion_weights(scores, pruned, fusion_temperature, valid).to(hidden_states.dtype)
     fused = torch.bmm(weights.unsqueeze(1), gather_tokens(hidden_states, pruned + num_prefix_tokens))
     new_patch_ids = torch.cat([kept_patch_ids, kept_patch_ids.new_full((batch_size, 1), -1)], dim=1)
-    return torch.cat([output, fused], dim=1), new_patch_ids, kept_patch_ids
+    if new_mask is not None:
+        new_mask = torch.cat([new_mask, valid.gather(1, pruned).any(dim=1, keepdim=True)], dim=1)
+    return PrunedTokens(torch.cat([output, fused], dim=1), new_patch_ids, kept_patch_ids, new_mask)
+
+
+def fusion_weights(
+    scores: torch.Tensor, pruned: torch.Tensor, temperature: float, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The weights of the pruned tokens in the fused token: `softmax(s_j / (sigma * temperature))` over the pruned
+    tokens `j`, `sigma` the standard deviation of the scores over the image's candidates (eq. 8 of arXiv:2507.19175,
+    scale-free; see [`prune_tokens`]).
+
+    Args:
+        scores (`torch.FloatTensor` of shape `(batch, candidates)`).
+        pruned (`torch.LongTensor` of shape `(batch, pruned)`): the pruned candidates.
+        temperature (`float`): > 0.
+        valid (`torch.BoolTensor` of shape `(batch, candidates)`, *optional*): unmasked candidates; masked ones get
+            weight 0 and are left out of `sigma`, and a row whose pruned tokens are all masked gets all-zero weights.
+
+    Returns:
+        `torch.FloatTensor` of shape `(batch, pruned)`, each row summing to 1 (or 0, see `valid`).
+    """
+    if valid is None:
+        centered = scores - scores.mean(dim=1, keepdim=True)
+        spread = centered.square().mean(dim=1, keepdim=True).sqrt().clamp_min(torch.finfo(scores.dtype).tiny)
+        return (scores.gather(1, pruned) / (spread * temperature)).softmax(dim=1)
+    count = valid.sum(dim=1, keepdim=True).clamp_min(1)
+    mean = scores.where(valid, 0).sum(dim=1, keepdim=True) / count
+    spread = ((scores - mean).square().where(valid, 0).sum(dim=1, keepdim=True) / count).sqrt()
+    spread = spread.clamp_min(torch.finfo(scores.dtype).tiny)
+    logits = (scores.gather(1, pruned) / (spread * temperature)).masked_fill(~valid.gather(1, pruned), float("-inf"))
+    any_valid = valid.gather(1, pruned).any(dim=1, keepdim=True)
+    return logits.where(any_valid, 0).softmax(dim=1).where(any_valid, 0)
+
+
+class MergedTokens(NamedTuple):
+    """What [`merge_tokens`] returns."""
+
+    hidden_states: torch.Tensor
+    """`(batch, prefix + candidates - r, hidden)`: prefix, unmerged A tokens in order, B tokens."""
+    token_sizes: torch.Tensor
+    """`(batch, prefix + candidates - r)`: patches each token stands for."""
+    patch_ids: torch.Tensor
+    """`(batch, candidates - r)`: a merged B token keeps its own patch id."""
+    key_mask: torch.Tensor | None
+    """`(batch, prefix + candidates - r)` bool, True = attended; `None` without a mask."""
 
 
 def merge_tokens(
@@ -406,7 +469,8 @@ def merge_tokens(
     num_merge: int,
     num_prefix_tokens: int,
     patch_ids: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    key_mask: torch.Tensor | None = None,
+) -> MergedTokens:
     """ToMe's bipartite soft matching: merge `num_merge` tokens into their most similar tokens.
 
     Written from Bolya et al., "Token Merging: Your ViT but Faster", ICLR 2023 (sec. 3): the non-prefix tokens
@@ -417,6 +481,10 @@ def merge_tokens(
     order, followed by the B tokens. Sizes (how many patches a token stands for) are summed; the caller feeds
     `log(size)` to the next layers' attention (proportional attention). Computed in float32, cast back.
 
+    With a `key_mask`, a masked token never merges with an unmasked one: links between them are impossible and links
+    between two masked tokens rank after every link between unmasked tokens (so masked tokens merge only among
+    themselves, once the unmasked pairs are used up, and stay masked).
+
     Args:
         hidden_states (`torch.Tensor` of shape `(batch, prefix + candidates, hidden)`).
         token_sizes (`torch.FloatTensor` of shape `(batch, prefix + candidates)`): patches per token (1 at first).
@@ -424,10 +492,10 @@ def merge_tokens(
         num_merge (`int`): `r`; capped at the size of side A (`tome_merge_limit`).
         num_prefix_tokens (`int`).
         patch_ids (`torch.LongTensor` of shape `(batch, candidates)`): original patch index of each candidate.
+        key_mask (`torch.BoolTensor` of shape `(batch, prefix + candidates)`, *optional*): True = attended.
 
     Returns:
-        `(hidden_states, token_sizes, patch_ids)` with `candidates - r` candidates; a merged B token keeps its own
-        patch id.
+        [`MergedTokens`]: `(hidden_states, token_sizes, patch_ids, key_mask)` with `candidates - r` candidates.
     """
     batch_size, _, hidden_size = hidden_states.shape
     first_a = num_prefix_tokens % 2  # candidate c sits at position c + num_prefix_tokens; even positions are A
@@ -438,9 +506,14 @@ def merge_tokens(
     side_a, side_b = slice(first_a, None, 2), slice(1 - first_a, None, 2)
     num_merge = min(num_merge, tome_merge_limit(candidates.shape[1], num_prefix_tokens))
     if num_merge <= 0:
-        return hidden_states, token_sizes, patch_ids
+        return MergedTokens(hidden_states, token_sizes, patch_ids, key_mask)
 
     similarity = metric[:, side_a] @ metric[:, side_b].transpose(1, 2)  # (batch, |A|, |B|)
+    if key_mask is not None:
+        valid = key_mask[:, num_prefix_tokens:]
+        valid_a, valid_b = valid[:, side_a, None], valid[:, None, side_b]
+        similarity = similarity.where(valid_a | valid_b, similarity - 4)  # masked-masked: after every real link
+        similarity = similarity.masked_fill(valid_a != valid_b, float("-inf"))
     best_similarity, best_b = similarity.max(dim=-1)
     order = best_similarity.argsort(dim=-1, descending=True)
     merged_a = order[:, :num_merge]
@@ -464,7 +537,11 @@ def merge_tokens(
     hidden_states = torch.cat([hidden_states[:, :num_prefix_tokens], merged.to(hidden_states.dtype)], dim=1)
     token_sizes = torch.cat([token_sizes[:, :num_prefix_tokens], sizes_a.gather(1, unmerged_a), new_sizes_b], dim=1)
     patch_ids = torch.cat([patch_ids[:, side_a].gather(1, unmerged_a), patch_ids[:, side_b]], dim=1)
-    return hidden_states, token_sizes, patch_ids
+    if key_mask is not None:
+        key_mask = torch.cat(
+            [key_mask[:, :num_prefix_tokens], valid[:, side_a].gather(1, unmerged_a), valid[:, side_b]], dim=1
+        )
+    return MergedTokens(hidden_states, token_sizes, patch_ids, key_mask)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -627,22 +704,34 @@ class ReductionState:
             while every token stands for one patch.
         kept_patch_indices (`tuple[torch.LongTensor]`): one entry per reducing layer so far, each `(batch, kept)`:
             the patch ids of the candidates that layer kept (see [`ReductionState.patch_ids`]).
+        key_mask (`torch.BoolTensor` of shape `(batch, tokens)`, *optional*): the attention mask over the current
+            tokens (True = attended as a key), gathered along with them; `None` without a mask.
+        layer_mask (*optional*): the layers' attention mask for the current tokens, rebuilt from `key_mask` once a
+            reduction changed them (`None`: no mask needed); the string `"model"` while the model's own mask still
+            fits (no reduction has changed the tokens).
     """
 
     patch_ids: torch.Tensor
     token_sizes: torch.Tensor | None = None
     kept_patch_indices: tuple[torch.Tensor, ...] = ()
+    key_mask: torch.Tensor | None = None
+    layer_mask: Any = "model"
 
     @classmethod
-    def start(cls, hidden_states: torch.Tensor, num_prefix_tokens: int) -> "ReductionState":
+    def start(
+        cls, hidden_states: torch.Tensor, num_prefix_tokens: int, key_mask: torch.Tensor | None = None
+    ) -> "ReductionState":
         """The state of a forward pass before any reduction: candidate `c` is patch `c`.
 
         Args:
             hidden_states (`torch.Tensor` of shape `(batch, prefix + patches, hidden)`).
             num_prefix_tokens (`int`).
+            key_mask (`torch.Tensor` of shape `(batch, prefix + patches)`, *optional*): the attention mask, 1 / True =
+                attended, 0 / False = masked (padding); bool, integer or floating point holding only 0 and 1.
 
         Raises:
-            ValueError: if the sequence holds no token beyond the prefix.
+            ValueError: if the sequence holds no token beyond the prefix, or for a mask of another shape, other values,
+                or one that masks every patch token of an image.
         """
         batch_size, num_tokens = hidden_states.shape[:2]
         if num_tokens <= num_prefix_tokens:
@@ -651,13 +740,43 @@ class ReductionState:
                 "to prune (is num_prefix_tokens right for this backbone?)."
             )
         patch_ids = torch.arange(num_tokens - num_prefix_tokens, device=hidden_states.device).expand(batch_size, -1)
-        return cls(patch_ids=patch_ids)
+        if key_mask is not None:
+            key_mask = check_key_mask(key_mask, batch_size, num_tokens, num_prefix_tokens)
+        return cls(patch_ids=patch_ids, key_mask=key_mask)
 
     def attention_bias(self, dtype: torch.dtype) -> torch.Tensor | None:
         """ToMe's proportional attention: `log(token_sizes)` as an additive bias `(batch, 1, 1, tokens)`, or `None`."""
         if self.token_sizes is None:
             return None
         return self.token_sizes.log().to(dtype)[:, None, None, :]
+
+
+def check_key_mask(mask: torch.Tensor, batch_size: int, num_tokens: int, num_prefix_tokens: int) -> torch.Tensor:
+    """A `(batch, tokens)` attention mask as booleans (True = attended), checked.
+
+    Raises:
+        ValueError: naming the expected shape `(batch, tokens)` for a mask of another shape (a 4-D mask cannot follow
+            the tokens through pruning), for values other than 0 / 1, or for a mask that masks every patch token of an
+            image (nothing would be left to attend to).
+    """
+    if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (batch_size, num_tokens):
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(
+            f"attention_mask has shape {shape}; expected (batch, tokens) = ({batch_size}, {num_tokens}): one entry per "
+            f"token ({num_prefix_tokens} prefix tokens, then the patches), 1 = attended, 0 = masked. A 4-D mask cannot "
+            "follow the tokens through pruning."
+        )
+    if mask.dtype != torch.bool:
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError("attention_mask must hold 0 / 1 (or booleans): 1 = attended, 0 = masked.")
+        mask = mask != 0
+    empty = ~mask[:, num_prefix_tokens:].any(dim=1)
+    if bool(empty.any()):
+        image = int(empty.nonzero()[0, 0])
+        raise ValueError(
+            f"attention_mask masks every patch token of image {image}: nothing would be left to attend to or to keep."
+        )
+    return mask
 
 
 @dataclass(frozen=True)
@@ -803,9 +922,11 @@ class AttentionPruner(TokenReducer):
         num_candidates = hidden_states.shape[1] - self.num_prefix_tokens
         if amount >= num_candidates:  # keeps everything: an ordinary layer that lists what it kept
             kept = (*state.kept_patch_indices, state.patch_ids)
-            return hidden_states, ReductionState(state.patch_ids, state.token_sizes, kept)
+            return hidden_states, ReductionState(
+                state.patch_ids, state.token_sizes, kept, state.key_mask, state.layer_mask
+            )
         scores = self.score(statistic, hidden_states.shape[0], num_candidates, hidden_states.device)
-        hidden_states, patch_ids, kept = prune_tokens(
+        pruned = prune_tokens(
             hidden_states,
             scores,
             amount,
@@ -813,8 +934,10 @@ class AttentionPruner(TokenReducer):
             state.patch_ids,
             fuse=self.settings.fuse_pruned,
             fusion_temperature=self.settings.fusion_temperature,
+            key_mask=state.key_mask,
         )
-        return hidden_states, ReductionState(patch_ids, state.token_sizes, (*state.kept_patch_indices, kept))
+        kept = (*state.kept_patch_indices, pruned.kept_patch_ids)
+        return pruned.hidden_states, ReductionState(pruned.patch_ids, state.token_sizes, kept, pruned.key_mask)
 
     def _schedule_step(self, amount, num_candidates):
         return amount, int(self.settings.fuse_pruned and amount < num_candidates)
@@ -931,11 +1054,11 @@ class ToMeMerger(TokenReducer):
         sizes = state.token_sizes
         if sizes is None:
             sizes = hidden_states.new_ones(hidden_states.shape[:2], dtype=torch.float32)
-        hidden_states, sizes, patch_ids = merge_tokens(
-            hidden_states, sizes, statistic, amount, self.num_prefix_tokens, state.patch_ids
+        merged = merge_tokens(
+            hidden_states, sizes, statistic, amount, self.num_prefix_tokens, state.patch_ids, state.key_mask
         )
-        kept = (*state.kept_patch_indices, patch_ids)
-        return hidden_states, ReductionState(patch_ids=patch_ids, token_sizes=sizes, kept_patch_indices=kept)
+        kept = (*state.kept_patch_indices, merged.patch_ids)
+        return merged.hidden_states, ReductionState(merged.patch_ids, merged.token_sizes, kept, merged.key_mask)
 
     def _schedule_step(self, amount, num_candidates):
         return num_candidates - amount, 0
@@ -990,38 +1113,69 @@ class TokenReduction:
     It keeps the [`ReductionState`] entering each layer, so a layer that runs again for the same forward pass (as
     gradient checkpointing recomputes it during the backward pass) sees the state it saw the first time.
 
+    With an attention mask, the key mask (`(batch, tokens)`, True = attended) travels with the tokens: masked tokens
+    are never kept ahead of unmasked ones, never fused or merged with them, and after each reduction the layers'
+    mask is rebuilt for the tokens left by `mask_builder` (the model's own mask function, so its form, boolean for
+    SDPA or additive for eager attention, is the model's). Until a reduction changes the tokens the layers use the
+    model's own mask, so a run that drops nothing equals the stock model exactly.
+
     Args:
         reducer ([`TokenReducer`]).
         num_prefix_tokens (`int`): as the reducer's.
         state ([`ReductionState`], *optional*): the state before the first layer; by default every token stands for
             one patch, in grid order ([`ReductionState.start`]).
+        key_mask (`torch.Tensor` of shape `(batch, prefix + patches)`, *optional*): the attention mask the model was
+            given (1 = attended, 0 = masked), checked by [`check_key_mask`] at the first layer.
+        mask_builder (`Callable[[hidden_states, key_mask], mask]`, *optional*): the layers' attention mask for the
+            given tokens and key mask; required with `key_mask`.
+
+    Raises:
+        ValueError: with `key_mask` but no `mask_builder`.
     """
 
-    def __init__(self, reducer: TokenReducer, num_prefix_tokens: int, state: ReductionState | None = None):
+    def __init__(
+        self,
+        reducer: TokenReducer,
+        num_prefix_tokens: int,
+        state: ReductionState | None = None,
+        key_mask: torch.Tensor | None = None,
+        mask_builder=None,
+    ):
+        if key_mask is not None and mask_builder is None:
+            raise ValueError("a TokenReduction with a key_mask needs the mask_builder that rebuilds the layers' mask.")
         self.reducer = reducer
         self.num_prefix_tokens = num_prefix_tokens
+        self.key_mask = key_mask
+        self.mask_builder = mask_builder
         self._entering: dict[int, ReductionState] = {}
         self._leaving: dict[int, ReductionState] = {}
         self._current: ReductionState | None = state
 
     @classmethod
-    def from_config(cls, config, num_prefix_tokens: int) -> "TokenReduction | None":
+    def from_config(cls, config, num_prefix_tokens: int, key_mask=None, mask_builder=None) -> "TokenReduction | None":
         """The reduction `config`'s pruning fields describe, or `None` when pruning is off (`pruning_method=None`)."""
         reducer = reducer_from_config(config, num_prefix_tokens)
-        return None if reducer is None else cls(reducer, num_prefix_tokens)
+        return None if reducer is None else cls(reducer, num_prefix_tokens, None, key_mask, mask_builder)
 
-    def enter(self, layer_idx: int, hidden_states: torch.Tensor) -> tuple[LayerPlan, torch.Tensor | None]:
+    def enter(
+        self, layer_idx: int, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[LayerPlan, torch.Tensor | None]:
         """Plan layer `layer_idx` for the tokens `hidden_states` `(batch, prefix + candidates, hidden)` entering it.
 
+        Args:
+            layer_idx (`int`), hidden_states (`torch.Tensor`).
+            attention_mask (*optional*): the mask the model handed the layer (for its original tokens).
+
         Returns:
-            `(plan, attention_bias)`: the [`LayerPlan`], and an additive attention bias `(batch, 1, 1, tokens)` the
-            layer must add to its attention logits (ToMe's proportional attention), or `None`.
+            `(plan, attention_mask)`: the [`LayerPlan`], and the mask the layer's attention must use: the model's
+            while the tokens are the original ones, else the rebuilt one, plus ToMe's proportional-attention bias
+            `log(size)` (additive, `(batch, 1, 1, tokens)`) once tokens were merged.
         """
         state = self._entering.get(layer_idx)
         if state is None:
             state = self._current
             if state is None:
-                state = ReductionState.start(hidden_states, self.num_prefix_tokens)
+                state = ReductionState.start(hidden_states, self.num_prefix_tokens, self.key_mask)
             self._entering[layer_idx] = state
         num_candidates = int(hidden_states.shape[1]) - self.num_prefix_tokens  # int(): a tensor while tracing
         amount = self.reducer.amount(layer_idx, num_candidates)
@@ -1029,7 +1183,15 @@ class TokenReduction:
         if amount is not None and self.reducer.needs_statistic(amount, num_candidates):
             statistic = self.reducer.statistic
         plan = LayerPlan(layer_idx, num_candidates, amount, statistic)
-        return plan, state.attention_bias(hidden_states.dtype)
+        mask = attention_mask if isinstance(state.layer_mask, str) else state.layer_mask
+        bias = state.attention_bias(hidden_states.dtype)
+        if bias is not None:
+            if mask is not None and mask.dtype == torch.bool:  # SDPA's boolean mask, made additive to take the bias
+                mask = torch.zeros(mask.shape, dtype=bias.dtype, device=mask.device).masked_fill(
+                    ~mask, torch.finfo(bias.dtype).min
+                )
+            mask = bias if mask is None else mask + bias
+        return plan, mask
 
     def exit(self, plan: LayerPlan, hidden_states: torch.Tensor, statistic: torch.Tensor | None) -> torch.Tensor:
         """Reduce the tokens after layer `plan.layer_idx`'s attention residual, as planned.
@@ -1042,9 +1204,11 @@ class TokenReduction:
         Returns:
             `torch.Tensor` of shape `(batch, prefix + candidates', hidden)`.
         """
-        state = self._entering[plan.layer_idx]
+        entering = state = self._entering[plan.layer_idx]
         if plan.amount is not None:
-            hidden_states, state = self.reducer.reduce(hidden_states, statistic, state, plan.amount)
+            hidden_states, state = self.reducer.reduce(hidden_states, statistic, entering, plan.amount)
+            if state.key_mask is not None and state.key_mask is not entering.key_mask:  # the tokens changed
+                state.layer_mask = self.mask_builder(hidden_states, state.key_mask)
         if plan.layer_idx not in self._leaving:  # a recomputation must not move the pass's end state back
             self._leaving[plan.layer_idx] = state
             self._current = state
@@ -1124,17 +1288,21 @@ __all__ = [
     "MedADPruner",
     "PruningSettings",
     "RandomPruner",
+    "MergedTokens",
+    "PrunedTokens",
     "ReductionState",
     "ToMeMerger",
     "TokenReducer",
     "TokenReduction",
     "VariancePruner",
     "attention_with_statistic",
+    "check_key_mask",
     "class_attention_row",
     "default_prune_layers",
     "entropy_scores",
     "evit_scores",
     "exact_keep_count",
+    "fusion_weights",
     "gather_tokens",
     "medad_scores",
     "merge_tokens",

@@ -207,10 +207,13 @@ def test_image_size_mismatch_is_an_error_unless_interpolating():
     assert out.kept_patch_indices[0].max() < 36
 
 
-def test_attention_mask_with_pruning_is_an_error(pixel_values):
+def test_an_all_ones_attention_mask_changes_nothing_under_pruning(pixel_values):
+    """tests/test_masks.py covers masks that mask something."""
     _, model = _stock_and_pruned(keep_rate=0.5)
-    with pytest.raises(ValueError, match="attention_mask cannot be combined with patch pruning"):
-        model(pixel_values=pixel_values, attention_mask=torch.ones(3, 17))
+    with torch.no_grad():
+        plain = model(pixel_values=pixel_values)
+        masked = model(pixel_values=pixel_values, attention_mask=torch.ones(3, 17))
+    assert torch.equal(plain.logits, masked.logits)
 
 
 def test_set_pruning_validates_and_leaves_the_config_unchanged_on_error():
