@@ -87,6 +87,22 @@ class PrunedViTConfig(ViTConfig):
             last stride step is not seen (as `Conv2d` without padding), e.g. 8 px for 224 px, 16 px patches, stride 10.
             Changing it changes the number of position embeddings: load a checkpoint with another stride through
             `from_pretrained(..., patch_stride=...)`, which resizes them (and then needs fine-tuning).
+        entropy_axis (`str`, *optional*, defaults to `"query"`):
+            The distribution whose entropy `pruning_method="entropy"` measures (the abstract of arXiv:2604.03803 does
+            not say): `"query"` the token's own attention row, `"key"` the attention the token receives (its column,
+            normalised), `"heads"` the class token's attention to it normalised over heads. docs/entropy.md measures
+            each.
+        bspf_block (`int`, *optional*, defaults to 3), bspf_joint (`str`, *optional*, defaults to `"mean"`):
+            `pruning_method="bspf"` (BSPF-ViT, reconstructed from the abstract of arXiv:2507.12125): the odd size of
+            the patch-grid neighbourhood its scores are smoothed over, and how a token's key and query roles are
+            combined (`"mean"` or `"product"`). See docs/bspf.md.
+        tie_query_key (`bool`, *optional*, defaults to `False`):
+            One projection for queries and keys (BSPF-ViT's shared Q/K weights): the attention logits are symmetric
+            and each layer has no `k_proj`. Load an untied checkpoint with `from_pretrained(...,
+            tie_query_key=True, tied_qk_init="mean" | "query")`: the shared projection starts as the mean of the two,
+            or as the query projection (such a model needs fine-tuning).
+        tied_qk_init (`str`, *optional*): how a tied model's projection was initialised (recorded, `"mean"` or
+            `"query"`).
         tome_r (`int` or `list[int]`, *optional*, defaults to 8):
             Tokens merged per layer by `pruning_method="tome"` (ToMe's `r`), >= 0; a list gives one value per layer
             (`num_hidden_layers` values). A layer merges at most half of its non-prefix tokens.
@@ -112,7 +128,12 @@ class PrunedViTConfig(ViTConfig):
     fusion_temperature: int | float = 0.1
     renyi_alpha: int | float = 1.0
     tome_r: int | list[int] = 8
+    entropy_axis: str = "query"
+    bspf_block: int = 3
+    bspf_joint: str = "mean"
     patch_stride: int | None = None
+    tie_query_key: bool = False
+    tied_qk_init: str | None = None
 
     def __post_init__(self, **kwargs):
         # A config dict read from a plain ViT/DeiT checkpoint carries its own `model_type`: never let it shadow ours.
@@ -121,6 +142,8 @@ class PrunedViTConfig(ViTConfig):
         self.prune_layers, self.keep_rate, self.tome_r = settings.prune_layers, settings.keep_rate, settings.tome_r
         self.check_pruning_fields()
         self.check_patch_stride()
+        if self.tied_qk_init not in (None, "mean", "query"):
+            raise ValueError(f"tied_qk_init must be 'mean', 'query' or None, got {self.tied_qk_init!r}.")
         super().__post_init__(**kwargs)
 
     def check_pruning_fields(self) -> None:
@@ -186,7 +209,7 @@ class PrunedViTConfig(ViTConfig):
         have too few layers for them). `id2label` / `label2id` go in too, so a new head's labels agree with
         `num_labels` from the start."""
         config_dict = dict(config_dict)
-        for name in (*PRUNING_FIELDS, "patch_stride", "id2label", "label2id"):
+        for name in (*PRUNING_FIELDS, "patch_stride", "tie_query_key", "tied_qk_init", "id2label", "label2id"):
             if name in kwargs:
                 config_dict[name] = kwargs.pop(name)
         return super().from_dict(config_dict, **kwargs)

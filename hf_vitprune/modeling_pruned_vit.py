@@ -104,8 +104,14 @@ class PrunedViTAttention(ViTAttention):
     statistic)`: with `statistic=None` exactly what [`~transformers.ViTAttention`] computes, plus `None`; otherwise the
     statistic of `token_reduction.attention_with_statistic` (the class token's attention row is computed on the side
     of SDPA at about 1/N of the cost of the full matrix; the full matrix, when a method needs it, is computed once in
-    float32 and used for the output too).
+    float32 and used for the output too). With `config.tie_query_key` the module has no `k_proj`: the keys are the
+    queries, so the attention logits are symmetric (BSPF-ViT's shared Q/K weights).
     """
+
+    def __init__(self, config: PrunedViTConfig):
+        super().__init__(config)
+        if getattr(config, "tie_query_key", False):
+            self.k_proj = None
 
     def forward(
         self,
@@ -119,7 +125,10 @@ class PrunedViTAttention(ViTAttention):
         hidden_shape = (*input_shape, -1, self.head_dim)
 
         query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-        key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        if self.k_proj is None:  # tied query / key projection: symmetric logits
+            key_states = query_states
+        else:
+            key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
@@ -394,15 +403,61 @@ class PrunedViTPreTrainedModel(ViTPreTrainedModel):
         then moves it to the stride-12 grid with [`with_patch_stride`]: the patch projection is unchanged, the
         position embeddings are resized (bicubic), the prefix tokens' kept. Such a model needs fine-tuning. A
         checkpoint saved with a stride loads as it is. Pruning fields go in as keyword arguments, as for any config
-        field.
+        field. `tie_query_key=True` with `tied_qk_init="mean"` or `"query"` loads a checkpoint with separate query and
+        key projections and ties them ([`tie_query_key_weights`]).
+
+        Raises:
+            ValueError: for `tie_query_key=True` on an untied checkpoint without `tied_qk_init`, or `False` on a tied
+                one.
         """
-        if "patch_stride" not in kwargs:
+        tie = kwargs.pop("tie_query_key", None)
+        tie_init = kwargs.pop("tied_qk_init", None)
+        if tie is not None:
+            tied_checkpoint = cls.config_class.get_config_dict(pretrained_model_name_or_path)[0].get("tie_query_key")
+            if bool(tie) != bool(tied_checkpoint):
+                if not tie:
+                    raise ValueError(
+                        f"{pretrained_model_name_or_path!r} has one projection for queries and keys "
+                        "(tie_query_key=True): it cannot be untied; load it without tie_query_key."
+                    )
+                if tie_init not in ("mean", "query"):
+                    raise ValueError(
+                        f"{pretrained_model_name_or_path!r} has separate query and key weights: to tie them, say how "
+                        "the shared projection starts: tied_qk_init='mean' (their mean) or 'query' (the query's)."
+                    )
+            else:
+                tie = None  # the checkpoint already is as asked
+        if "patch_stride" not in kwargs and tie is None:
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        patch_stride = kwargs.pop("patch_stride")
+        patch_stride = kwargs.pop("patch_stride", "unchanged")
         loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        if isinstance(loaded, tuple):  # output_loading_info=True
-            return (loaded[0].with_patch_stride(patch_stride), *loaded[1:])
-        return loaded.with_patch_stride(patch_stride)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True gives a tuple
+        if tie:
+            model.tie_query_key_weights(tie_init)
+        if patch_stride != "unchanged":
+            model = model.with_patch_stride(patch_stride)
+        return (model, *loaded[1:]) if isinstance(loaded, tuple) else model
+
+    @torch.no_grad()
+    def tie_query_key_weights(self, init: str) -> None:
+        """Share one projection between queries and keys in every attention layer, in place (BSPF-ViT's symmetric
+        attention, reconstructed from the abstract of arXiv:2507.12125): the shared projection is the mean of the
+        query and key projections (`init="mean"`) or the query projection (`"query"`); `k_proj` is removed and
+        `config.tie_query_key` set. The model then needs fine-tuning (docs/bspf.md measures top-1 before it).
+
+        Raises:
+            ValueError: for another `init`.
+        """
+        if init not in ("mean", "query"):
+            raise ValueError(f"init must be 'mean' or 'query', got {init!r}.")
+        for module in self.modules():
+            if isinstance(module, PrunedViTAttention) and module.k_proj is not None:
+                if init == "mean":
+                    module.q_proj.weight.copy_((module.q_proj.weight + module.k_proj.weight) / 2)
+                    if module.q_proj.bias is not None:
+                        module.q_proj.bias.copy_((module.q_proj.bias + module.k_proj.bias) / 2)
+                module.k_proj = None
+        self.config.tie_query_key, self.config.tied_qk_init = True, init
 
     def with_patch_stride(self, patch_stride: int | None) -> "PrunedViTPreTrainedModel":
         """This model with another patch stride: same weights, position embeddings resized to the new grid.
@@ -545,7 +600,11 @@ class PrunedViTModel(PrunedViTPreTrainedModel):
             attention_mask=attention_mask,
         )
         token_reduction = TokenReduction.from_config(
-            self.config, self.config.num_prefix_tokens, key_mask, functools.partial(layer_attention_mask, self.config)
+            self.config,
+            self.config.num_prefix_tokens,
+            key_mask,
+            functools.partial(layer_attention_mask, self.config),
+            grid=self.config.patch_grid(int(pixel_values.shape[-2]), int(pixel_values.shape[-1])),
         )
         hidden_states = embedding_output
         for layer in self.layers:

@@ -22,6 +22,7 @@ This file is shipped to the Hugging Face Hub with `trust_remote_code`: it stays 
 """
 
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -37,9 +38,11 @@ from torch import nn
 CLASS_ATTENTION = "class_attention"
 """The class token's softmax attention to each candidate token, per head: `(batch, heads, candidates)`, float32."""
 ATTENTION = "attention"
-"""Every candidate token's own softmax attention row: `(batch, heads, candidates, tokens)`, float32."""
+"""The layer's full softmax attention matrix: `(batch, heads, tokens, tokens)` (query rows, key columns), float32."""
 KEYS = "keys"
 """The keys averaged over heads: `(batch, tokens, head_dim)`, float32 (ToMe's similarity)."""
+ATTENTION_AND_KEYS = "attention_and_keys"
+"""Both: `(attention (batch, heads, tokens, tokens), keys (batch, tokens, head_dim))` (BSPF-ViT)."""
 
 
 def class_attention_row(
@@ -91,8 +94,9 @@ def attention_with_statistic(
 
     - `statistic=None`, [`CLASS_ATTENTION`] or [`KEYS`]: the attention runs through `attention_interface` (the
       model's configured implementation, SDPA by default) and the statistic is computed on the side.
-    - [`ATTENTION`]: the full attention matrix is needed, so it is computed once, in float32, and used for the
-      layer's own output too (eager attention at this layer only, as transformers' `eager_attention_forward`).
+    - [`ATTENTION`] (and [`ATTENTION_AND_KEYS`]): the full attention matrix is needed, so it is computed once, in
+      float32, and used for the layer's own output too (eager attention at this layer only, as transformers'
+      `eager_attention_forward`).
 
     Args:
         module (`nn.Module`): the attention module (passed on to `attention_interface`).
@@ -111,7 +115,7 @@ def attention_with_statistic(
     Raises:
         ValueError: for an unknown `statistic`.
     """
-    if statistic == ATTENTION:
+    if statistic in (ATTENTION, ATTENTION_AND_KEYS):
         logits = torch.matmul(query_states, key_states.transpose(2, 3)) * scaling
         if attention_mask is not None:
             logits = (
@@ -123,7 +127,9 @@ def attention_with_statistic(
         attn_weights = probabilities.to(query_states.dtype)
         dropped = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
         attn_output = torch.matmul(dropped, value_states).transpose(1, 2).contiguous()
-        return attn_output, attn_weights, probabilities[:, :, num_prefix_tokens:]
+        if statistic == ATTENTION_AND_KEYS:
+            return attn_output, attn_weights, (probabilities, key_states.float().mean(dim=1))
+        return attn_output, attn_weights, probabilities
     attn_output, attn_weights = attention_interface(
         module, query_states, key_states, value_states, attention_mask, dropout=dropout, scaling=scaling, **kwargs
     )
@@ -137,7 +143,8 @@ def attention_with_statistic(
         )
     if statistic == KEYS:
         return attn_output, attn_weights, key_states.float().mean(dim=1)
-    raise ValueError(f"Unknown attention statistic {statistic!r}; known: {[CLASS_ATTENTION, ATTENTION, KEYS]}.")
+    known = [CLASS_ATTENTION, ATTENTION, KEYS, ATTENTION_AND_KEYS]
+    raise ValueError(f"Unknown attention statistic {statistic!r}; known: {known}.")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -248,21 +255,68 @@ def renyi_entropy(probabilities: torch.Tensor, alpha: float, dim: int = -1) -> t
 
 
 def entropy_scores(token_attention: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
-    """Minus the Renyi entropy of each token's own attention distribution, averaged over heads.
+    """Minus the Renyi entropy of each token's own attention distribution (its query row), averaged over heads.
 
     A token whose attention is concentrated (low entropy) is more important. Source: Igaue & Aizawa, "Renyi Attention
-    Entropy for Patch Pruning" (arXiv:2604.03803, 2026; reconstructed from its abstract); `alpha == 1` is the
-    Shannon-entropy criterion of the same authors.
+    Entropy for Patch Pruning" (arXiv:2604.03803, 2026; reconstructed from its abstract: "Low-entropy patches, which
+    receive selective and concentrated attention, are kept as important"); `alpha == 1` is the Shannon-entropy
+    criterion of the same authors. The reading `entropy_axis="query"`.
 
     Args:
         token_attention (`torch.FloatTensor` of shape `(batch, heads, candidates, tokens)`): each candidate token's
             softmax attention over all tokens.
-        alpha (`float`): Renyi order, > 0 (1 = Shannon).
+        alpha (`float`): Renyi order, > 0 (1 = Shannon, inf = min-entropy).
 
     Returns:
         `torch.FloatTensor` of shape `(batch, candidates)`.
     """
     return -renyi_entropy(token_attention, alpha, dim=-1).mean(dim=1)
+
+
+def key_entropy_scores(attention: torch.Tensor, num_prefix_tokens: int, alpha: float = 1.0) -> torch.Tensor:
+    """Minus the Renyi entropy of the attention each token *receives* (its key column over all queries, class token
+    included, normalised to sum 1), averaged over heads: a token attended to by a few queries only scores high.
+
+    The reading `entropy_axis="key"` of arXiv:2604.03803's abstract ("patches, which receive selective and
+    concentrated attention"), reconstructed: the abstract does not say which distribution.
+
+    Args:
+        attention (`torch.FloatTensor` of shape `(batch, heads, tokens, tokens)`): the full softmax attention.
+        num_prefix_tokens (`int`): leading tokens that are not candidates (their columns are not scored; their rows,
+            the class token's among them, count as queries).
+        alpha (`float`): Renyi order.
+
+    Returns:
+        `torch.FloatTensor` of shape `(batch, candidates)`.
+    """
+    received = attention[..., num_prefix_tokens:]  # (batch, heads, queries, candidates)
+    distribution = received / received.sum(dim=2, keepdim=True).clamp_min(torch.finfo(received.dtype).tiny)
+    return -renyi_entropy(distribution, alpha, dim=2).mean(dim=1)
+
+
+def head_entropy_scores(class_attention: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """Minus the Renyi entropy, across heads, of the class token's attention to each token (normalised over heads): a
+    token that one or two heads single out scores high. Cheap: it needs only the class-attention row.
+
+    The reading `entropy_axis="heads"` of arXiv:2604.03803 (reconstructed; close to the variance / MedAD criteria of
+    arXiv:2507.19175, which also measure diversity across heads).
+
+    Args:
+        class_attention (`torch.FloatTensor` of shape `(batch, heads, candidates)`).
+        alpha (`float`): Renyi order.
+
+    Returns:
+        `torch.FloatTensor` of shape `(batch, candidates)`.
+    """
+    distribution = class_attention / class_attention.sum(dim=1, keepdim=True).clamp_min(
+        torch.finfo(class_attention.dtype).tiny
+    )
+    return -renyi_entropy(distribution, alpha, dim=1)
+
+
+ENTROPY_AXES = ("query", "key", "heads")
+"""The readings of "the entropy of the attention distribution": the token's own row, the column it receives, or the
+class token's attention to it across heads."""
 
 
 def random_scores(batch_size: int, num_candidates: int, device: torch.device | str) -> torch.Tensor:
@@ -404,19 +458,22 @@ def prune_tokens(
     ranking = scores if valid is None else scores.masked_fill(~valid, float("-inf"))
     order = ranking.argsort(dim=1, descending=True)
     kept = order[:, :num_keep]
-    prefix = torch.arange(num_prefix_tokens, device=order.device).expand(batch_size, -1)
-    output = gather_tokens(hidden_states, torch.cat([prefix, kept + num_prefix_tokens], dim=1))
+    prefix = hidden_states[:, :num_prefix_tokens]
     kept_patch_ids = patch_ids.gather(1, kept)
     new_mask = None if valid is None else torch.cat([key_mask[:, :num_prefix_tokens], valid.gather(1, kept)], dim=1)
     if not (fuse and num_keep < num_candidates):
+        output = torch.cat([prefix, gather_tokens(hidden_states, kept + num_prefix_tokens)], dim=1)
         return PrunedTokens(output, kept_patch_ids, kept_patch_ids, new_mask)
+    # one gather of every candidate in ranked order: the kept tokens lead, the pruned ones (fused) follow
+    ranked = gather_tokens(hidden_states, order + num_prefix_tokens)
     pruned = order[:, num_keep:]
     weights = fusion_weights(scores, pruned, fusion_temperature, valid).to(hidden_states.dtype)
-    fused = torch.bmm(weights.unsqueeze(1), gather_tokens(hidden_states, pruned + num_prefix_tokens))
+    fused = torch.bmm(weights.unsqueeze(1), ranked[:, num_keep:])
     new_patch_ids = torch.cat([kept_patch_ids, kept_patch_ids.new_full((batch_size, 1), -1)], dim=1)
     if new_mask is not None:
         new_mask = torch.cat([new_mask, valid.gather(1, pruned).any(dim=1, keepdim=True)], dim=1)
-    return PrunedTokens(torch.cat([output, fused], dim=1), new_patch_ids, kept_patch_ids, new_mask)
+    output = torch.cat([prefix, ranked[:, :num_keep], fused], dim=1)
+    return PrunedTokens(output, new_patch_ids, kept_patch_ids, new_mask)
 
 
 def fusion_weights(
@@ -544,6 +601,126 @@ def merge_tokens(
     return MergedTokens(hidden_states, token_sizes, patch_ids, key_mask)
 
 
+def joint_importance(attention: torch.Tensor, num_prefix_tokens: int, joint: str = "mean") -> torch.Tensor:
+    """BSPF-ViT's joint query / key importance of each candidate token, from its attention column and its row.
+
+    Reconstructed from the abstract of arXiv:2507.12125 ("Q and K tokens are pruned jointly"): a token is removed as a
+    query and as a key at once, so its score combines both roles. As a key: the attention it receives, averaged over
+    heads and queries (class token included). As a query: how concentrated its own attention row is (minus its
+    Shannon entropy, averaged over heads). `joint="mean"`: the mean of the two scores standardised over the image's
+    candidates; `joint="product"`: the attention received times `exp(-entropy)` (the row's effective
+    concentration). docs/bspf.md measures both.
+
+    Args:
+        attention (`torch.FloatTensor` of shape `(batch, heads, tokens, tokens)`): the full softmax attention.
+        num_prefix_tokens (`int`).
+        joint (`str`): `"mean"` or `"product"`.
+
+    Returns:
+        `torch.FloatTensor` of shape `(batch, candidates)`, higher = more important.
+
+    Raises:
+        ValueError: for another `joint`.
+    """
+    received = attention[..., num_prefix_tokens:].mean(dim=(1, 2))  # as a key
+    row_entropy = renyi_entropy(attention[:, :, num_prefix_tokens:], 1.0, dim=-1).mean(dim=1)  # as a query
+    if joint == "product":
+        return received * torch.exp(-row_entropy)
+    if joint == "mean":
+
+        def standardised(x):
+            return (x - x.mean(dim=1, keepdim=True)) / x.std(dim=1, keepdim=True).clamp_min(1e-12)
+
+        return (standardised(received) + standardised(-row_entropy)) / 2
+    raise ValueError(f"joint must be 'mean' or 'product', got {joint!r}.")
+
+
+def block_smooth(scores: torch.Tensor, patch_ids: torch.Tensor, grid: tuple[int, int], block: int) -> torch.Tensor:
+    """Each candidate's score averaged with the scores of the candidates in its `block x block` neighbourhood of the
+    2-D patch grid (BSPF-ViT's "block-based" judgement, reconstructed from the abstract of arXiv:2507.12125).
+
+    Only tokens still present count: at the grid's border and next to removed patches the average is over fewer
+    neighbours. A token with no grid position (patch id -1, e.g. a fused token) keeps its own score. `block=1`
+    returns the scores unchanged.
+
+    Args:
+        scores (`torch.FloatTensor` of shape `(batch, candidates)`).
+        patch_ids (`torch.LongTensor` of shape `(batch, candidates)`): each candidate's patch in the row-major grid.
+        grid (`(rows, cols)`): the patch grid.
+        block (`int`): odd neighbourhood size, at most the smaller grid side.
+
+    Returns:
+        `torch.FloatTensor` of shape `(batch, candidates)`.
+
+    Raises:
+        ValueError: for an even block, or one larger than the grid.
+    """
+    rows, cols = grid
+    if block % 2 == 0 or block < 1 or block > min(rows, cols):
+        raise ValueError(
+            f"the block size must be an odd number from 1 to the smaller side of the {rows}x{cols} patch grid, "
+            f"got {block}."
+        )
+    if block == 1:
+        return scores
+    batch_size, cells = scores.shape[0], rows * cols
+    placed = patch_ids >= 0
+    index = patch_ids.where(placed, cells)  # tokens without a position go to a spare cell past the grid
+    values = scores.new_zeros(batch_size, cells + 1).scatter(1, index, scores)[:, :cells]
+    present = scores.new_zeros(batch_size, cells + 1).scatter(1, index, torch.ones_like(scores))[:, :cells]
+    kernel = scores.new_ones(1, 1, block, block)
+
+    def neighbourhood_sum(grid_values: torch.Tensor) -> torch.Tensor:
+        return nn.functional.conv2d(grid_values.view(batch_size, 1, rows, cols), kernel, padding=block // 2).flatten(1)
+
+    averaged = neighbourhood_sum(values) / neighbourhood_sum(present).clamp_min(1)
+    return averaged.gather(1, index.clamp_max(cells - 1)).where(placed, scores)
+
+
+def similarity_fusion(
+    hidden_states: torch.Tensor,
+    token_sizes: torch.Tensor,
+    keys: torch.Tensor,
+    kept: torch.Tensor,
+    pruned: torch.Tensor,
+    num_prefix_tokens: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge each pruned token into its most similar kept token: size-weighted average, sizes summed.
+
+    BSPF-ViT's "similarity fusion" (reconstructed from the abstract of arXiv:2507.12125), written as ToMe's merge
+    (Bolya et al., ICLR 2023): cosine similarity of the keys averaged over heads; a kept token may absorb several;
+    the caller feeds `log(size)` to later layers (proportional attention). Computed in float32, cast back.
+
+    Args:
+        hidden_states (`torch.Tensor` of shape `(batch, prefix + candidates, hidden)`).
+        token_sizes (`torch.FloatTensor` of shape `(batch, prefix + candidates)`).
+        keys (`torch.Tensor` of shape `(batch, prefix + candidates, head_dim)`).
+        kept (`torch.LongTensor` of shape `(batch, k)`), pruned (`(batch, p)`): candidate indices.
+        num_prefix_tokens (`int`).
+
+    Returns:
+        `(hidden_states (batch, prefix + k, hidden), token_sizes (batch, prefix + k))`: prefix tokens unchanged, the
+        kept tokens in the order of `kept`.
+    """
+    prefix = num_prefix_tokens
+    metric = keys[:, prefix:].float()
+    metric = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    kept_metric = gather_tokens(metric, kept)
+    pruned_metric = gather_tokens(metric, pruned)
+    destination = (pruned_metric @ kept_metric.transpose(1, 2)).argmax(dim=-1)  # (batch, p): index into kept
+    candidates = hidden_states[:, prefix:].float()
+    sizes = token_sizes[:, prefix:]
+    kept_sizes, pruned_sizes = sizes.gather(1, kept), sizes.gather(1, pruned)
+    hidden_size = hidden_states.shape[-1]
+    absorbed = gather_tokens(candidates, pruned) * pruned_sizes.unsqueeze(-1)
+    summed = (gather_tokens(candidates, kept) * kept_sizes.unsqueeze(-1)).scatter_add(
+        1, destination.unsqueeze(-1).expand(-1, -1, hidden_size), absorbed
+    )
+    new_sizes = kept_sizes.scatter_add(1, destination, pruned_sizes)
+    merged = (summed / new_sizes.unsqueeze(-1)).to(hidden_states.dtype)
+    return torch.cat([hidden_states[:, :prefix], merged], dim=1), torch.cat([token_sizes[:, :prefix], new_sizes], dim=1)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Settings
 # ---------------------------------------------------------------------------------------------------------------------
@@ -574,6 +751,9 @@ _PRUNING_FIELDS = (
     "fusion_temperature",
     "renyi_alpha",
     "tome_r",
+    "entropy_axis",
+    "bspf_block",
+    "bspf_joint",
 )
 
 
@@ -591,6 +771,10 @@ class PruningSettings:
         fusion_temperature (`float`): > 0, temperature of the fusion softmax.
         renyi_alpha (`float`): > 0, order of the Renyi entropy (1 = Shannon, inf = min-entropy) of `"entropy"`.
         tome_r (`int` or `list[int]`): tokens ToMe merges per layer, >= 0 (a list: one per layer).
+        entropy_axis (`str`): which distribution `"entropy"` measures: `"query"` (the token's own attention row),
+            `"key"` (the attention it receives) or `"heads"` (the class token's attention to it across heads).
+        bspf_block (`int`): odd neighbourhood size on the patch grid over which `"bspf"` smooths the scores (1: none).
+        bspf_joint (`str`): how `"bspf"` combines a token's key and query roles: `"mean"` or `"product"`.
     """
 
     pruning_method: str | None = "variance"
@@ -600,6 +784,9 @@ class PruningSettings:
     fusion_temperature: float = 0.1
     renyi_alpha: float = 1.0
     tome_r: Any = 8
+    entropy_axis: str = "query"
+    bspf_block: int = 3
+    bspf_joint: str = "mean"
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -624,7 +811,16 @@ class PruningSettings:
         keep_rate = list(self.keep_rate) if isinstance(self.keep_rate, tuple) else self.keep_rate
         tome_r = list(self.tome_r) if isinstance(self.tome_r, tuple) else self.tome_r
         return PruningSettings(
-            self.pruning_method, keep_rate, layers, self.fuse_pruned, self.fusion_temperature, self.renyi_alpha, tome_r
+            self.pruning_method,
+            keep_rate,
+            layers,
+            self.fuse_pruned,
+            self.fusion_temperature,
+            self.renyi_alpha,
+            tome_r,
+            self.entropy_axis,
+            self.bspf_block,
+            self.bspf_joint,
         )
 
     def validate(self, num_hidden_layers: int) -> None:
@@ -678,6 +874,17 @@ class PruningSettings:
             )
         if not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in merges):
             raise ValueError(f"tome_r must be an integer >= 0 (or a list of them, one per layer), got {self.tome_r!r}.")
+        if not isinstance(self.bspf_block, int) or isinstance(self.bspf_block, bool) or self.bspf_block < 1:
+            raise ValueError(f"bspf_block must be an odd integer >= 1 (1: no smoothing), got {self.bspf_block!r}.")
+        if self.bspf_block % 2 == 0:
+            raise ValueError(f"bspf_block must be odd (a neighbourhood centred on the token), got {self.bspf_block}.")
+        if self.bspf_joint not in ("mean", "product"):
+            raise ValueError(f"bspf_joint must be 'mean' or 'product', got {self.bspf_joint!r}.")
+        if self.entropy_axis not in ENTROPY_AXES:
+            raise ValueError(
+                f"entropy_axis={self.entropy_axis!r} is not known: use one of {list(ENTROPY_AXES)} (the token's own "
+                "attention row, the attention it receives, or the class token's attention to it across heads)."
+            )
 
     def reducer(self, num_prefix_tokens: int) -> "TokenReducer | None":
         """The reducer these settings describe (`None` when pruning is off)."""
@@ -709,6 +916,7 @@ class ReductionState:
         layer_mask (*optional*): the layers' attention mask for the current tokens, rebuilt from `key_mask` once a
             reduction changed them (`None`: no mask needed); the string `"model"` while the model's own mask still
             fits (no reduction has changed the tokens).
+        grid (`(rows, cols)`, *optional*): the patch grid the patch ids index (for block-based methods).
     """
 
     patch_ids: torch.Tensor
@@ -716,10 +924,15 @@ class ReductionState:
     kept_patch_indices: tuple[torch.Tensor, ...] = ()
     key_mask: torch.Tensor | None = None
     layer_mask: Any = "model"
+    grid: tuple[int, int] | None = None
 
     @classmethod
     def start(
-        cls, hidden_states: torch.Tensor, num_prefix_tokens: int, key_mask: torch.Tensor | None = None
+        cls,
+        hidden_states: torch.Tensor,
+        num_prefix_tokens: int,
+        key_mask: torch.Tensor | None = None,
+        grid: tuple[int, int] | None = None,
     ) -> "ReductionState":
         """The state of a forward pass before any reduction: candidate `c` is patch `c`.
 
@@ -728,6 +941,8 @@ class ReductionState:
             num_prefix_tokens (`int`).
             key_mask (`torch.Tensor` of shape `(batch, prefix + patches)`, *optional*): the attention mask, 1 / True =
                 attended, 0 / False = masked (padding); bool, integer or floating point holding only 0 and 1.
+            grid (`(rows, cols)`, *optional*): the patch grid; by default the square one when the patch count is a
+                square number.
 
         Raises:
             ValueError: if the sequence holds no token beyond the prefix, or for a mask of another shape, other values,
@@ -742,7 +957,11 @@ class ReductionState:
         patch_ids = torch.arange(num_tokens - num_prefix_tokens, device=hidden_states.device).expand(batch_size, -1)
         if key_mask is not None:
             key_mask = check_key_mask(key_mask, batch_size, num_tokens, num_prefix_tokens)
-        return cls(patch_ids=patch_ids, key_mask=key_mask)
+        num_patches = num_tokens - num_prefix_tokens
+        side = math.isqrt(num_patches)
+        if grid is None and side * side == num_patches:
+            grid = (side, side)
+        return cls(patch_ids=patch_ids, key_mask=key_mask, grid=grid)
 
     def attention_bias(self, dtype: torch.dtype) -> torch.Tensor | None:
         """ToMe's proportional attention: `log(token_sizes)` as an additive bias `(batch, 1, 1, tokens)`, or `None`."""
@@ -923,7 +1142,7 @@ class AttentionPruner(TokenReducer):
         if amount >= num_candidates:  # keeps everything: an ordinary layer that lists what it kept
             kept = (*state.kept_patch_indices, state.patch_ids)
             return hidden_states, ReductionState(
-                state.patch_ids, state.token_sizes, kept, state.key_mask, state.layer_mask
+                state.patch_ids, state.token_sizes, kept, state.key_mask, state.layer_mask, state.grid
             )
         scores = self.score(statistic, hidden_states.shape[0], num_candidates, hidden_states.device)
         pruned = prune_tokens(
@@ -937,7 +1156,9 @@ class AttentionPruner(TokenReducer):
             key_mask=state.key_mask,
         )
         kept = (*state.kept_patch_indices, pruned.kept_patch_ids)
-        return pruned.hidden_states, ReductionState(pruned.patch_ids, state.token_sizes, kept, pruned.key_mask)
+        return pruned.hidden_states, ReductionState(
+            pruned.patch_ids, state.token_sizes, kept, pruned.key_mask, grid=state.grid
+        )
 
     def _schedule_step(self, amount, num_candidates):
         return amount, int(self.settings.fuse_pruned and amount < num_candidates)
@@ -1005,24 +1226,39 @@ class MedADPruner(AttentionPruner):
 
 
 class EntropyPruner(AttentionPruner):
-    """Keep the tokens whose own attention is most concentrated: minus the Renyi entropy of order `renyi_alpha` of
-    each token's attention row, averaged over heads (arXiv:2604.03803, reconstructed from its abstract).
-    Statistic: [`ATTENTION`] (the layer's full attention matrix, eager at that layer)."""
+    """Keep the tokens with the most concentrated attention: minus the Renyi entropy of order `renyi_alpha`
+    (arXiv:2604.03803, reconstructed from its abstract) of the distribution `entropy_axis` names: `"query"` the
+    token's own attention row (averaged over heads; statistic [`ATTENTION`], the full matrix, eager at that layer),
+    `"key"` the attention it receives (same statistic), `"heads"` the class token's attention to it across heads
+    (statistic [`CLASS_ATTENTION`], SDPA stays on)."""
 
     name = "entropy"
     statistic = ATTENTION
-    settings_used = AttentionPruner.settings_used + ("renyi_alpha",)
+    settings_used = AttentionPruner.settings_used + ("renyi_alpha", "entropy_axis")
+
+    def __init__(self, settings: PruningSettings, num_prefix_tokens: int):
+        super().__init__(settings, num_prefix_tokens)
+        self.statistic = CLASS_ATTENTION if settings.entropy_axis == "heads" else ATTENTION
 
     def score(self, statistic, batch_size, num_candidates, device):
-        return entropy_scores(statistic, self.settings.renyi_alpha)
+        alpha, axis = self.settings.renyi_alpha, self.settings.entropy_axis
+        if axis == "heads":
+            return head_entropy_scores(statistic, alpha)
+        if axis == "key":
+            return key_entropy_scores(statistic, self.num_prefix_tokens, alpha)
+        return entropy_scores(statistic[:, :, self.num_prefix_tokens :], alpha)
 
     @classmethod
     def label(cls, settings):
-        return f"entropy (α={settings.renyi_alpha:g})"
+        axis = "" if settings.entropy_axis == "query" else f", {settings.entropy_axis}"
+        return f"entropy (α={settings.renyi_alpha:g}{axis})"
 
     @classmethod
     def short_name(cls, settings, explicit=()):
-        return super().short_name(settings, explicit).replace("entropy", f"entropy(a={settings.renyi_alpha:g})", 1)
+        axis = "" if settings.entropy_axis == "query" else f",{settings.entropy_axis}"
+        return (
+            super().short_name(settings, explicit).replace("entropy", f"entropy(a={settings.renyi_alpha:g}{axis})", 1)
+        )
 
 
 class RandomPruner(AttentionPruner):
@@ -1033,6 +1269,73 @@ class RandomPruner(AttentionPruner):
 
     def score(self, statistic, batch_size, num_candidates, device):
         return random_scores(batch_size, num_candidates, device)
+
+
+class BSPFPruner(AttentionPruner):
+    """BSPF-ViT, reconstructed from the abstract of arXiv:2507.12125 ("Block-based Symmetric Pruning and Fusion"):
+    at each of `prune_layers`, score every candidate by its joint query / key importance ([`joint_importance`],
+    `bspf_joint`), smooth the scores over its `bspf_block x bspf_block` neighbourhood of the patch grid
+    ([`block_smooth`]), keep the best `ceil(keep_rate * candidates)`, and merge every other token into its most
+    similar kept token ([`similarity_fusion`]: no extra token; ToMe's sizes and proportional attention). The
+    symmetric attention of the abstract is the model option `tie_query_key` (one projection for queries and keys).
+    Statistic: [`ATTENTION_AND_KEYS`] (the full matrix, eager at the pruning layers). docs/bspf.md gives the source
+    sentence of each choice and what measured it."""
+
+    name = "bspf"
+    statistic = ATTENTION_AND_KEYS
+    settings_used = ("keep_rate", "prune_layers", "bspf_block", "bspf_joint")
+
+    def reduce(self, hidden_states, statistic, state, amount):
+        prefix = self.num_prefix_tokens
+        num_candidates = hidden_states.shape[1] - prefix
+        if amount >= num_candidates:
+            return super().reduce(hidden_states, statistic, state, amount)
+        if state.grid is None:
+            raise ValueError(
+                "bspf smooths scores over the patch grid, but the grid of this input is unknown (the patch count is "
+                "not a square number): pass the grid to TokenReduction."
+            )
+        attention, keys = statistic
+        scores = joint_importance(attention, prefix, self.settings.bspf_joint)
+        scores = block_smooth(scores, state.patch_ids, state.grid, self.settings.bspf_block)
+        valid = None if state.key_mask is None else state.key_mask[:, prefix:]
+        if valid is not None:
+            scores = scores.masked_fill(~valid, float("-inf"))
+        order = scores.argsort(dim=1, descending=True)
+        kept, pruned = order[:, :amount], order[:, amount:]
+        sizes = state.token_sizes
+        if sizes is None:
+            sizes = hidden_states.new_ones(hidden_states.shape[:2], dtype=torch.float32)
+        if valid is not None:  # a masked token is dropped, never merged into another
+            sizes = torch.cat([sizes[:, :prefix], sizes[:, prefix:].where(valid, 0)], dim=1)
+        hidden_states, sizes = similarity_fusion(hidden_states, sizes, keys, kept, pruned, prefix)
+        if valid is not None:
+            sizes = sizes.clamp_min(torch.finfo(sizes.dtype).tiny)  # a kept masked token weighs (almost) nothing
+        patch_ids = state.patch_ids.gather(1, kept)
+        key_mask = None
+        if valid is not None:
+            key_mask = torch.cat([state.key_mask[:, :prefix], valid.gather(1, kept)], dim=1)
+        record = (*state.kept_patch_indices, patch_ids)
+        return hidden_states, ReductionState(patch_ids, sizes, record, key_mask, grid=state.grid)
+
+    def _schedule_step(self, amount, num_candidates):
+        return amount, 0
+
+    @classmethod
+    def label(cls, settings):
+        return f"BSPF (block {settings.bspf_block}, {settings.bspf_joint})"
+
+    @classmethod
+    def short_name(cls, settings, explicit=()):
+        return f"bspf(b={settings.bspf_block},{settings.bspf_joint})@{_format_rate(settings.keep_rate)}"
+
+    @classmethod
+    def series(cls, settings):
+        return cls.label(settings)
+
+    @classmethod
+    def table_cells(cls, settings, explicit=()):
+        return _format_rate(settings.keep_rate), "similarity"
 
 
 class ToMeMerger(TokenReducer):
@@ -1058,7 +1361,9 @@ class ToMeMerger(TokenReducer):
             hidden_states, sizes, statistic, amount, self.num_prefix_tokens, state.patch_ids, state.key_mask
         )
         kept = (*state.kept_patch_indices, merged.patch_ids)
-        return merged.hidden_states, ReductionState(merged.patch_ids, merged.token_sizes, kept, merged.key_mask)
+        return merged.hidden_states, ReductionState(
+            merged.patch_ids, merged.token_sizes, kept, merged.key_mask, grid=state.grid
+        )
 
     def _schedule_step(self, amount, num_candidates):
         return num_candidates - amount, 0
@@ -1087,6 +1392,7 @@ REDUCERS: dict[str, type[TokenReducer]] = {
     "entropy": EntropyPruner,
     "random": RandomPruner,
     "tome": ToMeMerger,
+    "bspf": BSPFPruner,
 }
 """Every token-reduction method by its `pruning_method` name. Config validation, the command line's choices, the
 sweep and the docs read this registry: a new method is one `TokenReducer` subclass plus one line here."""
@@ -1128,6 +1434,8 @@ class TokenReduction:
             given (1 = attended, 0 = masked), checked by [`check_key_mask`] at the first layer.
         mask_builder (`Callable[[hidden_states, key_mask], mask]`, *optional*): the layers' attention mask for the
             given tokens and key mask; required with `key_mask`.
+        grid (`(rows, cols)`, *optional*): the patch grid of this input (block-based methods); by default the square
+            grid when the patch count is a square number.
 
     Raises:
         ValueError: with `key_mask` but no `mask_builder`.
@@ -1140,6 +1448,7 @@ class TokenReduction:
         state: ReductionState | None = None,
         key_mask: torch.Tensor | None = None,
         mask_builder=None,
+        grid: tuple[int, int] | None = None,
     ):
         if key_mask is not None and mask_builder is None:
             raise ValueError("a TokenReduction with a key_mask needs the mask_builder that rebuilds the layers' mask.")
@@ -1147,15 +1456,18 @@ class TokenReduction:
         self.num_prefix_tokens = num_prefix_tokens
         self.key_mask = key_mask
         self.mask_builder = mask_builder
+        self.grid = grid
         self._entering: dict[int, ReductionState] = {}
         self._leaving: dict[int, ReductionState] = {}
         self._current: ReductionState | None = state
 
     @classmethod
-    def from_config(cls, config, num_prefix_tokens: int, key_mask=None, mask_builder=None) -> "TokenReduction | None":
+    def from_config(
+        cls, config, num_prefix_tokens: int, key_mask=None, mask_builder=None, grid=None
+    ) -> "TokenReduction | None":
         """The reduction `config`'s pruning fields describe, or `None` when pruning is off (`pruning_method=None`)."""
         reducer = reducer_from_config(config, num_prefix_tokens)
-        return None if reducer is None else cls(reducer, num_prefix_tokens, None, key_mask, mask_builder)
+        return None if reducer is None else cls(reducer, num_prefix_tokens, None, key_mask, mask_builder, grid)
 
     def enter(
         self, layer_idx: int, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -1175,7 +1487,7 @@ class TokenReduction:
         if state is None:
             state = self._current
             if state is None:
-                state = ReductionState.start(hidden_states, self.num_prefix_tokens, self.key_mask)
+                state = ReductionState.start(hidden_states, self.num_prefix_tokens, self.key_mask, self.grid)
             self._entering[layer_idx] = state
         num_candidates = int(hidden_states.shape[1]) - self.num_prefix_tokens  # int(): a tensor while tracing
         amount = self.reducer.amount(layer_idx, num_candidates)
@@ -1207,8 +1519,10 @@ class TokenReduction:
         entering = state = self._entering[plan.layer_idx]
         if plan.amount is not None:
             hidden_states, state = self.reducer.reduce(hidden_states, statistic, entering, plan.amount)
-            if state.key_mask is not None and state.key_mask is not entering.key_mask:  # the tokens changed
-                state.layer_mask = self.mask_builder(hidden_states, state.key_mask)
+            if state.patch_ids is not entering.patch_ids:  # the tokens changed: the model's mask no longer fits
+                # without a key mask nothing is masked (a mask the model built anyway, e.g. while exporting, held
+                # only "attend"); with one, the mask is rebuilt for the tokens left
+                state.layer_mask = None if state.key_mask is None else self.mask_builder(hidden_states, state.key_mask)
         if plan.layer_idx not in self._leaving:  # a recomputation must not move the pass's end state back
             self._leaving[plan.layer_idx] = state
             self._current = state
@@ -1278,6 +1592,8 @@ def temporary_pruning(config, **changes) -> Iterator[None]:
 
 __all__ = [
     "ATTENTION",
+    "ATTENTION_AND_KEYS",
+    "BSPFPruner",
     "CLASS_ATTENTION",
     "KEYS",
     "REDUCERS",
@@ -1296,11 +1612,17 @@ __all__ = [
     "TokenReduction",
     "VariancePruner",
     "attention_with_statistic",
+    "block_smooth",
+    "joint_importance",
+    "similarity_fusion",
     "check_key_mask",
     "class_attention_row",
     "default_prune_layers",
+    "ENTROPY_AXES",
     "entropy_scores",
     "evit_scores",
+    "head_entropy_scores",
+    "key_entropy_scores",
     "exact_keep_count",
     "fusion_weights",
     "gather_tokens",

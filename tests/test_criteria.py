@@ -86,8 +86,9 @@ def test_each_criterion_reducer_scores_with_its_criterion():
         reducer = REDUCERS[name](PruningSettings(pruning_method=name).with_defaults(12), 1)
         assert torch.equal(reducer.score(A, 1, 3, "cpu"), expected), name
     rows = torch.tensor([[[[0.5, 0.25, 0.25], [1.0, 0.0, 0.0]], [[1 / 3, 1 / 3, 1 / 3], [1.0, 0.0, 0.0]]]])
+    full = torch.cat([torch.full((1, 2, 1, 3), 1 / 3), rows], dim=2)  # the class token's row first
     entropy = REDUCERS["entropy"](PruningSettings(pruning_method="entropy", renyi_alpha=2.0).with_defaults(12), 1)
-    assert torch.equal(entropy.score(rows, 1, 2, "cpu"), entropy_scores(rows, 2.0))
+    assert torch.equal(entropy.score(full, 1, 2, "cpu"), entropy_scores(rows, 2.0))
 
 
 def test_unknown_method_lists_the_registry():
