@@ -1,34 +1,52 @@
 """How much of the arithmetic saving of patch pruning turns into time: a benchmark that prints tables.
 
-For DeiT-S and DeiT-Tiny shapes (random weights: speed does not depend on them) at keep rates 0.9 / 0.7 / 0.5:
+Random-weight DeiT-S and DeiT-Tiny shapes (12 layers, 224 px, 16 px patches; speed does not depend on the weights).
+Every comparison is timed in interleaved rounds (`hf_vitprune.measure.time_interleaved` and `interleave` below):
+within a round each variant runs once, in a shuffled order, and speed-ups are computed within the round, so the
+machine's drift cancels; medians and min-max over rounds are printed. Tables:
 
-1. GMACs ratio to the unpruned model (unpruned / pruned, the ideal speed-up), measured speed-up, and their quotient
-   (goal: >= 0.95 at batch 64 on CPU, batch 256 in bf16 on a GPU);
-2. the same pruning computed under SDPA and under eager attention (how EViT / DynamicViT implement it);
-3. the pruning overhead: time in the class-attention row, the criterion, top-k, gather and fusion, as a share of a
-   pruning layer's time (goal: below 5 %);
-4. on CUDA, `torch.compile` and CUDA-graph (`mode="reduce-overhead"`) variants, with static keep rates.
+1. speed-up against the GMACs saving, at batch `--batch_size` and at batch 1 (latency median / p90), with the
+   realisation (speed-up / GMACs ratio; goals on CPU: >= 1.0 at batch 64, >= 0.9 at batch 1 for keep 0.7 and 0.5),
+   and the peak memory of a forward pass (resident-set growth of a fresh process); the `ceiling` rows keep the same
+   number of tokens with no selection work (the first tokens, no statistic, sort or fusion): the best any selection
+   could do on this machine;
+2. pruning under SDPA and under eager attention;
+3. the pruning overhead: time in the class-attention row, the criterion, the selection, gathers and fusion, as a share
+   of a pruning layer's time (torch.utils.benchmark; goal: below 5 %);
+4. a training step (forward, backward, AdamW) pruned against unpruned;
+5. one ViT layer against its token count;
+6. `torch.compile` (default mode; on CUDA also CUDA graphs, `reduce-overhead`) against eager;
+7. the ONNX export run by onnxruntime (CPU), pruned against the unpruned export, at batch 1 and 32;
+8. a torch.profiler table of one pruned forward pass at batch 1 (where the time goes).
 
-Run: `python benchmarks/speed.py --device cpu --batch_size 64 --output docs/benchmark_cpu.md`
-     `python benchmarks/speed.py --device cuda --batch_size 256 --dtype bf16 --compile --output docs/benchmark_gpu.md`
+Run: `python benchmarks/speed.py --device cpu --output docs/benchmark_cpu.md`
+     `python benchmarks/speed.py --device cuda --dtype bf16 --output docs/benchmark_gpu.md`
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import random
 import shlex
+import statistics
+import subprocess
 import sys
-from dataclasses import dataclass, field
+import tempfile
+import time
+from pathlib import Path
 
 import torch
 from torch.utils import benchmark as torch_benchmark
 
 from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification
-from hf_vitprune.measure import DTYPES, count_gmacs, measure_throughput, measure_training_throughput
+from hf_vitprune.measure import DTYPES, count_gmacs, device_name, time_interleaved
 from hf_vitprune.token_reduction import (
     CLASS_ATTENTION,
     KEYS,
+    REDUCERS,
+    AttentionPruner,
     ReductionState,
     TokenReduction,
     class_attention_row,
@@ -39,6 +57,7 @@ SHAPES = {
     "deit-small": dict(hidden_size=384, num_attention_heads=6, intermediate_size=1536),
     "deit-tiny": dict(hidden_size=192, num_attention_heads=3, intermediate_size=768),
 }
+TABLES = ("speed", "attention", "overhead", "training", "layer", "compile", "onnx", "profile")
 
 
 def build(shape: str, device: torch.device, **pruning) -> PrunedViTForImageClassification:
@@ -46,6 +65,139 @@ def build(shape: str, device: torch.device, **pruning) -> PrunedViTForImageClass
     torch.manual_seed(0)
     config = PrunedViTConfig(**SHAPES[shape], num_labels=1000, layer_norm_eps=1e-6, **pruning)
     return PrunedViTForImageClassification(config).to(device).eval()
+
+
+class KeepFirstTokens(AttentionPruner):
+    """Benchmark-only "method": keeps the first `ceil(keep_rate * candidates)` tokens and appends one (the next) in
+    place of the fused token, computing no statistic, no criterion, no sort and no fusion. Same token counts as the
+    pruning methods with fusion: its speed-up is the ceiling the selection work can reach on this machine."""
+
+    name = "ceiling"
+    statistic = None
+
+    def reduce(self, hidden_states, statistic, state, amount):
+        tokens = 1 + amount + 1
+        kept = (*state.kept_patch_indices, state.patch_ids[:, :amount])
+        return hidden_states[:, :tokens].contiguous(), ReductionState(state.patch_ids[:, : amount + 1], None, kept)
+
+
+REDUCERS.setdefault(KeepFirstTokens.name, KeepFirstTokens)
+
+
+def variants(args) -> list[tuple[str, dict]]:
+    """`(label, pruning fields)` of every timed setting: unpruned first (the reference), then each method at each keep
+    rate with fusion, then ToMe at each `r`, then the ceiling (same token counts, no selection work) at each keep
+    rate."""
+    out = [("unpruned", {"pruning_method": None})]
+    for method in args.methods:
+        for keep in args.keep_rates:
+            out.append((f"{method} {keep:g}", {"pruning_method": method, "keep_rate": keep, "fuse_pruned": True}))
+    out += [(f"tome r={r}", {"pruning_method": "tome", "tome_r": r}) for r in args.tome_r]
+    if args.ceiling:
+        out += [(f"ceiling {keep:g}", {"pruning_method": "ceiling", "keep_rate": keep}) for keep in args.keep_rates]
+    return out
+
+
+def interleave(steps: dict, rounds: int, warmup: int = 1, seed: int = 0) -> dict[str, list[float]]:
+    """Seconds of each callable in `steps`, one call per round, in shuffled order; `warmup` untimed calls each first."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    order, shuffler = list(steps), random.Random(seed)
+    seconds = {name: [] for name in steps}
+    for _ in range(rounds):
+        shuffler.shuffle(order)
+        for name in order:
+            start = time.perf_counter()
+            steps[name]()
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
+def spread(values: list[float]) -> str:
+    """`median (min–max)`."""
+    return f"{statistics.median(values):.2f}× ({min(values):.2f}–{max(values):.2f})"
+
+
+# 1. Speed-up against the GMACs saving ---------------------------------------------------------------------------------
+
+MEMORY_WORKER = """
+import json, resource, sys, torch
+sys.path.insert(0, sys.argv[2])
+from speed import build
+shape, fields, batch = json.loads(sys.argv[1])
+model = build(shape, torch.device("cpu"), **fields)
+x = torch.randn(batch, 3, 224, 224)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with torch.inference_mode():
+    model(pixel_values=x)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+def peak_memory_mib(shape: str, fields: dict, batch_size: int) -> float:
+    """Growth of the peak resident set (MiB) of a fresh process over one inference forward pass at `batch_size`, after
+    the model and the input exist: the activations' peak (CPU)."""
+    payload = json.dumps([shape, fields, batch_size])
+    result = subprocess.run([sys.executable, "-c", MEMORY_WORKER, payload, str(Path(__file__).parent)],
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def speed_table(args, device, dtype: str) -> list[str]:
+    lines = ["### 1. Speed-up against the GMACs saving", ""]
+    header = (f"| model | method | GMACs | GMACs ratio | images/s (batch {args.batch_size}) | speed-up (min–max) | "
+              "realisation | batch-1 ms (p90) | batch-1 speed-up | batch-1 realisation |")  # fmt: skip
+    if device.type == "cpu":
+        header += f" peak memory (MiB, batch {args.batch_size}) |"
+    protocol = None
+    rows = [header, "|" + "---|" * header.count(" | ")]
+    for shape in args.shapes:
+        model = build(shape, device)
+        settings = variants(args)
+        gmacs = []
+        for _, fields in settings:
+            with model.pruning(**fields):
+                gmacs.append(count_gmacs(model))
+        timings, protocol = time_interleaved(model, settings, batch_size=args.batch_size, rounds=args.rounds,
+                                             runs=args.runs, warmup=2, latency_runs=args.latency_runs, dtype=dtype,
+                                             device=device, seed=args.seed)  # fmt: skip
+        for (name, fields), macs, t in zip(settings, gmacs, timings):
+            ratio = gmacs[0] / macs
+            row = (f"| {shape} | {name} | {macs:.3f} | {ratio:.2f}× | {t.images_per_s:.1f} | "
+                   f"{t.speedup:.2f}× ({t.speedup_min:.2f}–{t.speedup_max:.2f}) | {t.speedup / ratio:.2f} | "
+                   f"{t.latency_ms:.1f} ({t.latency_p90_ms:.1f}) | {t.latency_speedup:.2f}× | "
+                   f"{t.latency_speedup / ratio:.2f} |")  # fmt: skip
+            if device.type == "cpu":
+                row += f" {peak_memory_mib(shape, fields, args.batch_size):.0f} |"
+            rows.append(row)
+        del model
+    return lines + [f"Protocol: {protocol}.", ""] + rows
+
+
+# 2. SDPA against eager ------------------------------------------------------------------------------------------------
+
+
+def attention_table(args, device, dtype: str) -> list[str]:
+    rows = ["### 2. Pruning under SDPA and under eager attention", "",
+            f"Interleaved rounds ({args.rounds}); batch {args.batch_size}.", "",
+            "| model | method | SDPA images/s | eager images/s | SDPA / eager (min–max) |",
+            "|---|---|---|---|---|"]  # fmt: skip
+    x = torch.randn(args.batch_size, 3, 224, 224, device=device)
+    for shape in args.shapes:
+        for name, fields in variants(args)[: 1 + len(args.keep_rates)]:
+            models = {impl: build(shape, device, **fields) for impl in ("sdpa", "eager")}
+            models["eager"].set_attn_implementation("eager")
+            steps = {impl: (lambda m=m: m(pixel_values=x)) for impl, m in models.items()}
+            with torch.inference_mode(), _autocast(device, dtype):
+                seconds = interleave(steps, args.rounds, seed=args.seed)
+            ratio = [e / s for s, e in zip(seconds["sdpa"], seconds["eager"])]
+            sdpa, eager = (args.batch_size / statistics.median(seconds[k]) for k in ("sdpa", "eager"))
+            rows.append(f"| {shape} | {name} | {sdpa:.1f} | {eager:.1f} | {spread(ratio)} |")
+    return rows
+
+
+# 3. Pruning overhead --------------------------------------------------------------------------------------------------
 
 
 def _side_statistic(kind: str | None, query: torch.Tensor, key: torch.Tensor, scaling: float):
@@ -63,17 +215,15 @@ def pruning_overhead(model, batch_size: int, dtype: str, device: torch.device) -
     """Time of the first pruning layer and of its pruning work alone, with torch.utils.benchmark (median).
 
     The pruning work is what the layer adds to an ordinary ViT layer: the attention statistic (class-attention row),
-    the criterion, the sort, the gathers and the fusion (the reducer's `reduce`), timed on the very tensors the layer
-    sees.
+    the criterion, the selection, the gathers and the fusion (the reducer's `reduce`), timed on the very tensors the
+    layer sees.
     """
     config = model.config
     reducer = reducer_from_config(config, 1)
     layer_idx = reducer.reducing_layers(model.vit.embeddings.patch_embeddings.num_patches, config.num_hidden_layers)[0]
     layer = model.vit.layers[layer_idx]
-    generator = torch.Generator().manual_seed(0)
-    pixel_values = torch.randn(batch_size, 3, 224, 224, generator=generator).to(device)
-    autocast = torch.autocast(device.type, dtype=DTYPES[dtype]) if DTYPES[dtype] else contextlib.nullcontext()
-    with torch.inference_mode(), autocast:
+    pixel_values = torch.randn(batch_size, 3, 224, 224, generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.inference_mode(), _autocast(device, dtype):
         hidden = model.vit.embeddings(pixel_values)
         for earlier in model.vit.layers[:layer_idx]:  # no reduction before the first pruning layer
             hidden = earlier(hidden)
@@ -99,23 +249,169 @@ def pruning_overhead(model, batch_size: int, dtype: str, device: torch.device) -
             "share": times["pruning"] / times["layer"]}  # fmt: skip
 
 
-def layer_time_by_tokens(shape: str, batch_size: int, dtype: str, device: torch.device, token_counts) -> list:
-    """Median time of one ViT layer (no pruning) at each token count, with torch.utils.benchmark.
-
-    Shows how far the time of a layer follows its MACs: a layer's MACs grow a little faster than linearly with the
-    token count (attention is quadratic), so time per token should fall slowly as tokens are removed.
-    """
-    model = build(shape, device, pruning_method=None)
-    layer = model.vit.layers[0]
-    rows = []
-    autocast = torch.autocast(device.type, dtype=DTYPES[dtype]) if DTYPES[dtype] else contextlib.nullcontext()
-    for tokens in token_counts:
-        hidden = torch.randn(batch_size, tokens, model.config.hidden_size, device=device)
-        with torch.inference_mode(), autocast:
-            timer = torch_benchmark.Timer(stmt="layer(hidden)", globals={"layer": layer, "hidden": hidden},
-                                          num_threads=torch.get_num_threads())  # fmt: skip
-            rows.append((shape, tokens, 1e3 * timer.blocked_autorange(min_run_time=1.0).median))
+def overhead_table(args, device, dtype: str) -> list[str]:
+    rows = ["### 3. Pruning overhead in the first pruning layer", "",
+            "Statistic + criterion + selection + gathers + fusion, against the whole layer (torch.utils.benchmark, "
+            "median), at the benchmark batch and at batch 1.", "",
+            "| model | method | batch | pruning layer (ms) | pruning work (ms) | share |",
+            "|---|---|---|---|---|---|"]  # fmt: skip
+    for shape in args.shapes:
+        for name, fields in variants(args)[1 : 1 + len(args.methods) * len(args.keep_rates)]:
+            model = build(shape, device, **fields)
+            for batch_size in (args.batch_size, 1):
+                o = pruning_overhead(model, batch_size, dtype, device)
+                rows.append(f"| {shape} | {name} | {batch_size} | {o['layer_ms']:.2f} | {o['pruning_ms']:.2f} | "
+                            f"{100 * o['share']:.1f} % |")  # fmt: skip
     return rows
+
+
+# 4. Training step -----------------------------------------------------------------------------------------------------
+
+
+def training_table(args, device, dtype: str) -> list[str]:
+    batch_size = args.train_batch_size or (32 if device.type == "cpu" else 128)
+    rows = ["### 4. Training step: forward + backward + AdamW, no data loading", "",
+            f"Batch {batch_size}, {dtype}; one step per variant and round, {args.rounds} interleaved rounds after 2 "
+            "warm-up steps each; speed-up per round against unpruned.", "",
+            "| model | method | training images/s | speed-up (min–max) |", "|---|---|---|---|"]  # fmt: skip
+    x = torch.randn(batch_size, 3, 224, 224, device=device)
+    labels = torch.randint(0, 1000, (batch_size,), device=device)
+    for shape in args.shapes:
+        settings = [v for v in variants(args) if v[1].get("keep_rate") in (None, *args.keep_rates)][
+            : 1 + len(args.keep_rates)
+        ]
+        steps = {}
+        for name, fields in settings:
+            model = build(shape, device, **fields).train()
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+
+            def step(model=model, optimizer=optimizer):
+                with _autocast(device, dtype):
+                    logits = model(pixel_values=x).logits
+                torch.nn.functional.cross_entropy(logits.float(), labels).backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+            steps[name] = step
+        seconds = interleave(steps, args.rounds, warmup=2, seed=args.seed)
+        for name, _ in settings:
+            ratios = [u / s for u, s in zip(seconds["unpruned"], seconds[name])]
+            rate = batch_size / statistics.median(seconds[name])
+            rows.append(f"| {shape} | {name} | {rate:.1f} | {spread(ratios)} |")
+    return rows
+
+
+# 5. One layer against its token count ---------------------------------------------------------------------------------
+
+
+def layer_table(args, device, dtype: str) -> list[str]:
+    rows = ["### 5. One ViT layer (no pruning) against its token count", "",
+            "| model | tokens | layer time (ms) | time per token (µs) |", "|---|---|---|---|"]  # fmt: skip
+    for shape in args.shapes:
+        layer = build(shape, device, pruning_method=None).vit.layers[0]
+        for tokens in args.layer_tokens:
+            hidden = torch.randn(args.batch_size, tokens, SHAPES[shape]["hidden_size"], device=device)
+            with torch.inference_mode(), _autocast(device, dtype):
+                timer = torch_benchmark.Timer(stmt="layer(hidden)", globals={"layer": layer, "hidden": hidden},
+                                              num_threads=torch.get_num_threads())  # fmt: skip
+                ms = 1e3 * timer.blocked_autorange(min_run_time=1.0).median
+            rows.append(f"| {shape} | {tokens} | {ms:.2f} | {1e3 * ms / tokens:.1f} |")
+    return rows
+
+
+# 6. torch.compile -----------------------------------------------------------------------------------------------------
+
+
+def compile_table(args, device, dtype: str) -> list[str]:
+    modes = ["default"] + (["reduce-overhead"] if device.type == "cuda" else [])
+    rows = ["### 6. torch.compile against eager", "",
+            "Compiled variants timed in interleaved rounds against the compiled unpruned model; `over eager` divides "
+            "by the same variant's eager images/s from table 1's protocol (timed here, interleaved too).", "",
+            "| model | method | mode | compiled images/s | speed-up (min–max) | over eager |",
+            "|---|---|---|---|---|---|"]  # fmt: skip
+    for shape in args.shapes:
+        model = build(shape, device)
+        settings = variants(args)[: 1 + len(args.keep_rates)]
+        eager, _ = time_interleaved(model, settings, batch_size=args.batch_size, rounds=args.rounds, runs=1,
+                                    latency_runs=0, dtype=dtype, device=device, seed=args.seed)  # fmt: skip
+        for mode in modes:
+            torch._dynamo.reset()
+            compiled, _ = time_interleaved(model, settings, batch_size=args.batch_size, rounds=args.rounds, runs=1,
+                                           latency_runs=0, dtype=dtype, device=device, compile_mode=mode,
+                                           seed=args.seed)  # fmt: skip
+            for (name, _), c, e in zip(settings, compiled, eager):
+                rows.append(f"| {shape} | {name} | {mode} | {c.images_per_s:.1f} | "
+                            f"{c.speedup:.2f}× ({c.speedup_min:.2f}–{c.speedup_max:.2f}) | "
+                            f"{c.images_per_s / e.images_per_s:.2f}× |")  # fmt: skip
+    return rows
+
+
+# 7. ONNX Runtime ------------------------------------------------------------------------------------------------------
+
+
+def onnx_table(args, device, dtype: str) -> list[str]:
+    import onnxruntime
+
+    from hf_vitprune.export import export_model
+
+    rows = ["### 7. The ONNX export under onnxruntime (CPU)", "",
+            "`hf-vitprune export` files (dynamo exporter, opset 18, dynamic batch), onnxruntime "
+            f"{onnxruntime.__version__} CPUExecutionProvider, {args.rounds} interleaved rounds; speed-up per round "
+            "against the unpruned export.",
+            "", "| model | method | batch | images/s | speed-up (min–max) | realisation |",
+            "|---|---|---|---|---|---|"]  # fmt: skip
+    folder = Path(tempfile.mkdtemp())
+    for shape in args.shapes:
+        sessions, gmacs = {}, {}
+        tome = [v for v in variants(args) if v[1]["pruning_method"] == "tome"][:1]
+        for name, fields in variants(args)[: 1 + len(args.keep_rates)] + tome:
+            model = build(shape, torch.device("cpu"), **fields)
+            gmacs[name] = count_gmacs(model)
+            path = folder / f"{shape}-{name.replace(' ', '-')}.onnx"
+            with contextlib.redirect_stdout(sys.stderr):
+                export_model(model, path, "onnx")
+            sessions[name] = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for batch_size in (1, 32):
+            x = torch.randn(batch_size, 3, 224, 224).numpy()
+            repeat = 8 if batch_size == 1 else 1  # batch 1 is short: 8 runs per timed call
+
+            def run(session, x=x, repeat=repeat):
+                for _ in range(repeat):
+                    session.run(None, {"pixel_values": x})
+
+            steps = {name: (lambda s=session: run(s)) for name, session in sessions.items()}
+            seconds = interleave(steps, args.rounds, seed=args.seed)
+            for name in sessions:
+                ratios = [u / s for u, s in zip(seconds["unpruned"], seconds[name])]
+                rate = repeat * batch_size / statistics.median(seconds[name])
+                rows.append(f"| {shape} | {name} | {batch_size} | {rate:.1f} | {spread(ratios)} | "
+                            f"{statistics.median(ratios) * gmacs[name] / gmacs['unpruned']:.2f} |")  # fmt: skip
+    return rows
+
+
+# 8. Profile -----------------------------------------------------------------------------------------------------------
+
+
+def profile_table(args, device, dtype: str) -> list[str]:
+    from torch.profiler import ProfilerActivity, profile
+
+    shape = args.shapes[-1]
+    name, fields = variants(args)[1]
+    model = build(shape, device, **fields)
+    x = torch.randn(1, 3, 224, 224, device=device)
+    with torch.inference_mode():
+        for _ in range(5):
+            model(pixel_values=x)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(20):
+                model(pixel_values=x)
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+    return [f"### 8. Where the time goes: {shape}, {name}, batch 1 (torch.profiler, 20 passes, self CPU time)", "",
+            "```", table.strip(), "```"]  # fmt: skip
+
+
+def _autocast(device: torch.device, dtype: str):
+    return torch.autocast(device.type, dtype=DTYPES[dtype]) if DTYPES[dtype] else contextlib.nullcontext()
 
 
 def parse_args(argv: list[str] | None):
@@ -125,128 +421,47 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--batch_size", type=int, default=None, help="default: 64 on CPU, 256 on CUDA")
     parser.add_argument("--dtype", default=None, choices=list(DTYPES), help="default: fp32 on CPU, bf16 on CUDA")
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    parser.add_argument("--keep_rates", nargs="+", type=float, default=[0.9, 0.7, 0.5])
-    parser.add_argument("--method", default="variance", help="criterion timed (default: the paper's variance)")
-    parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile (and CUDA graphs on CUDA)")
-    parser.add_argument("--train_batch_size", type=int, default=None, help="training-step batch (default: 32 CPU)")
-    parser.add_argument("--train_runs", type=int, default=5)
+    parser.add_argument("--methods", nargs="+", default=["variance", "medad", "evit"])
+    parser.add_argument("--keep_rates", nargs="+", type=float, default=[0.7, 0.5])
+    parser.add_argument("--tome_r", nargs="*", type=int, default=[13])
     parser.add_argument(
-        "--layer_tokens", nargs="*", type=int, default=[197, 196, 192, 178, 160, 139, 128, 99],
-        help="token counts for the one-layer timing table (none: skip it)",
-    )  # fmt: skip
+        "--no_ceiling",
+        dest="ceiling",
+        action="store_false",
+        help="leave out the ceiling rows (same token counts, no selection work)",
+    )
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
+    parser.add_argument("--runs", type=int, default=2, help="timed batch passes per variant and round")
+    parser.add_argument("--latency_runs", type=int, default=10, help="timed batch-1 passes per variant and round")
+    parser.add_argument("--train_batch_size", type=int, default=None, help="training-step batch (default: 32 CPU)")
+    parser.add_argument("--layer_tokens", nargs="*", type=int, default=[197, 178, 139, 99])
+    parser.add_argument("--tables", nargs="+", default=list(TABLES), choices=TABLES)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the interleaving order")
     parser.add_argument("--output", default=None, help="also write the tables to this Markdown file")
     return parser.parse_args(argv)
 
 
-@dataclass
-class Tables:
-    """The benchmark's measurements, one list of rows per table, and the protocol lines."""
-
-    speed: list = field(default_factory=list)
-    attention: list = field(default_factory=list)
-    overhead: list = field(default_factory=list)
-    compile: list = field(default_factory=list)
-    train: list = field(default_factory=list)
-    protocol: str | None = None
-    train_protocol: str | None = None
-
-
-def measure_shape(shape: str, args, device, timing: dict, train_timing: dict, tables: Tables) -> None:
-    """Every table's rows for one model shape: the unpruned reference, then each keep rate of `args.method` (with
-    fusion), under SDPA and eager attention, its pruning overhead, its training step and (with `--compile`) compiled."""
-    model = build(shape, device, pruning_method=None)
-    base = measure_throughput(model, **timing)
-    base_gmacs = count_gmacs(model)
-    tables.protocol = base.describe()
-    tables.speed.append((shape, "—", base_gmacs, 1.0, base.images_per_s, 1.0, None))
-    base_train = measure_training_throughput(model, **train_timing)
-    tables.train_protocol = base_train.describe()
-    tables.train.append((shape, "—", base_train.images_per_s, 1.0))
-    compile_modes = (["default"] + (["reduce-overhead"] if device.type == "cuda" else [])) if args.compile else []
-    for mode in compile_modes:
-        compiled = measure_throughput(model, **timing, compile_mode=mode).images_per_s
-        tables.compile.append((shape, "—", mode, compiled, base.images_per_s))
-    for keep_rate in args.keep_rates:
-        model.set_pruning(pruning_method=args.method, keep_rate=keep_rate, fuse_pruned=True)
-        gmacs = count_gmacs(model)
-        sdpa = measure_throughput(model, **timing)
-        ratio, speedup = base_gmacs / gmacs, sdpa.images_per_s / base.images_per_s
-        tables.speed.append((shape, keep_rate, gmacs, ratio, sdpa.images_per_s, speedup, speedup / ratio))
-        model.set_attn_implementation("eager")
-        eager = measure_throughput(model, **timing)
-        model.set_attn_implementation("sdpa")
-        tables.attention.append((shape, keep_rate, sdpa.images_per_s, eager.images_per_s))
-        overhead = pruning_overhead(model, timing["batch_size"], timing["dtype"], device)
-        tables.overhead.append((shape, keep_rate, overhead))
-        train = measure_training_throughput(model, **train_timing)
-        tables.train.append((shape, keep_rate, train.images_per_s, train.images_per_s / base_train.images_per_s))
-        for mode in compile_modes:
-            result = measure_throughput(model, **timing, compile_mode=mode)
-            tables.compile.append((shape, keep_rate, mode, result.images_per_s, sdpa.images_per_s))
-
-
-def render(tables: Tables, args, device, timing: dict, command: str) -> str:
-    """The Markdown text of every table."""
-    lines = [f"Protocol: {tables.protocol}.", "", "### Speed-up against the GMACs saving", ""]
-    lines.append(
-        "| model | keep rate | GMACs | GMACs ratio (ideal speed-up) | images/s | speed-up | speed-up / GMACs ratio |"
-    )
-    lines.append("|---|---|---|---|---|---|---|")
-    for shape, keep, gmacs, ratio, ips, speedup, quotient in tables.speed:
-        q = "—" if quotient is None else f"{quotient:.2f}"
-        lines.append(f"| {shape} | {keep} | {gmacs:.3f} | {ratio:.2f}× | {ips:.1f} | {speedup:.2f}× | {q} |")
-    lines += ["", f"### Pruning under SDPA and under eager attention ({args.method}, fusion)", ""]
-    lines.append("| model | keep rate | SDPA images/s | eager images/s | SDPA / eager |")
-    lines.append("|---|---|---|---|---|")
-    for shape, keep, sdpa_ips, eager_ips in tables.attention:
-        lines.append(f"| {shape} | {keep} | {sdpa_ips:.1f} | {eager_ips:.1f} | {sdpa_ips / eager_ips:.2f}× |")
-    lines += ["", f"### Pruning overhead in the first pruning layer ({args.method}, fusion)", ""]
-    lines.append("Class-attention row + criterion + sort + gathers + fusion, against the whole layer")
-    lines.append("(torch.utils.benchmark, median).")
-    lines += ["", "| model | keep rate | pruning layer (ms) | pruning work (ms) | share |", "|---|---|---|---|---|"]
-    for shape, keep, o in tables.overhead:
-        lines.append(f"| {shape} | {keep} | {o['layer_ms']:.2f} | {o['pruning_ms']:.2f} | {100 * o['share']:.1f} % |")
-    lines += ["", f"### Training step ({args.method}, fusion): forward + backward + AdamW step, no data loading", ""]
-    lines += [f"Protocol: {tables.train_protocol}.", "", "| model | keep rate | training images/s | speed-up |"]
-    lines.append("|---|---|---|---|")
-    for shape, keep, ips, speedup in tables.train:
-        lines.append(f"| {shape} | {keep} | {ips:.1f} | {speedup:.2f}× |")
-    if args.layer_tokens:
-        lines += ["", "### One ViT layer (no pruning) against its token count", ""]
-        lines += ["| model | tokens | layer time (ms) | time per token (µs) |", "|---|---|---|---|"]
-        for shape in args.shapes:
-            batch_size, dtype = timing["batch_size"], timing["dtype"]
-            for name, tokens, ms in layer_time_by_tokens(shape, batch_size, dtype, device, args.layer_tokens):
-                lines.append(f"| {name} | {tokens} | {ms:.2f} | {1e3 * ms / tokens:.1f} |")
-    if tables.compile:
-        lines += ["", "### torch.compile" + (" and CUDA graphs" if device.type == "cuda" else ""), ""]
-        lines += ["| model | keep rate | mode | images/s | over uncompiled |", "|---|---|---|---|---|"]
-        for shape, keep, mode, ips, plain in tables.compile:
-            lines.append(f"| {shape} | {keep} | {mode} | {ips:.1f} | {ips / plain:.2f}× |")
-    lines += ["", f"Command: `{command}`"]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> str:
-    """Run every table and print (and with `--output` write) the Markdown."""
+    """Run the chosen tables and print (and with `--output` write) the Markdown."""
     args = parse_args(argv)
     device = torch.device(args.device)
-    batch_size = args.batch_size or (256 if device.type == "cuda" else 64)
+    args.batch_size = args.batch_size or (256 if device.type == "cuda" else 64)
     dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
-    timing = dict(batch_size=batch_size, dtype=dtype, warmup=args.warmup, runs=args.runs, device=device)
-    train_timing = dict(batch_size=args.train_batch_size or (32 if device.type == "cpu" else 128), dtype=dtype,
-                        warmup=2, runs=args.train_runs, device=device)  # fmt: skip
-    tables = Tables()
-    for shape in args.shapes:
-        measure_shape(shape, args, device, timing, train_timing, tables)
+    builders = {"speed": speed_table, "attention": attention_table, "overhead": overhead_table,
+                "training": training_table, "layer": layer_table, "compile": compile_table, "onnx": onnx_table,
+                "profile": profile_table}  # fmt: skip
+    lines = [f"Machine: {device_name(device)}, {torch.get_num_threads()} threads, torch {torch.__version__}, {dtype}.",
+             "Random-weight models (speed does not depend on the weights).", ""]  # fmt: skip
+    for table in args.tables:
+        if table == "onnx" and device.type != "cpu":
+            continue
+        lines += builders[table](args, device, dtype) + [""]
+        print("\n".join(lines[-40:]), file=sys.stderr)
     command = f"python benchmarks/speed.py {shlex.join(sys.argv[1:] if argv is None else argv)}"
-    text = render(tables, args, device, timing, command)
+    text = "\n".join(lines + [f"Command: `{command}`"])
     print(text)
     if args.output:
-        with open(args.output, "w") as f:
-            f.write(text + "\n")
+        Path(args.output).write_text(text + "\n")
     return text
 
 

@@ -11,6 +11,7 @@ COMMANDS = {
     "sweep": ("hf_vitprune.sweep", "the trade-off curves of every method (tables, plots, matched-GMACs table)"),
     "visualize": ("hf_vitprune.visualize", "draw which patches each pruning layer keeps on images (PNG)"),
     "train": ("hf_vitprune.train", "fine-tune with pruning switched on (HF Trainer; accelerate launch -m works too)"),
+    "export": ("hf_vitprune.export", "export a pruned model to ONNX (onnxruntime) or a torch.export program"),
 }
 
 
@@ -53,10 +54,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(usage)
         return 0 if argv else 2
+    from huggingface_hub.errors import StrictDataclassError
+
     module = importlib.import_module(COMMANDS[argv[0]][0])
     try:
         module.main(argv[1:])
-    except (ValueError, OSError) as error:  # bad input: the message says what to do; no traceback unless asked
+    except (ValueError, OSError, ImportError, StrictDataclassError) as error:  # bad input: the message says what to do
         if os.environ.get("HF_VITPRUNE_TRACEBACK"):
             raise
         print(f"hf-vitprune {argv[0]}: error: {error}", file=sys.stderr)

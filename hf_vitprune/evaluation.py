@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .measure import DTYPES, count_gmacs, device_name, measure_throughput
+from .measure import DTYPES, count_gmacs, device_name, time_interleaved
 from .token_reduction import REDUCERS, PruningSettings, TokenReducer
 
 
@@ -30,6 +30,9 @@ class Variant:
     renyi_alpha: float = 1.0
     fusion_temperature: float | None = None
     tome_r: int = 0
+    entropy_axis: str = "query"
+    bspf_block: int = 3
+    bspf_joint: str = "mean"
 
     def pruning_fields(self) -> dict:
         """Keyword arguments for `model.pruning(...)` / `model.set_pruning(...)`."""
@@ -39,6 +42,9 @@ class Variant:
             "fuse_pruned": self.fuse_pruned,
             "renyi_alpha": self.renyi_alpha,
             "tome_r": self.tome_r,
+            "entropy_axis": self.entropy_axis,
+            "bspf_block": self.bspf_block,
+            "bspf_joint": self.bspf_joint,
         }
         if self.fusion_temperature is not None:
             fields["fusion_temperature"] = self.fusion_temperature
@@ -72,10 +78,13 @@ def build_variants(
     renyi_alphas: list[float] = (1.0,),
     fusion_temperatures: list[float] | None = None,
     tome_rs: list[int] = (8,),
+    entropy_axes: list[str] = ("query",),
+    bspf_blocks: list[int] = (3,),
+    bspf_joints: list[str] = ("mean",),
 ) -> list[Variant]:
     """The unpruned baseline followed by every method crossed with the values of the settings it reads
-    (`TokenReducer.settings_used`): alpha x keep rate x fusion (x temperature, with fusion only) for the criteria,
-    alpha for entropy only, one variant per `tome_rs` value for ToMe.
+    (`TokenReducer.settings_used`): (axis x alpha, for entropy only) x keep rate x fusion (x temperature, with fusion
+    only) for the criteria, one variant per `tome_rs` value for ToMe.
 
     Raises:
         ValueError: for an unknown method (listing the registry's), an empty list, or a rejected value.
@@ -91,11 +100,17 @@ def build_variants(
         if "tome_r" in used:
             variants.extend(Variant(method, tome_r=r) for r in tome_rs)
             continue
-        for alpha in renyi_alphas if "renyi_alpha" in used else [1.0]:
-            for keep_rate in keep_rates:
-                for fuse in fusion:
-                    for temperature in (fusion_temperatures or [None]) if fuse else [None]:
-                        variants.append(Variant(method, keep_rate, fuse, alpha, temperature))
+        if "bspf_block" in used:  # no fusion token: its own similarity fusion
+            for block in bspf_blocks:
+                for joint in bspf_joints:
+                    variants += [Variant(method, k, True, bspf_block=block, bspf_joint=joint) for k in keep_rates]
+            continue
+        for axis in entropy_axes if "entropy_axis" in used else ["query"]:
+            for alpha in renyi_alphas if "renyi_alpha" in used else [1.0]:
+                for keep_rate in keep_rates:
+                    for fuse in fusion:
+                        for temperature in (fusion_temperatures or [None]) if fuse else [None]:
+                            variants.append(Variant(method, keep_rate, fuse, alpha, temperature, 0, axis))
     for variant in variants[1:]:
         variant.settings().with_defaults(12).validate(12)  # every value checked before any work starts
     return variants
@@ -190,19 +205,34 @@ def tokens_text(config, num_patches: int) -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     """Markdown table of evaluation rows (as written by `run_evaluation`); the method, keep-rate and fusion cells
-    come from each method's reducer class."""
-    header = "| method | keep rate | fusion | tokens per stage | top-1 (%) | Δ top-1 | GMACs | images/s | speed-up |"
-    lines = [header, "|" + "---|" * 9]
+    come from each method's reducer class. Speed columns (when measured): images/s (median over interleaved rounds),
+    speed-up against the first row (median of the per-round ratios, min-max), realisation (speed-up divided by the
+    GMACs ratio), batch-1 latency (median and p90, ms) and its realisation."""
+    timed = any(not math.isnan(r.get("images_per_s", math.nan)) for r in rows)
+    header = "| method | keep rate | fusion | tokens per stage | top-1 (%) | Δ top-1 | GMACs |"
+    if timed:
+        header += " images/s | speed-up (min–max) | realisation | batch-1 ms (p90) | batch-1 realisation |"
+    lines = [header, "|" + "---|" * header.count(" | ")]
     for r in rows:
         variant = variant_of(r)
         method, keep, fusion = "unpruned", "—", "—"
         if variant.reducer is not None:
             method = variant.reducer.label(variant.settings())
             keep, fusion = variant.reducer.table_cells(variant.settings(), variant.explicit())
-        lines.append(
+        line = (
             f"| {method} | {keep} | {fusion} | {r['tokens']} | {r['top1']:.2f} | {r['top1_delta']:+.2f} | "
-            f"{r['gmacs']:.3f} | {r['images_per_s']:.1f} | {r['speedup']:.2f}× |"
+            f"{r['gmacs']:.3f} |"
         )
+        if timed:
+            line += (
+                f" {r['images_per_s']:.1f} | {r['speedup']:.2f}× ({r['speedup_min']:.2f}–{r['speedup_max']:.2f}) | "
+                f"{r['realisation']:.2f} | "
+            )
+            if r.get("latency_ms") is not None:
+                line += f"{r['latency_ms']:.1f} ({r['latency_p90_ms']:.1f}) | {r['latency_realisation']:.2f} |"
+            else:
+                line += "— | — |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -211,7 +241,15 @@ def variant_of(row: dict) -> Variant:
     `fusion_temperature_set`)."""
     temperature = row.get("fusion_temperature") if row.get("fusion_temperature_set") else None
     return Variant(
-        row["pruning_method"], row["keep_rate"], row["fuse_pruned"], row["renyi_alpha"], temperature, row["tome_r"]
+        row["pruning_method"],
+        row["keep_rate"],
+        row["fuse_pruned"],
+        row["renyi_alpha"],
+        temperature,
+        row["tome_r"],
+        row.get("entropy_axis", "query"),
+        row.get("bspf_block", 3),
+        row.get("bspf_joint", "mean"),
     )
 
 
@@ -254,14 +292,31 @@ class EvaluateArguments:
         default_factory=lambda: ["on", "off"], metadata={"help": "Fusion settings to evaluate: on, off, or both."}
     )
     renyi_alphas: list[float] = field(
-        default_factory=lambda: [1.0], metadata={"help": "Renyi orders for the entropy method (1 = Shannon)."}
+        default_factory=lambda: [1.0],
+        metadata={"help": "Renyi orders for the entropy method (1 = Shannon, inf = min-entropy)."},
     )
+    entropy_axes: list[str] = field(
+        default_factory=lambda: ["query"],
+        metadata={"help": "Entropy readings: query (the token's attention row), key (the attention it receives), "
+                  "heads (the class token's attention to it across heads)."},
+    )  # fmt: skip
     fusion_temperatures: list[float] | None = field(
         default=None, metadata={"help": "Fusion temperatures to compare (default: the model's configured one)."}
     )
     tome_r: list[int] = field(
         default_factory=lambda: [8], metadata={"help": "ToMe's tokens merged per layer, for the tome method."}
     )
+    bspf_blocks: list[int] = field(
+        default_factory=lambda: [3], metadata={"help": "BSPF's smoothing block sizes (odd; 1: none)."}
+    )
+    bspf_joints: list[str] = field(
+        default_factory=lambda: ["mean"], metadata={"help": "BSPF's joint importance: mean and / or product."}
+    )
+    tie_query_key: str | None = field(
+        default=None,
+        metadata={"help": "Tie the query and key projections of a checkpoint that has them apart (BSPF's symmetric "
+                  "attention): mean or query, how the shared projection starts."},
+    )  # fmt: skip
     prune_layers: list[int] | None = field(
         default=None, metadata={"help": "0-indexed pruning layers (default: the model's, [3, 6, 9] for a plain ViT)."}
     )
@@ -277,9 +332,16 @@ class EvaluateArguments:
     dtype: str = field(default="fp32", metadata={"help": "fp32, or bf16 / fp16 autocast."})
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa or eager."})
     throughput_batch_size: int = field(default=64, metadata={"help": "Batch size of the images/s measurement."})
-    throughput_runs: int = field(default=10, metadata={"help": "Timed runs of the images/s measurement."})
-    throughput_warmup: int = field(default=3, metadata={"help": "Warm-up runs of the images/s measurement."})
-    skip_throughput: bool = field(default=False, metadata={"help": "Do not measure images/s."})
+    throughput_rounds: int = field(
+        default=5, metadata={"help": "Interleaved timing rounds: each round times every variant once, shuffled."}
+    )
+    throughput_runs: int = field(default=2, metadata={"help": "Timed batch passes per variant and round (median)."})
+    throughput_warmup: int = field(default=2, metadata={"help": "Warm-up passes of each variant before the rounds."})
+    latency_runs: int = field(default=10, metadata={"help": "Timed batch-1 passes per variant and round (0: none)."})
+    compile: bool = field(
+        default=False, metadata={"help": "Time the variants through torch.compile (accuracy stays eager)."}
+    )
+    skip_throughput: bool = field(default=False, metadata={"help": "Do not measure images/s and latency."})
     output_dir: str = field(default="outputs/evaluate", metadata={"help": "Where results.json / results.md go."})
     overwrite: bool = field(default=False, metadata={"help": "Replace results already in --output_dir."})
     seed: int = field(default=0, metadata={"help": "Seed (random criterion, --max_samples subset)."})
@@ -348,6 +410,9 @@ def variants_from_args(args: EvaluateArguments) -> list[Variant]:
         args.renyi_alphas,
         args.fusion_temperatures,
         args.tome_r,
+        args.entropy_axes,
+        args.bspf_blocks,
+        args.bspf_joints,
     )
 
 
@@ -365,6 +430,8 @@ def prepare_evaluation(args: EvaluateArguments) -> EvaluationSetup:
     extra = {"prune_layers": args.prune_layers} if args.prune_layers is not None else {}
     if args.patch_stride is not None:
         extra["patch_stride"] = args.patch_stride
+    if args.tie_query_key is not None:
+        extra.update(tie_query_key=True, tied_qk_init=args.tie_query_key)
     model = load_pruned_model(args.model, attn_implementation=args.attn_implementation, **extra).to(device).eval()
     data = load_image_data(
         args.data, args.split, args.image_column, args.label_column, max_samples=args.max_samples, seed=args.seed,
@@ -394,36 +461,55 @@ def prepare_evaluation(args: EvaluateArguments) -> EvaluationSetup:
 def measure_variants(
     setup: EvaluationSetup, variants: list[Variant], args: EvaluateArguments
 ) -> tuple[list[dict], str | None]:
-    """Top-1 / top-5 (one pass over the data), GMACs and images/s of every variant.
+    """Top-1 / top-5 (one pass over the data), GMACs, and images/s and batch-1 latency (interleaved rounds) of every
+    variant.
 
     Returns:
         `(rows, throughput_protocol)`: one JSON-ready dict per variant (the first variant is the reference for
-        `top1_delta`, `gmacs_ratio` and `speedup`), and the throughput protocol line (`None` if not measured).
+        `top1_delta`, `gmacs_ratio`, `speedup` and `realisation`), and the timing protocol line (`None` if not
+        measured).
     """
     model, device = setup.model, setup.device
     print(f"Evaluating {len(variants)} variants of {args.model} on {len(setup.data)} images of {setup.data.source}")
+    torch.manual_seed(args.seed)  # the random criterion's draws do not depend on what ran before (e.g. GMACs counts)
     counts = evaluate_variants(model, setup.loader, variants, device, args.dtype)
-    rows, throughput_protocol = [], None
-    for variant, count in tqdm(list(zip(variants, counts)), desc="GMACs and images/s", unit="variant"):
+    rows = []
+    for variant, count in tqdm(list(zip(variants, counts)), desc="GMACs", unit="variant"):
         with model.pruning(**variant.pruning_fields()):
-            row, throughput = measure_variant(setup, variant, count, args)
-        rows.append(row)
-        throughput_protocol = throughput or throughput_protocol
+            rows.append(measure_variant(setup, variant, count))
     base = rows[0]
     for row in rows:
         row["top1_delta"] = row["top1"] - base["top1"]
         row["gmacs_ratio"] = row["gmacs"] / base["gmacs"]
-        row["speedup"] = row["images_per_s"] / base["images_per_s"]
-    return rows, throughput_protocol
+    if args.skip_throughput:
+        for row in rows:
+            row.update(images_per_s=math.nan, speedup=math.nan, realisation=math.nan)
+        return rows, None
+    print(f"Timing {len(variants)} variants in {args.throughput_rounds} interleaved rounds")
+    timings, protocol = time_interleaved(
+        model,
+        [(variant.name(), variant.pruning_fields()) for variant in variants],
+        batch_size=args.throughput_batch_size,
+        rounds=args.throughput_rounds,
+        runs=args.throughput_runs,
+        warmup=args.throughput_warmup,
+        latency_runs=args.latency_runs,
+        dtype=args.dtype,
+        device=device,
+        compile_mode="default" if args.compile else None,
+        seed=args.seed,
+    )
+    for row, timing in zip(rows, timings):
+        row.update({k: v for k, v in asdict(timing).items() if k != "name"})
+        row["realisation"] = row["speedup"] * row["gmacs_ratio"]  # speed-up / (GMACs of the reference / own)
+        if timing.latency_speedup is not None:
+            row["latency_realisation"] = timing.latency_speedup * row["gmacs_ratio"]
+    return rows, protocol
 
 
-def measure_variant(setup: EvaluationSetup, variant: Variant, count: dict, args: EvaluateArguments):
-    """The results row of the variant the model is set to now: its fields, tokens, top-1 / top-5 from `count`,
-    GMACs and (unless skipped) images/s.
-
-    Returns:
-        `(row, throughput_protocol)`; the protocol line is `None` when images/s are not measured.
-    """
+def measure_variant(setup: EvaluationSetup, variant: Variant, count: dict) -> dict:
+    """The results row of the variant the model is set to now: its fields, tokens, top-1 / top-5 from `count` and
+    GMACs (fvcore, [`count_gmacs`])."""
     model = setup.model
     row = asdict(variant)
     row["fusion_temperature_set"] = variant.fusion_temperature is not None
@@ -435,20 +521,7 @@ def measure_variant(setup: EvaluationSetup, variant: Variant, count: dict, args:
     row["top1"] = 100.0 * count["correct_top1"] / max(count["images"], 1)
     row["top5"] = 100.0 * count["correct_top5"] / max(count["images"], 1)
     row["gmacs"] = count_gmacs(model)
-    if args.skip_throughput:
-        row["images_per_s"] = math.nan
-        return row, None
-    result = measure_throughput(
-        model,
-        batch_size=args.throughput_batch_size,
-        dtype=args.dtype,
-        warmup=args.throughput_warmup,
-        runs=args.throughput_runs,
-        device=setup.device,
-    )
-    row["images_per_s"] = result.images_per_s
-    row["images_per_s_min"], row["images_per_s_max"] = result.images_per_s_min, result.images_per_s_max
-    return row, result.describe()
+    return row
 
 
 def evaluation_protocol(
@@ -464,7 +537,7 @@ def evaluation_protocol(
         "images": len(setup.data),
         "class_list": args.class_list,
         "preprocessing": setup.preprocessing,
-        "top1": "argmax over all model outputs",
+        "top1": "argmax over all model outputs; torch.manual_seed(seed) right before the pass (random pruning)",
         "gmacs": "fvcore, one image, SDPA counted through an op handle (hf_vitprune.measure.count_gmacs)",
         "throughput": throughput_protocol,
         "machine": device_name(setup.device),

@@ -295,3 +295,142 @@ def measure_training_throughput(
         model.train(was_training)
     return _result(rates, model, device, batch_size=batch_size, image_size=size, dtype=dtype, warmup=warmup,
                    runs=runs)  # fmt: skip
+
+
+@dataclass
+class InterleavedTiming:
+    """Speed of one variant, timed in alternation with the others (see [`time_interleaved`]).
+
+    Attributes:
+        name (`str`): the variant's label.
+        images_per_s (`float`): median over rounds of the round's images/s (batch `batch_size`).
+        images_per_s_min, images_per_s_max (`float`): spread over rounds.
+        speedup (`float`): median over rounds of images/s divided by the reference's images/s in the same round.
+        speedup_min, speedup_max (`float`): spread over rounds of that ratio.
+        latency_ms (`float`), latency_p90_ms (`float`): median and 90th percentile of single-image (batch 1) forward
+            passes, milliseconds, over every timed pass (`None` when not measured).
+        latency_speedup (`float`): median over rounds of the reference's median latency divided by this variant's
+            (`None` when not measured).
+    """
+
+    name: str
+    images_per_s: float
+    images_per_s_min: float
+    images_per_s_max: float
+    speedup: float
+    speedup_min: float
+    speedup_max: float
+    latency_ms: float | None = None
+    latency_p90_ms: float | None = None
+    latency_speedup: float | None = None
+
+
+def time_interleaved(
+    model: nn.Module,
+    variants: list[tuple[str, dict]],
+    batch_size: int = 64,
+    rounds: int = 5,
+    runs: int = 2,
+    warmup: int = 2,
+    latency_runs: int = 10,
+    dtype: str = "fp32",
+    device: str | torch.device | None = None,
+    compile_mode: str | None = None,
+    seed: int = 0,
+) -> tuple[list[InterleavedTiming], str]:
+    """Images/s and batch-1 latency of several pruning settings of one model, timed in interleaved rounds.
+
+    In each round every variant is timed once, in a shuffled order (seeded), with the variant's setting applied by
+    `model.pruning(**fields)`: `runs` synchronised passes at `batch_size` (their median is the round's images/s) and
+    `latency_runs` single-image passes. Speed-ups are computed within each round against the first variant (the
+    reference, e.g. the unpruned model), so this machine's drift, which moves every variant of a round alike, cancels;
+    medians and min-max over rounds are reported. Warm-up: `warmup` untimed passes of each variant before the first
+    round. Protocol otherwise as [`measure_throughput`] (eval mode, inference mode, fixed random input, bf16 / fp16
+    under autocast, `torch.compile(mode=compile_mode)` when given: each variant compiles during its warm-up).
+
+    Args:
+        model (`nn.Module`): a pruned image model (PrunedViT class, or a stock model after `prune`).
+        variants (`list[(name, fields)]`): `fields` for `model.pruning(...)`; the first is the reference.
+        batch_size, rounds, runs, warmup, latency_runs (`int`): as described (`latency_runs=0`: no latency).
+        dtype (`str`), device, compile_mode (`str`, *optional*), seed (`int`): shuffling seed.
+
+    Returns:
+        `(timings, protocol)`: one [`InterleavedTiming`] per variant, in the given order, and the protocol line.
+
+    Raises:
+        ValueError: for an unknown `dtype`, fewer than 1 round / run, or no variant.
+    """
+    import random
+
+    _check_protocol(dtype, runs, batch_size)
+    if rounds < 1 or not variants:
+        raise ValueError(f"need at least one round and one variant, got rounds={rounds}, {len(variants)} variants.")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.eval().to(device)
+    size = _model_image_size(model)
+    generator = torch.Generator().manual_seed(0)
+    batch = torch.randn(batch_size, model.config.num_channels, size, size, generator=generator).to(device)
+    single = batch[:1].clone()
+    forward = _LogitsOnly(model, interpolate_pos_encoding=False)
+    if compile_mode is not None:  # every variant is its own graph: room for all of them in dynamo's cache
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 4 * len(variants))
+        forward = torch.compile(forward, mode=compile_mode, fullgraph=True)
+
+    def seconds(x: torch.Tensor) -> float:
+        _synchronize(device)
+        start = time.perf_counter()
+        forward(x)
+        _synchronize(device)
+        return time.perf_counter() - start
+
+    order = list(range(len(variants)))
+    shuffler = random.Random(seed)
+    rates = [[] for _ in variants]
+    latencies = [[] for _ in variants]
+    round_latency = [[] for _ in variants]
+    with torch.inference_mode(), _autocast(device, dtype):
+        for index in order:  # warm-up (and compilation) of every variant
+            with model.pruning(**variants[index][1]):
+                for _ in range(max(warmup, 2 if compile_mode else warmup)):
+                    forward(batch)
+                    if latency_runs:
+                        forward(single)
+        for _ in range(rounds):
+            shuffler.shuffle(order)
+            for index in order:
+                with model.pruning(**variants[index][1]):
+                    rates[index].append(batch_size / statistics.median(seconds(batch) for _ in range(runs)))
+                    passes = [1e3 * seconds(single) for _ in range(latency_runs)]
+                latencies[index] += passes
+                round_latency[index].append(statistics.median(passes) if passes else None)
+    timings = []
+    for index, (name, _) in enumerate(variants):
+        speedups = [r / ref for r, ref in zip(rates[index], rates[0])]
+        latency = latency_p90 = latency_speedup = None
+        if latency_runs:
+            latency = statistics.median(latencies[index])
+            latency_p90 = statistics.quantiles(latencies[index], n=10)[-1] if len(latencies[index]) > 1 else latency
+            latency_speedup = statistics.median(ref / own for ref, own in zip(round_latency[0], round_latency[index]))
+        timings.append(
+            InterleavedTiming(
+                name=name,
+                images_per_s=statistics.median(rates[index]),
+                images_per_s_min=min(rates[index]),
+                images_per_s_max=max(rates[index]),
+                speedup=statistics.median(speedups),
+                speedup_min=min(speedups),
+                speedup_max=max(speedups),
+                latency_ms=latency,
+                latency_p90_ms=latency_p90,
+                latency_speedup=latency_speedup,
+            )
+        )
+    protocol = (
+        f"batch {batch_size}, {size} px, {dtype}, {getattr(model.config, '_attn_implementation', None) or 'eager'} "
+        f"attention, {device_name(device)}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+        + (f", torch.compile(mode={compile_mode!r})" if compile_mode else "")
+        + f"; {rounds} interleaved rounds (variants in shuffled order, seed {seed}) of {runs} timed batch passes"
+        + (f" and {latency_runs} batch-1 passes" if latency_runs else "")
+        + f" per variant after {warmup} warm-up; speed-ups per round against {variants[0][0]}, median and min-max"
+    )
+    return timings, protocol

@@ -194,8 +194,10 @@ def run_sweep(args: SweepArguments, command: str | None = None) -> dict:
     out = results_file.parent
     out.mkdir(parents=True, exist_ok=True)
     results_file.write_text(json.dumps(report, indent=2))
-    columns = ["name", "series", "pruning_method", "keep_rate", "fuse_pruned", "renyi_alpha", "tome_r", "tokens",
-               "top1", "top5", "gmacs", "images_per_s", "speedup", "matched_target"]  # fmt: skip
+    columns = ["name", "series", "pruning_method", "keep_rate", "fuse_pruned", "renyi_alpha", "entropy_axis", "tome_r",
+               "tokens",
+               "top1", "top5", "gmacs", "images_per_s", "speedup", "realisation", "latency_ms", "latency_p90_ms",
+               "matched_target"]  # fmt: skip
     with open(out / "sweep.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()

@@ -69,3 +69,43 @@ def test_training_throughput_restores_the_weights_and_mode():
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_interleaved_timing_reports_every_variant_against_the_first():
+    from hf_vitprune.measure import time_interleaved
+
+    torch.manual_seed(0)
+    model = PrunedViTForImageClassification(PrunedViTConfig(**tiny_config_kwargs())).eval()
+    settings = [("unpruned", {"pruning_method": None}), ("keep 0.5", {"keep_rate": 0.5}),
+                ("tome", {"pruning_method": "tome", "tome_r": 3})]  # fmt: skip
+    timings, protocol = time_interleaved(model, settings, batch_size=4, rounds=3, runs=2, warmup=1, latency_runs=3)
+    assert [t.name for t in timings] == ["unpruned", "keep 0.5", "tome"]
+    reference = timings[0]
+    assert reference.speedup == reference.speedup_min == reference.speedup_max == 1.0
+    assert reference.latency_speedup == 1.0
+    for t in timings:
+        assert t.images_per_s_min <= t.images_per_s <= t.images_per_s_max and t.images_per_s > 0
+        assert t.speedup_min <= t.speedup <= t.speedup_max
+        assert 0 < t.latency_ms <= t.latency_p90_ms
+    assert "3 interleaved rounds" in protocol and "against unpruned" in protocol
+    assert (model.config.pruning_method, model.config.keep_rate) == ("variance", 0.5)  # the model's own setting
+    with pytest.raises(ValueError, match="at least one round"):
+        time_interleaved(model, settings, rounds=0)
+
+
+@pytest.mark.slow
+def test_speed_benchmark_runs_its_tables(tmp_path):
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("speed", REPO / "benchmarks" / "speed.py")
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    argv = ["--shapes", "deit-tiny", "--methods", "variance", "--keep_rates", "0.5", "--tome_r", "--rounds", "1",
+            "--runs", "1", "--latency_runs", "2", "--batch_size", "2", "--layer_tokens", "99", "--tables", "speed",
+            "overhead", "layer", "profile", "--output", str(tmp_path / "b.md")]  # fmt: skip
+    text = speed.main(argv)
+    assert "| deit-tiny | unpruned | 1.258 | 1.00× |" in text
+    assert "| deit-tiny | variance 0.5 | 0.632 | 1.99× |" in text  # the GMACs of keep 0.5 with fusion
+    assert "aten::" in text and (tmp_path / "b.md").read_text().strip() == text.strip()

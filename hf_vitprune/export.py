@@ -1,0 +1,205 @@
+"""`hf-vitprune export`: a pruned model as an ONNX file (onnxruntime) or a `torch.export` program, any batch size.
+
+    hf-vitprune export --model facebook/deit-small-patch16-224 --pruning_method variance --keep_rate 0.7 \
+        --output deit-small-variance-0.7.onnx
+
+The model is exported with torch's dynamo-based exporter (`torch.onnx.export(..., dynamo=True)`, opset 18 by default;
+`torch.export.export` for `--format pt2`) with a dynamic batch axis: one file serves batch 1 and batch 256. Token counts
+are fixed by the image size and the pruning setting, so every shape but the batch is static. Input `pixel_values`
+`(batch, channels, image_size, image_size)`, output `logits` `(batch, num_labels)`. After exporting, the file is run
+once (onnxruntime, or the exported program) on random images at batch 1 and 3 and compared with the PyTorch model;
+the largest difference is printed. The ONNX extra brings what this needs: `pip install "hf-vitprune[onnx]"`.
+`pruning_method="random"` exports (ONNX draws its own random numbers, so its pruning differs from torch's draws).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .token_reduction import REDUCERS
+
+FORMATS = ("onnx", "pt2")
+
+
+class LogitsOnly(nn.Module):
+    """The model as one tensor in (`pixel_values`), one tensor out (`logits`), for exporters."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).logits
+
+
+@dataclass
+class ExportArguments:
+    """Arguments of `hf-vitprune export` (each is a flag of the same name)."""
+
+    output: str = field(metadata={"help": "File to write (.onnx for --format onnx, .pt2 for --format pt2)."})
+    model: str = field(
+        default="facebook/deit-small-patch16-224",
+        metadata={"help": "Hub id or local folder of a ViT / DeiT / PrunedViT checkpoint."},
+    )
+    format: str = field(default="onnx", metadata={"help": f"One of {', '.join(FORMATS)}."})
+    pruning_method: str | None = field(
+        default=None,
+        metadata={"help": f"Method ({', '.join(REDUCERS)}, or none); default: the checkpoint's own setting."},
+    )
+    keep_rate: list[float] | None = field(default=None, metadata={"help": "Keep rate(s); default: the checkpoint's."})
+    prune_layers: list[int] | None = field(default=None, metadata={"help": "0-indexed pruning layers."})
+    fusion: str | None = field(default=None, metadata={"help": "on / off: fuse the pruned tokens."})
+    tome_r: list[int] | None = field(default=None, metadata={"help": "ToMe's r (one, or one per layer)."})
+    renyi_alpha: float | None = field(default=None, metadata={"help": "Renyi order of the entropy method."})
+    opset: int = field(default=18, metadata={"help": "ONNX opset (the dynamo exporter needs >= 18)."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace --output if it exists."})
+
+
+def pruning_overrides(args: ExportArguments) -> dict:
+    """The pruning fields the arguments set (others keep the checkpoint's values).
+
+    Raises:
+        ValueError: for `--fusion` other than on / off.
+    """
+    fields = {}
+    if args.pruning_method is not None:
+        fields["pruning_method"] = None if args.pruning_method.lower() == "none" else args.pruning_method
+    if args.keep_rate is not None:
+        fields["keep_rate"] = args.keep_rate[0] if len(args.keep_rate) == 1 else list(args.keep_rate)
+    if args.prune_layers is not None:
+        fields["prune_layers"] = list(args.prune_layers)
+    if args.fusion is not None:
+        if args.fusion not in ("on", "off"):
+            raise ValueError(f"--fusion takes on or off, got {args.fusion!r}.")
+        fields["fuse_pruned"] = args.fusion == "on"
+    if args.tome_r is not None:
+        fields["tome_r"] = args.tome_r[0] if len(args.tome_r) == 1 else list(args.tome_r)
+    if args.renyi_alpha is not None:
+        fields["renyi_alpha"] = args.renyi_alpha
+    return fields
+
+
+def check_export_arguments(args: ExportArguments) -> Path:
+    """Check the format, opset and output before any model is loaded.
+
+    Raises:
+        ValueError: for an unknown format, an opset the exporter cannot write, or an output suffix that does not fit.
+        FileExistsError: if `output` exists and `overwrite` is not set.
+        ImportError: for `--format onnx` without onnx / onnxruntime / onnxscript installed (with the pip command).
+    """
+    if args.format not in FORMATS:
+        raise ValueError(f"--format {args.format!r} is not supported: use one of {', '.join(FORMATS)}.")
+    output = Path(args.output)
+    if output.suffix != f".{args.format}":
+        raise ValueError(f"--format {args.format} writes a .{args.format} file; --output {output} has another suffix.")
+    if args.format == "onnx":
+        if args.opset < 18:
+            raise ValueError(f"--opset {args.opset} is not supported: torch's dynamo exporter writes opset >= 18.")
+        missing = [name for name in ("onnx", "onnxruntime", "onnxscript") if _missing(name)]
+        if missing:
+            raise ImportError(f'--format onnx needs {", ".join(missing)}: pip install "hf-vitprune[onnx]".')
+    if output.exists() and not args.overwrite:
+        raise FileExistsError(f"{output} already exists: pass --overwrite to replace it, or another --output.")
+    return output
+
+
+def _missing(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is None
+
+
+def export_model(model: nn.Module, output: str | Path, format: str = "onnx", opset: int = 18):
+    """Export `model` (an image classifier taking `pixel_values`) with a dynamic batch axis.
+
+    Args:
+        model (`nn.Module`): in eval mode; its pruning setting is exported as it is.
+        output (`str` or `Path`): the file to write.
+        format (`str`): `"onnx"` (torch's dynamo ONNX exporter) or `"pt2"` (`torch.export.save`).
+        opset (`int`): ONNX opset.
+
+    Returns:
+        The `torch.export.ExportedProgram` that was written (for `pt2`) or saved to ONNX.
+
+    Raises:
+        torch's export errors, unchanged, for a model it cannot trace.
+    """
+    size = model.config.image_size if isinstance(model.config.image_size, int) else model.config.image_size[0]
+    example = torch.randn(2, model.config.num_channels, size, size, generator=torch.Generator().manual_seed(0))
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    wrapped = LogitsOnly(model).eval()
+    if format == "pt2":
+        program = torch.export.export(wrapped, (example,), dynamic_shapes={"pixel_values": {0: batch}})
+        torch.export.save(program, str(output))
+        return program
+    onnx_program = torch.onnx.export(
+        wrapped,
+        (example,),
+        str(output),
+        dynamo=True,
+        dynamic_shapes={"pixel_values": {0: batch}},
+        input_names=["pixel_values"],
+        output_names=["logits"],
+        opset_version=opset,
+        verbose=False,
+    )
+    return onnx_program
+
+
+def run_exported(path: str | Path, format: str, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Logits of an exported file on `pixel_values` `(batch, channels, H, W)`: onnxruntime (CPU) for ONNX, the
+    loaded program for pt2."""
+    if format == "pt2":
+        with torch.no_grad():
+            return torch.export.load(str(path)).module()(pixel_values)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(["logits"], {"pixel_values": pixel_values.numpy()})[0])
+
+
+def run_export(args: ExportArguments, command: str | None = None) -> dict:
+    """Load, export, and check the export against the PyTorch model.
+
+    Returns:
+        `{"output", "format", "opset", "pruning", "max_abs_difference"}`.
+
+    Raises:
+        ValueError / OSError / ImportError / FileExistsError: for bad arguments or models, before exporting.
+    """
+    from .loading import load_pruned_model
+
+    output = check_export_arguments(args)
+    model = load_pruned_model(args.model, attn_implementation="sdpa", **pruning_overrides(args)).eval()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    export_model(model, output, args.format, args.opset)
+    size = model.config.image_size if isinstance(model.config.image_size, int) else model.config.image_size[0]
+    difference = 0.0
+    for batch_size in (1, 3):
+        x = torch.randn(batch_size, model.config.num_channels, size, size, generator=torch.Generator().manual_seed(1))
+        torch.manual_seed(0)
+        with torch.no_grad():
+            expected = model(pixel_values=x).logits
+        difference = max(difference, float((run_exported(output, args.format, x) - expected).abs().max()))
+    pruning = {k: getattr(model.config, k) for k in ("pruning_method", "keep_rate", "prune_layers", "tome_r")}
+    report = {"output": str(output), "format": args.format, "opset": args.opset if args.format == "onnx" else None,
+              "pruning": pruning, "max_abs_difference": difference}  # fmt: skip
+    note = " (random pruning draws differently outside torch)" if pruning["pruning_method"] == "random" else ""
+    print(f"wrote {output} ({args.format}, dynamic batch); largest |logit difference| to PyTorch: {difference:.2e}"
+          f"{note}")  # fmt: skip
+    return report
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Entry point of `hf-vitprune export`."""
+    from .cli import parse_arguments
+
+    argv = sys.argv[1:] if argv is None else argv
+    (args,) = parse_arguments(ExportArguments, argv, prog="hf-vitprune export", description=__doc__)
+    return run_export(args, command="hf-vitprune export " + shlex.join(argv))
