@@ -71,6 +71,21 @@ def _scan_image_folder(path: str) -> tuple[list[str], list[tuple[str, int]]]:
     return classes, samples
 
 
+def is_dataset_repository(path: str) -> bool:
+    """Whether `path` is a local folder laid out as a Hub dataset repository (a README.md whose YAML header declares
+    `configs` or `dataset_info`, or Parquet / Arrow files): such a folder is read by `datasets.load_dataset`, exactly
+    as its Hub id would be, rather than as a folder of class sub-folders."""
+    root = Path(path)
+    if not root.is_dir():
+        return False
+    readme = root / "README.md"
+    if readme.is_file():
+        header = readme.read_text(errors="replace").split("---")
+        if len(header) > 2 and any(key in header[1] for key in ("configs:", "dataset_info:")):
+            return True
+    return any(root.glob("**/*.parquet")) or any(root.glob("**/*.arrow"))
+
+
 def _folder_dataset(path: str, image_column: str, label_column: str):
     """`(datasets.Dataset, class names)` of a folder with one sub-folder per class, images undecoded."""
     import datasets
@@ -161,7 +176,8 @@ def load_image_data(
 
     A local folder is scanned with torchvision's `find_classes` / `make_dataset` (classes sorted by folder name, files
     by extension, nothing inferred from file names), so every image found is used. A Hub id goes through
-    `datasets.load_dataset(data, split=split)` (for example `clane9/imagenet-100`, split `validation`).
+    `datasets.load_dataset(data, split=split)` (for example `clane9/imagenet-100`, split `validation`), and so does a
+    local copy of a Hub dataset repository ([`is_dataset_repository`]: Parquet shards and a README with `configs`).
 
     Args:
         data (`str`): folder path or Hub dataset id.
@@ -183,7 +199,10 @@ def load_image_data(
             folder, or one without class sub-folders.
         ValueError: for a Hub dataset that cannot be loaded, lacks the columns, or whose label is not a class label.
     """
-    if os.path.exists(data) or data.startswith((".", "/", "~")):
+    if is_dataset_repository(data):  # a local copy of a Hub dataset: the same code path as the Hub id
+        dataset, classes = _hub_dataset(data, split, image_column, label_column, data_dir, revision)
+        source = f"{data}:{split}"
+    elif os.path.exists(data) or data.startswith((".", "/", "~")):
         data = resolve_split_folder(data, split)
         dataset, classes = _folder_dataset(data, image_column, label_column)
         source = str(data)

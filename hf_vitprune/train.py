@@ -45,6 +45,16 @@ class ModelArguments:
     fuse_pruned: bool = field(default=True, metadata={"help": "Fuse the pruned tokens into one extra token."})
     fusion_temperature: float | None = field(default=None, metadata={"help": "Fusion softmax temperature."})
     renyi_alpha: float = field(default=1.0, metadata={"help": "Renyi order of the entropy method (1 = Shannon)."})
+    entropy_axis: str = field(
+        default="query", metadata={"help": "Entropy reading: query, key or heads (see docs/entropy.md)."}
+    )
+    bspf_block: int = field(default=3, metadata={"help": "BSPF's smoothing block size (odd; 1: none)."})
+    bspf_joint: str = field(default="mean", metadata={"help": "BSPF's joint importance: mean or product."})
+    tie_query_key: str | None = field(
+        default=None,
+        metadata={"help": "Tie the query and key projections (BSPF's symmetric attention) of a checkpoint that has "
+                  "them apart: mean or query, how the shared projection starts."},
+    )  # fmt: skip
     tome_r: list[int] = field(default_factory=lambda: [8], metadata={"help": "ToMe's r (one, or one per layer)."})
     patch_stride: int | None = field(
         default=None,
@@ -63,6 +73,25 @@ class ModelArguments:
         metadata={"help": "Start a new classification head when the data set's classes differ from the checkpoint's."},
     )
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa or eager."})
+    distill_from: str | None = field(
+        default=None,
+        metadata={"help": "Knowledge distillation from a frozen teacher run in the same step: `unpruned` (the starting "
+                  "checkpoint with pruning off: nothing to download; its head must cover the data set's classes, "
+                  "through --class_list if needed) or the folder of another model (e.g. the unpruned model "
+                  "fine-tuned on this data)."},
+    )  # fmt: skip
+    distill_alpha: float = field(
+        default=0.5, metadata={"help": "Weight of the distillation loss: (1 - a) * cross-entropy + a * soft KL."}
+    )
+    distill_temperature: float = field(default=1.0, metadata={"help": "Temperature of the soft KL (DeiT's tau)."})
+    distill_token_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of an extra MSE between the student's and the teacher's final class-token states "
+                  "(as DynamicViT distils tokens); 0: logits only."},
+    )  # fmt: skip
+    allow_pruned_teacher: bool = field(
+        default=False, metadata={"help": "Allow --distill_from a model that is itself pruned (off by default)."}
+    )
 
     def pruning_fields(self) -> dict:
         """The `PrunedViTConfig` fields these arguments set."""
@@ -74,6 +103,9 @@ class ModelArguments:
             "fuse_pruned": self.fuse_pruned,
             "renyi_alpha": self.renyi_alpha,
             "tome_r": tome_r,
+            "entropy_axis": self.entropy_axis,
+            "bspf_block": self.bspf_block,
+            "bspf_joint": self.bspf_joint,
         }
         if self.prune_layers is not None:
             fields["prune_layers"] = list(self.prune_layers)
@@ -99,6 +131,11 @@ class DataArguments:
     )
     image_column: str = field(default="image", metadata={"help": "Image column of a Hub dataset."})
     label_column: str = field(default="label", metadata={"help": "Label column of a Hub dataset."})
+    class_list: str | None = field(
+        default=None,
+        metadata={"help": "Maps the data set's classes onto a teacher's outputs: imagenet1k (built in) or a "
+                  "class-list file (see hf-vitprune evaluate --help)."},
+    )  # fmt: skip
     max_train_samples: int | None = field(default=None, metadata={"help": "Train on a seeded subset of this size."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on a seeded subset of this size."})
     augmentation: str = field(
@@ -141,7 +178,9 @@ class PruningTrainingArguments(TrainingArguments):
     throughput_batch_size: int = field(
         default=64, metadata={"help": "Batch size of the images/s measurement after training (model card)."}
     )
-    throughput_runs: int = field(default=10, metadata={"help": "Timed runs of that measurement (after 3 warm-up)."})
+    throughput_runs: int = field(
+        default=10, metadata={"help": "Interleaved rounds of that measurement (pruned and unpruned, one pass each)."}
+    )
     hub_token: str | None = field(
         default=None,
         metadata={"help": "Token for --push_to_hub. Prefer the HF_TOKEN environment variable or `hf auth login` (the "
@@ -295,15 +334,118 @@ def soft_target_loss(label_smoothing: float):
         logits = outputs["logits"].float()
         if labels.ndim == 1:
             per_image = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
-            images = num_items_in_batch
         else:
             per_image = torch.nn.functional.cross_entropy(
                 logits, labels.float(), label_smoothing=label_smoothing, reduction="none"
             )
-            images = None if num_items_in_batch is None else num_items_in_batch / logits.shape[-1]
-        return per_image.mean() if images is None else per_image.sum() / images
+        return reduce_per_image(per_image, labels, num_items_in_batch)
 
     return loss_fn
+
+
+def reduce_per_image(per_image: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+    """Mean of a per-image loss `(batch,)`, or its sum over the images of the whole accumulated batch when the Trainer
+    passes `num_items_in_batch` (which counts target entries: `classes` per image for soft targets)."""
+    if num_items_in_batch is None:
+        return per_image.mean()
+    images = num_items_in_batch if labels.ndim == 1 else num_items_in_batch / labels.shape[-1]
+    return per_image.sum() / images
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """DeiT's soft distillation, per image: `tau^2 * KL(softmax(t / tau) || softmax(s / tau))`.
+
+    Source: Touvron et al., "Training data-efficient image transformers & distillation through attention" (DeiT),
+    ICML 2021, eq. 2; Hinton et al. 2015 for the `tau^2` factor.
+
+    Args:
+        student_logits, teacher_logits (`torch.Tensor` of shape `(batch, classes)`).
+        temperature (`float`): `tau` > 0.
+
+    Returns:
+        `torch.FloatTensor` of shape `(batch,)`.
+    """
+    student = torch.nn.functional.log_softmax(student_logits.float() / temperature, dim=-1)
+    teacher = torch.nn.functional.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return temperature**2 * torch.nn.functional.kl_div(student, teacher, log_target=True, reduction="none").sum(-1)
+
+
+@dataclass
+class Distillation:
+    """A frozen teacher and how the student learns from it (see [`ImageClassificationTrainer`]).
+
+    Attributes:
+        teacher (`nn.Module`): in eval mode, no gradients.
+        teacher_index (`torch.LongTensor` of shape `(student classes,)`): the teacher output of each student output.
+        alpha (`float`), temperature (`float`), token_weight (`float`): as the `--distill_*` flags.
+        source (`str`): what the teacher is, for the results.
+    """
+
+    teacher: torch.nn.Module
+    teacher_index: torch.Tensor
+    alpha: float
+    temperature: float
+    token_weight: float
+    source: str
+
+    def describe(self) -> dict:
+        """The settings recorded as `training.distillation` in the results and the model card."""
+        return {
+            "teacher": self.source,
+            "alpha": self.alpha,
+            "temperature": self.temperature,
+            "class_token_mse_weight": self.token_weight,
+            "loss": "(1 - alpha) cross-entropy + alpha tau^2 KL",
+        }
+
+
+def load_teacher(model_args: ModelArguments, data_args: DataArguments, student) -> Distillation | None:
+    """The teacher `--distill_from` names, checked against the student before any training.
+
+    Raises:
+        ValueError: for a teacher whose image size differs from the student's, whose head does not predict the
+            student's classes (with what to pass), that is pruned without `--allow_pruned_teacher`, or bad weights.
+    """
+    from .data import resolve_label_mapping
+    from .loading import check_model_source, load_pruned_model
+
+    source = model_args.distill_from
+    if source is None:
+        return None
+    if not 0 <= model_args.distill_alpha <= 1 or model_args.distill_temperature <= 0:
+        raise ValueError("--distill_alpha must lie in [0, 1] and --distill_temperature be > 0.")
+    from transformers import PretrainedConfig
+
+    unpruned = source == "unpruned"
+    path = model_args.model_name_or_path if unpruned else source
+    check_model_source(path)
+    # a stock ViT / DeiT checkpoint is an unpruned teacher (loading it as PrunedViT would add the default pruning)
+    stock = "pruning_method" not in PretrainedConfig.get_config_dict(path)[0]
+    teacher = load_pruned_model(path, attn_implementation=model_args.attn_implementation)
+    if unpruned or stock:
+        teacher.set_pruning(pruning_method=None)
+    elif teacher.config.pruning_method is not None and not model_args.allow_pruned_teacher:
+        raise ValueError(
+            f"--distill_from {source}: that model is itself pruned ({teacher.config.pruning_method}); pass "
+            "--allow_pruned_teacher to distill from it anyway, or the folder of an unpruned model."
+        )
+    if teacher.config.image_size != student.config.image_size:
+        raise ValueError(
+            f"--distill_from {source}: the teacher takes {teacher.config.image_size} px images, the student "
+            f"{student.config.image_size} px; distillation feeds both the same images."
+        )
+    student_classes = [student.config.id2label[i] for i in range(student.config.num_labels)]
+    try:
+        index = resolve_label_mapping(student_classes, teacher.config.id2label, data_args.class_list)
+    except ValueError as error:
+        raise ValueError(
+            f"--distill_from {source}: the teacher's head does not predict the student's classes ({error})"
+        ) from error
+    teacher.eval().requires_grad_(False)
+    return Distillation(
+        teacher, torch.tensor(index), model_args.distill_alpha, model_args.distill_temperature,
+        model_args.distill_token_weight, f"{path} with pruning off" if unpruned else path,
+    )  # fmt: skip
 
 
 TOP_K_SOURCE = "top-1 / top-5 computed from the logits (hf_vitprune.evaluation.top_k_hits)"
@@ -363,6 +505,8 @@ def load_model_for_training(model_args: ModelArguments, class_names: list[str]):
     kwargs = dict(model_args.pruning_fields(), attn_implementation=model_args.attn_implementation)
     if model_args.patch_stride is not None:
         kwargs["patch_stride"] = model_args.patch_stride
+    if model_args.tie_query_key is not None:
+        kwargs.update(tie_query_key=True, tied_qk_init=model_args.tie_query_key)
     if set(class_names) <= set(label2id) and len(id2label) == len(class_names):
         return load_pruned_model(model_args.model_name_or_path, **kwargs), [label2id[c] for c in class_names]
     if not model_args.ignore_mismatched_sizes:
@@ -525,7 +669,9 @@ def global_batch_size(training_args) -> int:
     )
 
 
-def build_trainer(model, label_ids, train_data, eval_data, preprocessing, model_args, data_args, training_args):
+def build_trainer(
+    model, label_ids, train_data, eval_data, preprocessing, model_args, data_args, training_args, distillation=None
+):
     """The [`ImageClassificationTrainer`] of a run: datasets with the DeiT recipe's augmentation for training and the
     checkpoint's image-processor preprocessing for evaluation (`preprocessing`, a `data.Preprocessing`, also saved as
     the run's processor), Mixup / CutMix collator, soft-target loss, top-1 / top-5 metrics, keep-rate schedule.
@@ -558,23 +704,31 @@ def build_trainer(model, label_ids, train_data, eval_data, preprocessing, model_
         compute_metrics=top_k_metrics(),
         processing_class=preprocessing.processor,
         callbacks=callbacks,
+        distillation=distillation,
     )
 
 
 def measure_trained_model(model, training_args) -> dict:
-    """GMACs and images/s of the trained model, pruned and (under `model.pruning(pruning_method=None)`, restored
-    afterwards also on errors) unpruned, with the throughput protocol.
+    """GMACs of the trained model pruned and unpruned (`model.pruning(pruning_method=None)`, restored afterwards), and
+    their images/s and batch-1 latency timed in interleaved rounds ([`measure.time_interleaved`]).
 
     Returns:
-        `{"pruned": {"gmacs", "speed"}, "unpruned": {...}}` (`speed` a `measure.ThroughputResult`).
+        `{"pruned": {"gmacs", "speed"}, "unpruned": {...}, "protocol": str}` (`speed` a
+        `measure.InterleavedTiming`; the unpruned model is the reference of the speed-ups).
     """
-    from .measure import count_gmacs, measure_throughput
+    from .measure import count_gmacs, time_interleaved
 
-    timing = dict(batch_size=training_args.throughput_batch_size, runs=training_args.throughput_runs, warmup=3)
-    measured = {"pruned": {"gmacs": count_gmacs(model), "speed": measure_throughput(model, **timing)}}
     with model.pruning(pruning_method=None):
-        measured["unpruned"] = {"gmacs": count_gmacs(model), "speed": measure_throughput(model, **timing)}
-    return measured
+        unpruned_gmacs = count_gmacs(model)
+    variants = [("unpruned", {"pruning_method": None}), ("pruned", {})]
+    (unpruned, pruned), protocol = time_interleaved(
+        model, variants, batch_size=training_args.throughput_batch_size, rounds=training_args.throughput_runs, runs=1
+    )
+    return {
+        "pruned": {"gmacs": count_gmacs(model), "speed": pruned},
+        "unpruned": {"gmacs": unpruned_gmacs, "speed": unpruned},
+        "protocol": protocol,
+    }
 
 
 def pruning_results(model, measured, train_result, eval_metrics, eval_data, train_data, args, command) -> dict:
@@ -608,6 +762,7 @@ def pruning_results(model, measured, train_result, eval_metrics, eval_data, trai
             **{k: getattr(model.config, k) for k in model_args.pruning_fields()},
             "prune_layers": model.config.prune_layers,
             "patch_stride": model.config.patch_stride or model.config.patch_size,
+            "tie_query_key": model.config.tie_query_key,
             "tokens": tokens,
         },
         "metrics": {
@@ -616,12 +771,15 @@ def pruning_results(model, measured, train_result, eval_metrics, eval_data, trai
                 "top5": eval_metrics["eval_top5"],
                 "gmacs": measured["pruned"]["gmacs"],
                 "images_per_s": measured["pruned"]["speed"].images_per_s,
+                "speedup": measured["pruned"]["speed"].speedup,
+                "latency_ms": measured["pruned"]["speed"].latency_ms,
                 "tokens": tokens,
                 "train_images_per_s": train_images_per_s,
             },
             "unpruned": {
                 "gmacs": measured["unpruned"]["gmacs"],
                 "images_per_s": measured["unpruned"]["speed"].images_per_s,
+                "latency_ms": measured["unpruned"]["speed"].latency_ms,
                 "tokens": str(num_patches),
             },
         },
@@ -629,7 +787,7 @@ def pruning_results(model, measured, train_result, eval_metrics, eval_data, trai
             "top1": f"{len(eval_data)} images of {eval_data.source}, {preprocessing.describe()}; "
             f"metric: {TOP_K_SOURCE}",
             "gmacs": "fvcore, one image (hf_vitprune.measure.count_gmacs)",
-            "throughput": measured["pruned"]["speed"].describe(),
+            "throughput": measured["protocol"],
             "machine": device_name(model.device),
         },
         "training": {
@@ -676,8 +834,9 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     set_seed(training_args.seed)  # before the model: a new head's initialisation is part of the run
     model, label_ids = load_model_for_training(model_args, train_data.class_names)
     preprocessing = load_preprocessing(model_args.model_name_or_path, model.config.image_size)
+    distillation = load_teacher(model_args, data_args, model)
     trainer = build_trainer(
-        model, label_ids, train_data, eval_data, preprocessing, model_args, data_args, training_args
+        model, label_ids, train_data, eval_data, preprocessing, model_args, data_args, training_args, distillation
     )
 
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -695,6 +854,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     measured = measure_trained_model(model, training_args)
     args = (model_args, data_args, training_args, preprocessing)
     results = pruning_results(model, measured, train_result, eval_metrics, eval_data, train_data, args, command)
+    results["training"]["distillation"] = distillation.describe() if distillation is not None else None
     output_dir = training_args.output_dir
     with open(os.path.join(output_dir, "pruning_results.json"), "w") as f:
         json.dump(results, f, indent=2, default=str)
@@ -734,9 +894,35 @@ class ImageClassificationTrainer(Trainer):
             training collator.
     """
 
-    def __init__(self, *args, eval_data_collator=None, **kwargs):
+    def __init__(self, *args, eval_data_collator=None, distillation: Distillation | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_data_collator = eval_data_collator
+        self.distillation = distillation
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The Trainer's loss, plus, in training steps with a teacher, DeiT's soft distillation (and optionally an MSE
+        between the final class-token states): `(1 - alpha) loss + alpha tau^2 KL (+ w MSE)`. The teacher runs
+        frozen, under `no_grad`, on the same (mixed, augmented) images in the same step."""
+        distillation = self.distillation
+        if distillation is None or not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs["labels"]
+        tokens = distillation.token_weight > 0
+        outputs = model(pixel_values=inputs["pixel_values"], output_hidden_states=tokens)
+        loss = self.compute_loss_func(outputs, labels, num_items_in_batch)
+        teacher = distillation.teacher.to(inputs["pixel_values"].device)
+        with torch.no_grad():
+            taught = teacher(pixel_values=inputs["pixel_values"], output_hidden_states=tokens)
+        teacher_logits = taught.logits[:, distillation.teacher_index.to(taught.logits.device)]
+        per_image = distillation_loss(outputs.logits, teacher_logits, distillation.temperature)
+        loss = (1 - distillation.alpha) * loss + distillation.alpha * reduce_per_image(
+            per_image, labels, num_items_in_batch
+        )
+        if tokens:
+            student_token, teacher_token = outputs.hidden_states[-1][:, 0], taught.hidden_states[-1][:, 0]
+            mse = (student_token.float() - teacher_token.float()).square().mean(-1)
+            loss = loss + distillation.token_weight * reduce_per_image(mse, labels, num_items_in_batch)
+        return (loss, outputs) if return_outputs else loss
 
     def _with_eval_collator(self, make_loader, *args, **kwargs):
         training_collator = self.data_collator
