@@ -6,10 +6,9 @@ within a round each variant runs once, in a shuffled order, and speed-ups are co
 machine's drift cancels; medians and min-max over rounds are printed. Tables:
 
 1. speed-up against the GMACs saving, at batch `--batch_size` and at batch 1 (latency median / p90), with the
-   realisation (speed-up / GMACs ratio; goals on CPU: >= 1.0 at batch 64, >= 0.9 at batch 1 for keep 0.7 and 0.5),
-   and the peak memory of a forward pass (resident-set growth of a fresh process); the `ceiling` rows keep the same
-   number of tokens with no selection work (the first tokens, no statistic, sort or fusion): the best any selection
-   could do on this machine;
+   realisation (speed-up / GMACs ratio; goals on CPU: >= 1.0 at batch 64, >= 0.9 at batch 1 for keep 0.7 and 0.5);
+   the `ceiling` rows keep the same number of tokens with no selection work (the first tokens, no statistic, sort or
+   fusion): the best any selection could do on this machine;
 2. pruning under SDPA and under eager attention;
 3. the pruning overhead: time in the class-attention row, the criterion, the selection, gathers and fusion, as a share
    of a pruning layer's time (torch.utils.benchmark; goal: below 5 %);
@@ -17,7 +16,11 @@ machine's drift cancels; medians and min-max over rounds are printed. Tables:
 5. one ViT layer against its token count;
 6. `torch.compile` (default mode; on CUDA also CUDA graphs, `reduce-overhead`) against eager;
 7. the ONNX export run by onnxruntime (CPU), pruned against the unpruned export, at batch 1 and 32;
-8. a torch.profiler table of one pruned forward pass at batch 1 (where the time goes).
+8. a torch.profiler table of one pruned forward pass at batch 1 (where the time goes);
+9. peak memory at batch `--batch_size`, inference and forward + backward (CPU: resident-set growth of a fresh process;
+   CUDA: `torch.cuda.max_memory_allocated`).
+
+The Markdown file given by `--output` is rewritten after every table, so a run that stops keeps what it measured.
 
 Run: `python benchmarks/speed.py --device cpu --output docs/benchmark_cpu.md`
      `python benchmarks/speed.py --device cuda --dtype bf16 --output docs/benchmark_gpu.md`
@@ -41,7 +44,14 @@ import torch
 from torch.utils import benchmark as torch_benchmark
 
 from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification
-from hf_vitprune.measure import DTYPES, count_gmacs, device_name, time_interleaved
+from hf_vitprune.measure import (
+    DTYPES,
+    CompilerUnavailableError,
+    check_compiler,
+    count_gmacs,
+    device_name,
+    time_interleaved,
+)
 from hf_vitprune.token_reduction import (
     CLASS_ATTENTION,
     KEYS,
@@ -57,7 +67,7 @@ SHAPES = {
     "deit-small": dict(hidden_size=384, num_attention_heads=6, intermediate_size=1536),
     "deit-tiny": dict(hidden_size=192, num_attention_heads=3, intermediate_size=768),
 }
-TABLES = ("speed", "attention", "overhead", "training", "layer", "compile", "onnx", "profile")
+TABLES = ("speed", "attention", "overhead", "training", "layer", "compile", "onnx", "profile", "memory")
 
 
 def build(shape: str, device: torch.device, **pruning) -> PrunedViTForImageClassification:
@@ -122,24 +132,46 @@ def spread(values: list[float]) -> str:
 # 1. Speed-up against the GMACs saving ---------------------------------------------------------------------------------
 
 MEMORY_WORKER = """
-import json, resource, sys, torch
+import json, sys, torch
 sys.path.insert(0, sys.argv[2])
 from speed import build
-shape, fields, batch = json.loads(sys.argv[1])
+
+def status_mib(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key)) / 1024
+
+shape, fields, batch, training = json.loads(sys.argv[1])
 model = build(shape, torch.device("cpu"), **fields)
 x = torch.randn(batch, 3, 224, 224)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-with torch.inference_mode():
-    model(pixel_values=x)
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+
+def step(images):
+    if training:  # forward and backward: the activations kept for the backward pass are what pruning shrinks
+        model.train()
+        model(pixel_values=images).logits.sum().backward()
+        model.zero_grad(set_to_none=True)
+    else:
+        with torch.inference_mode():
+            model(pixel_values=images)
+
+step(x[:1])  # one-time allocations (kernels, thread pools, gradient buffers) outside the measurement
+resident = status_mib("VmRSS:")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak resident set (VmHWM) to the current one (Linux >= 4.0)
+step(x)
+print(status_mib("VmHWM:") - resident)
 """
 
 
-def peak_memory_mib(shape: str, fields: dict, batch_size: int) -> float:
-    """Growth of the peak resident set (MiB) of a fresh process over one inference forward pass at `batch_size`, after
-    the model and the input exist: the activations' peak (CPU)."""
-    payload = json.dumps([shape, fields, batch_size])
-    result = subprocess.run([sys.executable, "-c", MEMORY_WORKER, payload, str(Path(__file__).parent)],
+def peak_memory_mib(shape: str, fields: dict, batch_size: int, training: bool = False) -> float:
+    """Peak resident-set growth (MiB) of a fresh process during one inference forward pass (or, with `training`, one
+    forward + backward) at `batch_size`, after the model and the input exist and a batch-1 pass has run: the
+    activations' peak (CPU, Linux: the VmHWM of /proc/self/status, reset through /proc/self/clear_refs just before).
+
+    Raises:
+        subprocess.CalledProcessError: where the worker fails (no /proc, as on macOS or Windows).
+    """
+    payload = json.dumps([shape, fields, batch_size, training])
+    result = subprocess.run([sys.executable, "-c", MEMORY_WORKER, payload, str(Path(__file__).resolve().parent)],
                             capture_output=True, text=True, check=True)  # fmt: skip
     return float(result.stdout.strip().splitlines()[-1])
 
@@ -148,8 +180,6 @@ def speed_table(args, device, dtype: str) -> list[str]:
     lines = ["### 1. Speed-up against the GMACs saving", ""]
     header = (f"| model | method | GMACs | GMACs ratio | images/s (batch {args.batch_size}) | speed-up (min–max) | "
               "realisation | batch-1 ms (p90) | batch-1 speed-up | batch-1 realisation |")  # fmt: skip
-    if device.type == "cpu":
-        header += f" peak memory (MiB, batch {args.batch_size}) |"
     protocol = None
     rows = [header, "|" + "---|" * header.count(" | ")]
     for shape in args.shapes:
@@ -162,17 +192,56 @@ def speed_table(args, device, dtype: str) -> list[str]:
         timings, protocol = time_interleaved(model, settings, batch_size=args.batch_size, rounds=args.rounds,
                                              runs=args.runs, warmup=2, latency_runs=args.latency_runs, dtype=dtype,
                                              device=device, seed=args.seed)  # fmt: skip
-        for (name, fields), macs, t in zip(settings, gmacs, timings):
+        for (name, _), macs, t in zip(settings, gmacs, timings):
             ratio = gmacs[0] / macs
             row = (f"| {shape} | {name} | {macs:.3f} | {ratio:.2f}× | {t.images_per_s:.1f} | "
                    f"{t.speedup:.2f}× ({t.speedup_min:.2f}–{t.speedup_max:.2f}) | {t.speedup / ratio:.2f} | "
                    f"{t.latency_ms:.1f} ({t.latency_p90_ms:.1f}) | {t.latency_speedup:.2f}× | "
                    f"{t.latency_speedup / ratio:.2f} |")  # fmt: skip
-            if device.type == "cpu":
-                row += f" {peak_memory_mib(shape, fields, args.batch_size):.0f} |"
             rows.append(row)
         del model
     return lines + [f"Protocol: {protocol}.", ""] + rows
+
+
+# 9. Peak memory -------------------------------------------------------------------------------------------------------
+
+
+def cuda_peak_memory_mib(shape: str, fields: dict, batch_size: int, training: bool, device, dtype: str) -> float:
+    """`torch.cuda.max_memory_allocated` growth (MiB) over one forward (+ backward with `training`) at `batch_size`."""
+    model = build(shape, device, **fields)
+    x = torch.randn(batch_size, 3, 224, 224, device=device)
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    start = torch.cuda.memory_allocated(device)
+    with _autocast(device, dtype):
+        if training:
+            model.train()
+            model(pixel_values=x).logits.float().sum().backward()
+        else:
+            with torch.inference_mode():
+                model(pixel_values=x)
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - start) / 2**20
+
+
+def memory_table(args, device, dtype: str) -> list[str]:
+    how = ("resident-set growth of a fresh process (VmHWM after a reset, minus VmRSS before; Linux)"
+           if device.type == "cpu" else "torch.cuda.max_memory_allocated growth")  # fmt: skip
+    rows = ["### 9. Peak memory", "", f"Batch {args.batch_size}, {dtype}; {how}. Inference: one forward pass under "
+            "inference_mode; training: one forward + backward (no optimizer state).", "",
+            "| model | method | inference peak (MiB) | training peak (MiB) | training peak / unpruned |",
+            "|---|---|---|---|---|"]  # fmt: skip
+    for shape in args.shapes:
+        reference = None
+        for name, fields in [v for v in variants(args) if not v[0].startswith("ceiling")]:
+            if device.type == "cpu":
+                inference, training = (peak_memory_mib(shape, fields, args.batch_size, t) for t in (False, True))
+            else:
+                inference, training = (cuda_peak_memory_mib(shape, fields, args.batch_size, t, device, dtype)
+                                       for t in (False, True))  # fmt: skip
+            reference = reference or training
+            rows.append(f"| {shape} | {name} | {inference:.1f} | {training:.1f} | {training / reference:.2f} |")
+    return rows
 
 
 # 2. SDPA against eager ------------------------------------------------------------------------------------------------
@@ -329,6 +398,10 @@ def compile_table(args, device, dtype: str) -> list[str]:
             "by the same variant's eager images/s from table 1's protocol (timed here, interleaved too).", "",
             "| model | method | mode | compiled images/s | speed-up (min–max) | over eager |",
             "|---|---|---|---|---|---|"]  # fmt: skip
+    try:
+        check_compiler(device)
+    except CompilerUnavailableError as error:
+        return rows[:2] + [f"Not measured: {error}"]
     for shape in args.shapes:
         model = build(shape, device)
         settings = variants(args)[: 1 + len(args.keep_rates)]
@@ -449,14 +522,17 @@ def main(argv: list[str] | None = None) -> str:
     dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     builders = {"speed": speed_table, "attention": attention_table, "overhead": overhead_table,
                 "training": training_table, "layer": layer_table, "compile": compile_table, "onnx": onnx_table,
-                "profile": profile_table}  # fmt: skip
+                "profile": profile_table, "memory": memory_table}  # fmt: skip
     lines = [f"Machine: {device_name(device)}, {torch.get_num_threads()} threads, torch {torch.__version__}, {dtype}.",
              "Random-weight models (speed does not depend on the weights).", ""]  # fmt: skip
     for table in args.tables:
         if table == "onnx" and device.type != "cpu":
             continue
-        lines += builders[table](args, device, dtype) + [""]
-        print("\n".join(lines[-40:]), file=sys.stderr)
+        table_lines = builders[table](args, device, dtype) + [""]
+        lines += table_lines
+        print("\n".join(table_lines), file=sys.stderr)  # progress
+        if args.output:  # what is measured so far survives a run that stops later
+            Path(args.output).write_text("\n".join(lines + [f"(incomplete: stopped after table {table!r})"]) + "\n")
     command = f"python benchmarks/speed.py {shlex.join(sys.argv[1:] if argv is None else argv)}"
     text = "\n".join(lines + [f"Command: `{command}`"])
     print(text)

@@ -56,10 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     from huggingface_hub.errors import StrictDataclassError
 
+    from .measure import CompilerUnavailableError
+
     module = importlib.import_module(COMMANDS[argv[0]][0])
     try:
         module.main(argv[1:])
-    except (ValueError, OSError, ImportError, StrictDataclassError) as error:  # bad input: the message says what to do
+    except (ValueError, OSError, ImportError, StrictDataclassError, CompilerUnavailableError) as error:  # bad input
         if os.environ.get("HF_VITPRUNE_TRACEBACK"):
             raise
         print(f"hf-vitprune {argv[0]}: error: {error}", file=sys.stderr)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .measure import DTYPES, count_gmacs, device_name, time_interleaved
+from .measure import DTYPES, CompilerUnavailableError, check_compiler, count_gmacs, device_name, time_interleaved
 from .token_reduction import REDUCERS, PruningSettings, TokenReducer
 
 
@@ -341,6 +341,10 @@ class EvaluateArguments:
     compile: bool = field(
         default=False, metadata={"help": "Time the variants through torch.compile (accuracy stays eager)."}
     )
+    compile_fallback_eager: bool = field(
+        default=False,
+        metadata={"help": "With --compile: where torch.compile cannot run, time eager instead (recorded) of stopping."},
+    )
     skip_throughput: bool = field(default=False, metadata={"help": "Do not measure images/s and latency."})
     output_dir: str = field(default="outputs/evaluate", metadata={"help": "Where results.json / results.md go."})
     overwrite: bool = field(default=False, metadata={"help": "Replace results already in --output_dir."})
@@ -485,6 +489,15 @@ def measure_variants(
         for row in rows:
             row.update(images_per_s=math.nan, speedup=math.nan, realisation=math.nan)
         return rows, None
+    compile_mode = "default" if args.compile else None
+    if compile_mode is not None:
+        try:
+            check_compiler(device)
+        except CompilerUnavailableError as error:
+            if not args.compile_fallback_eager:
+                raise
+            print(f"warning: {error}; timing eager, as --compile_fallback_eager asks", file=sys.stderr)
+            compile_mode = None
     print(f"Timing {len(variants)} variants in {args.throughput_rounds} interleaved rounds")
     timings, protocol = time_interleaved(
         model,
@@ -496,9 +509,11 @@ def measure_variants(
         latency_runs=args.latency_runs,
         dtype=args.dtype,
         device=device,
-        compile_mode="default" if args.compile else None,
+        compile_mode=compile_mode,
         seed=args.seed,
     )
+    if args.compile and compile_mode is None:
+        protocol += "; --compile asked but torch.compile could not run here: eager (--compile_fallback_eager)"
     for row, timing in zip(rows, timings):
         row.update({k: v for k, v in asdict(timing).items() if k != "name"})
         row["realisation"] = row["speedup"] * row["gmacs_ratio"]  # speed-up / (GMACs of the reference / own)

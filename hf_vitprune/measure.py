@@ -155,6 +155,31 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class CompilerUnavailableError(RuntimeError):
+    """`torch.compile` cannot run on this machine ([`check_compiler`])."""
+
+
+def check_compiler(device: str | torch.device = "cpu") -> None:
+    """Fail early, with the reason, where `torch.compile` cannot run (no C/C++ compiler for inductor's CPU kernels,
+    no Triton for CUDA, an unsupported Python or platform).
+
+    Compiles and runs a two-operation function on `device` with `fullgraph=True`, the mode the speed protocol uses.
+
+    Raises:
+        CompilerUnavailableError: naming the device and torch's error, and what to do (drop `--compile`, or ask
+            for the eager fallback explicitly).
+    """
+    try:
+        compiled = torch.compile(lambda x: torch.relu(x) * 2, fullgraph=True)
+        compiled(torch.ones(4, device=device))
+    except Exception as error:  # any compiler failure: inductor raises many types
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise CompilerUnavailableError(
+            f"torch.compile cannot run on {device} here ({type(error).__name__}: {reason}). Drop --compile to time "
+            "eager, or pass --compile_fallback_eager to time eager and record that the compiler was unavailable."
+        ) from error
+
+
 def _check_protocol(dtype: str, runs: int, batch_size: int) -> None:
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}.")
@@ -234,7 +259,7 @@ def measure_throughput(
     pixel_values = torch.randn(batch_size, model.config.num_channels, size, size, generator=generator).to(device)
     wrapped = _LogitsOnly(model, interpolate_pos_encoding=size != _model_image_size(model))
     if compile_mode is not None:
-        wrapped = torch.compile(wrapped, mode=compile_mode, fullgraph=True)
+        wrapped = torch.compile(wrapped, mode=compile_mode, fullgraph=True, dynamic=False)
         warmup = max(warmup, 2)
     with torch.inference_mode(), _autocast(device, dtype):
         rates = _timed(lambda: wrapped(pixel_values), warmup, runs, batch_size, device)
@@ -374,7 +399,7 @@ def time_interleaved(
     forward = _LogitsOnly(model, interpolate_pos_encoding=False)
     if compile_mode is not None:  # every variant is its own graph: room for all of them in dynamo's cache
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 4 * len(variants))
-        forward = torch.compile(forward, mode=compile_mode, fullgraph=True)
+        forward = torch.compile(forward, mode=compile_mode, fullgraph=True, dynamic=False)  # one graph per setting
 
     def seconds(x: torch.Tensor) -> float:
         _synchronize(device)

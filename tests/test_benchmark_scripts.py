@@ -57,3 +57,27 @@ def test_render_model_cards_writes_the_card_with_the_note_and_never_overwrites(t
     assert "Not on the Hub." not in path.read_text() and "91.23" in path.read_text()
     with pytest.raises(FileNotFoundError, match="did the run"):
         render_model_cards.main([str(tmp_path / "missing")])
+
+
+def test_readings_table_puts_each_reading_against_random(tmp_path):
+    readings_table = _load("readings_table")
+
+    def row(method, keep, top1, **fields):
+        return {"pruning_method": method, "keep_rate": keep, "top1": top1, "renyi_alpha": 1.0, "entropy_axis": "query",
+                "bspf_block": 3, "bspf_joint": "mean", **fields}  # fmt: skip
+
+    report = {
+        "rows": [row(None, 1.0, 73.0), row("entropy", 0.7, 66.5, renyi_alpha=float("inf"), entropy_axis="key"),
+                 row("entropy", 0.5, 50.25, renyi_alpha=float("inf"), entropy_axis="key"), row("random", 0.7, 66.0),
+                 row("random", 0.5, 55.0), row("bspf", 0.7, 69.0, bspf_block=1), row("bspf", 0.5, 60.0, bspf_block=1)],
+        "protocol": {"images": 10, "data": "d", "model": "m", "machine": "cpu", "torch": "2", "command": "c"},
+    }  # fmt: skip
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.json").write_text(json.dumps(report))
+    readings_table.main([str(tmp_path / "run"), "--output", str(tmp_path / "t.md")])
+    text = (tmp_path / "t.md").read_text()
+    assert "| key | ∞ (min-entropy) | 66.50 (+0.50) | 50.25 (-4.75) |" in text
+    assert "| random | | 66.00 (+0.00) | 55.00 (+0.00) |" in text and "| unpruned | | 73.00 | |" in text
+    assert "| 1 | mean | 69.00 (+3.00) | 60.00 (+5.00) |" in text
+    with pytest.raises(SystemExit, match="already exists"):
+        readings_table.main([str(tmp_path / "run"), "--output", str(tmp_path / "t.md")])

@@ -74,6 +74,20 @@ def test_evaluate_on_real_images_writes_consistent_results(real_folder, tmp_path
 
 
 @needs_shared
+def test_a_temperature_grid_leaves_the_default_recorded(real_folder, tmp_path):
+    """The fusion-temperature grid is applied per variant and undone: the protocol records the model's default (0.1),
+    not the last temperature of the grid (the bug that left 100.0 in docs/results/fusion_temperature.json)."""
+    out = tmp_path / "out"
+    assert main(["evaluate", "--model", str(DEIT_TINY), "--data", str(real_folder), "--class_list",
+                 str(IMAGENET1K_CLASSES), "--methods", "variance", "--keep_rates", "0.5", "--fusion", "on",
+                 "--fusion_temperatures", "0.3", "100", "--skip_throughput", "--batch_size", "6", "--num_workers",
+                 "0", "--output_dir", str(out)]) == 0  # fmt: skip
+    report = json.loads((out / "results.json").read_text())
+    assert [row["fusion_temperature"] for row in report["rows"][1:]] == [0.3, 100.0]
+    assert report["protocol"]["fusion_temperature_default"] == 0.1
+
+
+@needs_shared
 def test_unmappable_folder_name_is_an_error_naming_it(tmp_path, capsys):
     folder = make_image_folder(tmp_path / "data", {"n01440764": 1, "not_a_wnid": 1})
     argv = ["evaluate", "--model", str(DEIT_TINY), "--data", str(folder), "--class_list", str(IMAGENET1K_CLASSES),

@@ -166,6 +166,22 @@ def test_torch_compile_fullgraph_equals_eager(backbone, method, pixel_values):
     torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-4)
 
 
+def test_a_compiled_model_follows_changes_of_its_pruning_setting(pixel_values):
+    """Changing the setting of a compiled model recompiles for the new setting (dynamic=False: settings are constants
+    of the graph; with automatic dynamic shapes the keep rate would be traced as a symbolic float, which the exact
+    keep count cannot read under fullgraph=True)."""
+    model, _ = _build("vit")
+    prune(model, pruning_method="variance", **PRUNING)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="eager", fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        for settings in ({"keep_rate": 0.5}, {"keep_rate": 0.75}, {"keep_rate": 0.25, "pruning_method": "evit"}):
+            with model.pruning(**settings):
+                torch.testing.assert_close(
+                    compiled(pixel_values=pixel_values).logits, model(pixel_values=pixel_values).logits
+                )
+
+
 @pytest.mark.slow
 def test_inductor_equals_eager(pixel_values):
     model, _ = _build("vit")

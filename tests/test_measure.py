@@ -104,8 +104,44 @@ def test_speed_benchmark_runs_its_tables(tmp_path):
     spec.loader.exec_module(speed)
     argv = ["--shapes", "deit-tiny", "--methods", "variance", "--keep_rates", "0.5", "--tome_r", "--rounds", "1",
             "--runs", "1", "--latency_runs", "2", "--batch_size", "2", "--layer_tokens", "99", "--tables", "speed",
-            "overhead", "layer", "profile", "--output", str(tmp_path / "b.md")]  # fmt: skip
+            "overhead", "layer", "profile", "memory", "--output", str(tmp_path / "b.md")]  # fmt: skip
     text = speed.main(argv)
     assert "| deit-tiny | unpruned | 1.258 | 1.00× |" in text
     assert "| deit-tiny | variance 0.5 | 0.632 | 1.99× |" in text  # the GMACs of keep 0.5 with fusion
     assert "aten::" in text and (tmp_path / "b.md").read_text().strip() == text.strip()
+    memory = [line for line in text.splitlines() if line.startswith("| deit-tiny | ") and line.endswith(" |")][-2:]
+    assert [line.split(" | ")[1] for line in memory] == ["unpruned", "variance 0.5"]  # the memory table's rows
+    inference, training = (float(memory[0].split(" | ")[i]) for i in (2, 3))
+    assert training > max(inference, 0)  # the backward pass keeps activations: a larger peak
+
+
+def test_compile_where_the_compiler_cannot_run(tmp_path, monkeypatch, capsys):
+    """`--compile` on a machine where torch.compile fails stops with the reason before timing; eager is timed
+    instead only when asked (`--compile_fallback_eager`), and the protocol says so."""
+    import json
+
+    from conftest import make_image_folder
+
+    from hf_vitprune.cli import main
+    from hf_vitprune.measure import CompilerUnavailableError, check_compiler
+
+    torch.manual_seed(0)
+    config = PrunedViTConfig(**tiny_config_kwargs(num_labels=2, id2label={0: "cat", 1: "dog"}))
+    PrunedViTForImageClassification(config).save_pretrained(tmp_path / "model")
+    make_image_folder(tmp_path / "data", {"cat": 2, "dog": 2})
+
+    def no_compiler(*args, **kwargs):  # what inductor does on a machine without a C++ compiler
+        raise RuntimeError("InductorError: CppCompileError: no working C++ compiler found in PATH")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    with pytest.raises(CompilerUnavailableError, match="torch.compile cannot run on cpu here .*no working C"):
+        check_compiler("cpu")
+    argv = ["evaluate", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--methods",
+            "variance", "--keep_rates", "0.5", "--fusion", "on", "--num_workers", "0", "--throughput_batch_size",
+            "2", "--throughput_rounds", "1", "--throughput_runs", "1", "--latency_runs", "0", "--compile"]  # fmt: skip
+    assert main([*argv, "--output_dir", str(tmp_path / "stopped")]) == 2
+    assert "pass --compile_fallback_eager" in capsys.readouterr().err
+    assert not (tmp_path / "stopped" / "results.json").exists()
+    assert main([*argv, "--compile_fallback_eager", "--output_dir", str(tmp_path / "eager")]) == 0
+    protocol = json.loads((tmp_path / "eager" / "results.json").read_text())["protocol"]["throughput"]
+    assert "torch.compile could not run here: eager" in protocol and "torch.compile(mode" not in protocol
