@@ -34,7 +34,7 @@ from transformers import (
 import hf_vitprune
 from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification, prune
 
-METHODS = ["variance", "medad", "evit", "entropy", "random", "tome"]
+METHODS = ["variance", "medad", "evit", "entropy", "random", "tome", "bspf"]
 TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, image_size=32, patch_size=8)  # 16 patches
 PRUNING = dict(keep_rate=0.5, prune_layers=[1, 2], tome_r=3)
 
@@ -93,7 +93,8 @@ def _expected_token_counts(method, prefix, patches=16, layers=4):
             candidates -= merges
         elif layer in PRUNING["prune_layers"]:
             kept = -(-Fraction(PRUNING["keep_rate"]).limit_denominator() * candidates // 1)
-            candidates = int(kept) + (1 if kept < candidates else 0)  # + the fused token
+            fused = 1 if kept < candidates and method != "bspf" else 0  # bspf merges into kept tokens: no extra one
+            candidates = int(kept) + fused
         counts.append(prefix + candidates)
     return counts
 
@@ -246,6 +247,9 @@ def test_real_deit_tiny_through_prune(method):
     assert torch.equal(_outputs(native, x)[0], logits)
     if method == "tome":
         assert hidden[-1].shape[1] == 1 + 196 - 12 * 13
+    elif method == "bspf":  # pruned tokens merge into kept ones: no fused token, 196 -> 138 -> 97 -> 68
+        assert [k.shape[1] for k in out.kept_patch_indices] == [138, 97, 68]
+        assert hidden[-1].shape[1] == 1 + 68
     else:
         assert [k.shape[1] for k in out.kept_patch_indices] == [138, 98, 70]
         assert hidden[-1].shape[1] == 1 + 70 + 1
