@@ -22,7 +22,7 @@ machine's drift cancels; medians and min-max over rounds are printed. Tables:
 
 The Markdown file given by `--output` is rewritten after every table, so a run that stops keeps what it measured.
 
-Run: `python benchmarks/speed.py --device cpu --output docs/benchmark_cpu.md`
+Run: `python benchmarks/speed.py --device cpu --output docs/benchmark_cpu.md --overwrite`
      `python benchmarks/speed.py --device cuda --dtype bf16 --output docs/benchmark_gpu.md`
 """
 
@@ -511,12 +511,15 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--tables", nargs="+", default=list(TABLES), choices=TABLES)
     parser.add_argument("--seed", type=int, default=0, help="seed of the interleaving order")
     parser.add_argument("--output", default=None, help="also write the tables to this Markdown file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> str:
     """Run the chosen tables and print (and with `--output` write) the Markdown."""
     args = parse_args(argv)
+    if args.output and Path(args.output).exists() and not args.overwrite:
+        raise SystemExit(f"{args.output} already exists: pass --overwrite to replace it, or another --output.")
     device = torch.device(args.device)
     args.batch_size = args.batch_size or (256 if device.type == "cuda" else 64)
     dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")

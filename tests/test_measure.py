@@ -145,3 +145,17 @@ def test_compile_where_the_compiler_cannot_run(tmp_path, monkeypatch, capsys):
     assert main([*argv, "--compile_fallback_eager", "--output_dir", str(tmp_path / "eager")]) == 0
     protocol = json.loads((tmp_path / "eager" / "results.json").read_text())["protocol"]["throughput"]
     assert "torch.compile could not run here: eager" in protocol and "torch.compile(mode" not in protocol
+
+
+def test_speed_benchmark_never_replaces_an_output_file(tmp_path):
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("speed", REPO / "benchmarks" / "speed.py")
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    (tmp_path / "b.md").write_text("a user's notes")
+    with pytest.raises(SystemExit, match="already exists: pass --overwrite"):
+        speed.main(["--tables", "layer", "--output", str(tmp_path / "b.md")])
+    assert (tmp_path / "b.md").read_text() == "a user's notes"
