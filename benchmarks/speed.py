@@ -44,9 +44,10 @@ import torch
 from torch.utils import benchmark as torch_benchmark
 
 from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification
-from hf_vitprune.measure import (
+from hf_vitprune.measure import (  # _autocast: the protocol's autocast, shared with measure
     DTYPES,
     CompilerUnavailableError,
+    _autocast,
     check_compiler,
     count_gmacs,
     device_name,
@@ -481,10 +482,6 @@ def profile_table(args, device, dtype: str) -> list[str]:
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
     return [f"### 8. Where the time goes: {shape}, {name}, batch 1 (torch.profiler, 20 passes, self CPU time)", "",
             "```", table.strip(), "```"]  # fmt: skip
-
-
-def _autocast(device: torch.device, dtype: str):
-    return torch.autocast(device.type, dtype=DTYPES[dtype]) if DTYPES[dtype] else contextlib.nullcontext()
 
 
 def parse_args(argv: list[str] | None):

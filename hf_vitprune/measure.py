@@ -163,7 +163,12 @@ def check_compiler(device: str | torch.device = "cpu") -> None:
     """Fail early, with the reason, where `torch.compile` cannot run (no C/C++ compiler for inductor's CPU kernels,
     no Triton for CUDA, an unsupported Python or platform).
 
-    Compiles and runs a two-operation function on `device` with `fullgraph=True`, the mode the speed protocol uses.
+    Compiles and runs a two-operation function (a float tensor of shape `(4,)`) on `device` with `fullgraph=True`,
+    the mode the speed protocol uses. Source: our protocol; it calls `torch.compile` exactly as
+    [`time_interleaved`] does, so a failure here is the failure the timing would hit after minutes of work.
+
+    Args:
+        device (`str` or `torch.device`): where the timed variants will run.
 
     Raises:
         CompilerUnavailableError: naming the device and torch's error, and what to do (drop `--compile`, or ask

@@ -64,3 +64,21 @@ def make_image_folder(root: Path, classes: dict[str, int], size=(40, 30)) -> Pat
             array = rng.integers(0, 255, size=(size[1], size[0], 3), dtype=np.uint8)
             Image.fromarray(array).save(root / name / f"img_{i}.jpg")
     return root
+
+
+def run_fresh_process(tmp_path: Path, script: str, model_dir, inputs):
+    """Run `script` (Python source, given `model_dir` and `inputs` as argv) in a fresh interpreter, offline, with an
+    empty remote-code module cache and without this package on the path, as a Hub user loading a
+    `trust_remote_code` checkpoint would; return the JSON value its last stdout line prints. A non-zero exit fails
+    the test with the end of the process's stderr."""
+    import json
+    import subprocess
+    import sys
+
+    path = tmp_path / "fresh_process.py"
+    path.write_text(script)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
+    result = subprocess.run([sys.executable, str(path), str(model_dir), str(inputs)], capture_output=True, text=True,
+                            env=env, cwd=tmp_path, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])

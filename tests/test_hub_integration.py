@@ -2,14 +2,12 @@
 
 import ast
 import json
-import os
-import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
-from conftest import DEIT_TINY, IMAGENETTE, REPO, needs_shared, tiny_config_kwargs
+from conftest import DEIT_TINY, IMAGENETTE, REPO, needs_shared, run_fresh_process, tiny_config_kwargs
 from transformers import (
     AutoConfig,
     AutoModelForImageClassification,
@@ -226,19 +224,7 @@ def test_fresh_process_without_the_package_loads_with_trust_remote_code(stock_vi
     torch.save(pixel_values, tmp_path / "inputs.pt")
     with torch.no_grad():
         expected = model(pixel_values=pixel_values)
-    script = tmp_path / "remote.py"
-    script.write_text(REMOTE_SCRIPT)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
-    result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "model"), str(tmp_path / "inputs.pt")],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = run_fresh_process(tmp_path, REMOTE_SCRIPT, tmp_path / "model", tmp_path / "inputs.pt")
     assert report["module"].startswith("transformers_modules.")  # the shipped copy, not the package
     assert report["model_type"] == "pruned_vit"
     assert report["pruning"] == ["medad", [0.5, 0.7], 0.25]

@@ -1,13 +1,10 @@
 """Overlapping patch embedding: grid arithmetic, border, position-embedding resize, GMACs of Table 3, round trips."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import DEIT_TINY, IMAGENETTE, needs_shared, tiny_config_kwargs
+from conftest import DEIT_TINY, IMAGENETTE, needs_shared, run_fresh_process, tiny_config_kwargs
 from transformers import ViTConfig, ViTForImageClassification
 from transformers.models.vit.modeling_vit import ViTEmbeddings
 
@@ -150,13 +147,7 @@ def test_overlap_round_trips_through_save_and_remote_code(tmp_path, pixel_values
         reloaded = PrunedViTForImageClassification.from_pretrained(tmp_path / "overlap").eval()
         assert torch.equal(reloaded(pixel_values=pixel_values).logits, expected)
     torch.save(pixel_values, tmp_path / "x.pt")
-    (tmp_path / "remote.py").write_text(REMOTE)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
-    result = subprocess.run([sys.executable, str(tmp_path / "remote.py"), str(tmp_path / "overlap"),
-                             str(tmp_path / "x.pt")], capture_output=True, text=True, env=env, cwd=tmp_path,
-                            timeout=300)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = run_fresh_process(tmp_path, REMOTE, tmp_path / "overlap", tmp_path / "x.pt")
     assert report["stride"] == 6 and report["patches"] == 25
     assert torch.equal(torch.tensor(report["logits"]), expected)
 

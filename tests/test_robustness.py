@@ -2,14 +2,19 @@
 
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import DEIT_TINY, IMAGENET1K_CLASSES, IMAGENETTE, make_image_folder, needs_shared, tiny_config_kwargs
+from conftest import (
+    DEIT_TINY,
+    IMAGENET1K_CLASSES,
+    IMAGENETTE,
+    make_image_folder,
+    needs_shared,
+    run_fresh_process,
+    tiny_config_kwargs,
+)
 from safetensors.torch import load_file
 from transformers import ViTConfig, ViTForImageClassification
 
@@ -87,12 +92,7 @@ def test_a_hub_token_is_used_for_the_push_and_written_nowhere(workspace, tmp_pat
     torch.save(x, tmp_path / "x.pt")
     with torch.no_grad():
         expected = PrunedViTForImageClassification.from_pretrained(out).eval()(pixel_values=x).logits
-    (tmp_path / "load.py").write_text(LOAD_COPY)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
-    result = subprocess.run([sys.executable, str(tmp_path / "load.py"), str(pushed), str(tmp_path / "x.pt")],
-                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert torch.equal(torch.tensor(json.loads(result.stdout.strip().splitlines()[-1])), expected)
+    assert torch.equal(torch.tensor(run_fresh_process(tmp_path, LOAD_COPY, pushed, tmp_path / "x.pt")), expected)
 
 
 def test_redact_command():

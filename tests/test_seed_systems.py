@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_config_kwargs
+from conftest import run_fresh_process, tiny_config_kwargs
 from transformers import ViTConfig, ViTForImageClassification
 
 from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification
@@ -185,10 +185,6 @@ print(json.dumps({"module": type(model).__module__, "logits": out.logits.tolist(
 
 @pytest.mark.parametrize("method, extra", [("bspf", {}), ("entropy", {"entropy_axis": "key", "renyi_alpha": 2.0})])
 def test_new_methods_load_with_remote_code_bit_identical(stock_dir, tmp_path, method, extra):
-    import json
-    import os
-    import subprocess
-    import sys
 
     tie = {"tie_query_key": True, "tied_qk_init": "mean"} if method == "bspf" else {}
     model = PrunedViTForImageClassification.from_pretrained(
@@ -199,13 +195,7 @@ def test_new_methods_load_with_remote_code_bit_identical(stock_dir, tmp_path, me
     torch.save(x, tmp_path / "x.pt")
     with torch.no_grad():
         expected = model(pixel_values=x)
-    (tmp_path / "remote.py").write_text(REMOTE)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
-    result = subprocess.run([sys.executable, str(tmp_path / "remote.py"), str(tmp_path / "model"),
-                             str(tmp_path / "x.pt")], capture_output=True, text=True, env=env, cwd=tmp_path,
-                            timeout=300)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = run_fresh_process(tmp_path, REMOTE, tmp_path / "model", tmp_path / "x.pt")
     assert report["module"].startswith("transformers_modules.")
     assert torch.equal(torch.tensor(report["logits"]), expected.logits)
     assert report["kept"] == [k.tolist() for k in expected.kept_patch_indices]

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import make_image_folder, tiny_config_kwargs
+from conftest import make_image_folder, run_fresh_process, tiny_config_kwargs
 from safetensors.torch import load_file
 from transformers import ViTConfig, ViTForImageClassification
 
@@ -45,9 +45,10 @@ def test_train_saves_a_loadable_model_card_and_results(workspace):
     # the saved processor is the one evaluation used: the base checkpoint has none, so the DeiT default for 32 px
     processor = json.loads((out / "preprocessor_config.json").read_text())
     assert processor["size"] == {"shortest_edge": 36} and processor["crop_size"] == {"height": 32, "width": 32}
-    assert "resize shorter side 36 bicubic, centre crop 32x32" in json.loads(
-        (out / "pruning_results.json").read_text()
-    )["protocol"]["top1"]
+    assert (
+        "resize shorter side 36 bicubic, centre crop 32x32"
+        in json.loads((out / "pruning_results.json").read_text())["protocol"]["top1"]
+    )
     assert (out / "checkpoint-2" / "config.json").exists() and (
         out / "checkpoint-4" / "modeling_pruned_vit.py"
     ).exists()
@@ -117,12 +118,7 @@ def test_trained_model_reloads_in_a_fresh_process_without_the_package(workspace,
     torch.save(x, tmp_path / "x.pt")
     with torch.no_grad():
         expected = PrunedViTForImageClassification.from_pretrained(out).eval()(pixel_values=x).logits
-    (tmp_path / "remote.py").write_text(REMOTE)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
-    result = subprocess.run([sys.executable, str(tmp_path / "remote.py"), str(out), str(tmp_path / "x.pt")],
-                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = run_fresh_process(tmp_path, REMOTE, out, tmp_path / "x.pt")
     assert report["module"].startswith("transformers_modules.")
     assert torch.equal(torch.tensor(report["logits"]), expected)
     assert report["labels"] == ["cat", "dog", "fox"]
