@@ -22,20 +22,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .measure import LogitsOnly, _model_image_size
 from .token_reduction import REDUCERS
 
 FORMATS = ("onnx", "pt2")
-
-
-class LogitsOnly(nn.Module):
-    """The model as one tensor in (`pixel_values`), one tensor out (`logits`), for exporters."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values).logits
 
 
 @dataclass
@@ -130,7 +120,7 @@ def export_model(model: nn.Module, output: str | Path, format: str = "onnx", ops
     Raises:
         torch's export errors, unchanged, for a model it cannot trace.
     """
-    size = model.config.image_size if isinstance(model.config.image_size, int) else model.config.image_size[0]
+    size = _model_image_size(model)
     example = torch.randn(2, model.config.num_channels, size, size, generator=torch.Generator().manual_seed(0))
     batch = torch.export.Dim("batch", min=1, max=4096)
     wrapped = LogitsOnly(model).eval()

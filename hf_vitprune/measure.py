@@ -31,10 +31,12 @@ def _sdpa_macs(inputs, outputs) -> int:
     return batch * n * m * d + batch * n * m * d_v
 
 
-class _LogitsOnly(nn.Module):
-    """Wraps an HF vision model so that tracing sees one tensor in, one tensor out."""
+class LogitsOnly(nn.Module):
+    """An HF vision model as one tensor in, one tensor out, for timers, compilers and exporters: `pixel_values`
+    `(batch, channels, height, width)` in, `logits` `(batch, classes)` out (`last_hidden_state` `(batch, tokens,
+    hidden)` for a model without a head). `interpolate_pos_encoding=True` passes that flag on (other image sizes)."""
 
-    def __init__(self, model: nn.Module, interpolate_pos_encoding: bool):
+    def __init__(self, model: nn.Module, interpolate_pos_encoding: bool = False):
         super().__init__()
         self.model = model
         self.interpolate_pos_encoding = interpolate_pos_encoding
@@ -79,7 +81,7 @@ def count_gmacs(model: nn.Module, image_size: int | None = None) -> float:
     generator = torch.Generator().manual_seed(0)
     pixel_values = torch.randn(1, model.config.num_channels, size, size, generator=generator)
     pixel_values = pixel_values.to(device=param.device, dtype=param.dtype)
-    wrapped = _LogitsOnly(model, interpolate_pos_encoding=size != _model_image_size(model))
+    wrapped = LogitsOnly(model, interpolate_pos_encoding=size != _model_image_size(model))
     was_training = model.training
     model.eval()
     try:
@@ -262,7 +264,7 @@ def measure_throughput(
     size = image_size or _model_image_size(model)
     generator = torch.Generator().manual_seed(0)
     pixel_values = torch.randn(batch_size, model.config.num_channels, size, size, generator=generator).to(device)
-    wrapped = _LogitsOnly(model, interpolate_pos_encoding=size != _model_image_size(model))
+    wrapped = LogitsOnly(model, interpolate_pos_encoding=size != _model_image_size(model))
     if compile_mode is not None:
         wrapped = torch.compile(wrapped, mode=compile_mode, fullgraph=True, dynamic=False)
         warmup = max(warmup, 2)
@@ -401,7 +403,7 @@ def time_interleaved(
     generator = torch.Generator().manual_seed(0)
     batch = torch.randn(batch_size, model.config.num_channels, size, size, generator=generator).to(device)
     single = batch[:1].clone()
-    forward = _LogitsOnly(model, interpolate_pos_encoding=False)
+    forward = LogitsOnly(model, interpolate_pos_encoding=False)
     if compile_mode is not None:  # every variant is its own graph: room for all of them in dynamo's cache
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 4 * len(variants))
         forward = torch.compile(forward, mode=compile_mode, fullgraph=True, dynamic=False)  # one graph per setting

@@ -7,7 +7,8 @@ from transformers import Dinov2Config, Dinov2ForImageClassification
 
 from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification, prune
 from hf_vitprune.cli import main as cli_main
-from hf_vitprune.export import LogitsOnly, export_model, run_exported
+from hf_vitprune.export import export_model, run_exported
+from hf_vitprune.measure import LogitsOnly
 
 METHODS = ["variance", "medad", "evit", "entropy", "random", "tome"]
 
