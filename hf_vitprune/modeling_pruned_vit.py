@@ -581,7 +581,7 @@ class PrunedViTModel(PrunedViTPreTrainedModel):
             entry per token of the embedded sequence (the prefix tokens, then the patches in grid order): 1 / True =
             attended, 0 / False = masked (e.g. padding patches); bool, integer or 0 / 1 floats. As in
             [`~transformers.ViTModel`] it masks keys. Under pruning it travels with the tokens: a masked token is
-            never kept ahead of an unmasked one, never enters the fused token or a merge with an unmasked token, and
+            never kept in place of an unmasked one, never enters the fused token or a merge with an unmasked token, and
             stays masked; with keep rate 1.0 the outputs equal `ViTModel`'s with the same mask. A mask that masks
             every patch token of an image is an error.
         """

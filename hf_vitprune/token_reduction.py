@@ -422,16 +422,18 @@ def prune_tokens(
 ) -> PrunedTokens:
     """Keep the `num_keep` best-scored candidate tokens and optionally fuse the rest into one appended token.
 
-    Prefix tokens (class, distillation, registers) are never candidates and stay first. Kept tokens follow in
-    descending order of score. With `fuse`, one token is appended: `sum_j w_j x_j` over the pruned tokens `j`, with
-    `w = softmax(s_j / (sigma * fusion_temperature))` and `sigma` the standard deviation of the scores over all of the
-    image's candidates (eq. 8 of arXiv:2507.19175). Raw criterion values are tiny (~1e-5 for the variance of attention
-    probabilities), so dividing by `sigma` makes the weights independent of the criterion's scale; as softmax ignores
-    shifts this is the same as z-scoring the scores per image. Equal scores (`sigma == 0`) give a plain mean.
+    Prefix tokens (class, distillation, registers) are never candidates and stay first. Kept tokens follow in their
+    sequence order (EViT's code orders them by score; the set is the same, and sequence order makes an image's tokens
+    independent of how near-equal scores rank in different batches). With `fuse`, one token is appended: `sum_j w_j x_j`
+    over the pruned tokens `j`, with `w = softmax(s_j / (sigma * fusion_temperature))` and `sigma` the standard
+    deviation of the scores over all of the image's candidates (eq. 8 of arXiv:2507.19175). Raw criterion values are
+    tiny (~1e-5 for the variance of attention probabilities), so dividing by `sigma` makes the weights independent of
+    the criterion's scale; as softmax ignores shifts this is the same as z-scoring the scores per image. Equal scores
+    (`sigma == 0`) give a plain mean.
 
-    With a `key_mask` (an attention mask over the tokens), masked candidates are kept only after every unmasked one,
-    never enter the fused token (weight 0; `sigma` is taken over the unmasked candidates) and stay masked; the fused
-    token is masked when every pruned token is.
+    With a `key_mask` (an attention mask over the tokens), masked candidates are kept only when fewer unmasked ones than
+    `num_keep` are left, never enter the fused token (weight 0; `sigma` is taken over the unmasked candidates) and stay
+    masked; the fused token is masked when every pruned token is.
 
     Args:
         hidden_states (`torch.Tensor` of shape `(batch, prefix + candidates, hidden)`).
@@ -457,16 +459,18 @@ def prune_tokens(
     valid = None if key_mask is None else key_mask[:, num_prefix_tokens:]
     ranking = scores if valid is None else scores.masked_fill(~valid, float("-inf"))
     order = ranking.argsort(dim=1, descending=True)
-    kept = order[:, :num_keep]
+    # kept and pruned tokens each in sequence order: an image's output then depends on which tokens are kept, not on
+    # how near-equal scores happen to be ranked (which can differ with the batch the image is in)
+    kept = order[:, :num_keep].sort(dim=1).values
     prefix = hidden_states[:, :num_prefix_tokens]
     kept_patch_ids = patch_ids.gather(1, kept)
     new_mask = None if valid is None else torch.cat([key_mask[:, :num_prefix_tokens], valid.gather(1, kept)], dim=1)
     if not (fuse and num_keep < num_candidates):
         output = torch.cat([prefix, gather_tokens(hidden_states, kept + num_prefix_tokens)], dim=1)
         return PrunedTokens(output, kept_patch_ids, kept_patch_ids, new_mask)
-    # one gather of every candidate in ranked order: the kept tokens lead, the pruned ones (fused) follow
-    ranked = gather_tokens(hidden_states, order + num_prefix_tokens)
-    pruned = order[:, num_keep:]
+    # one gather of every candidate: the kept tokens lead, the pruned ones (fused) follow
+    pruned = order[:, num_keep:].sort(dim=1).values
+    ranked = gather_tokens(hidden_states, torch.cat([kept, pruned], dim=1) + num_prefix_tokens)
     weights = fusion_weights(scores, pruned, fusion_temperature, valid).to(hidden_states.dtype)
     fused = torch.bmm(weights.unsqueeze(1), ranked[:, num_keep:])
     new_patch_ids = torch.cat([kept_patch_ids, kept_patch_ids.new_full((batch_size, 1), -1)], dim=1)
@@ -1275,9 +1279,10 @@ class BSPFPruner(AttentionPruner):
     """BSPF-ViT, reconstructed from the abstract of arXiv:2507.12125 ("Block-based Symmetric Pruning and Fusion"):
     at each of `prune_layers`, score every candidate by its joint query / key importance ([`joint_importance`],
     `bspf_joint`), smooth the scores over its `bspf_block x bspf_block` neighbourhood of the patch grid
-    ([`block_smooth`]), keep the best `ceil(keep_rate * candidates)`, and merge every other token into its most
-    similar kept token ([`similarity_fusion`]: no extra token; ToMe's sizes and proportional attention). The
-    symmetric attention of the abstract is the model option `tie_query_key` (one projection for queries and keys).
+    ([`block_smooth`]), keep the best `ceil(keep_rate * candidates)` (in sequence order), and merge every other token
+    into its most similar kept token ([`similarity_fusion`]: no extra token; ToMe's sizes and proportional
+    attention). The symmetric attention of the abstract is the model option `tie_query_key` (one projection for
+    queries and keys).
     Statistic: [`ATTENTION_AND_KEYS`] (the full matrix, eager at the pruning layers). docs/bspf.md gives the source
     sentence of each choice and what measured it."""
 
@@ -1302,7 +1307,9 @@ class BSPFPruner(AttentionPruner):
         if valid is not None:
             scores = scores.masked_fill(~valid, float("-inf"))
         order = scores.argsort(dim=1, descending=True)
-        kept, pruned = order[:, :amount], order[:, amount:]
+        # the kept tokens stay in sequence order: an image's output then depends on which tokens are kept, not on
+        # how near-equal scores happen to be ranked among them (which can differ with the batch it is in)
+        kept, pruned = order[:, :amount].sort(dim=1).values, order[:, amount:]
         sizes = state.token_sizes
         if sizes is None:
             sizes = hidden_states.new_ones(hidden_states.shape[:2], dtype=torch.float32)
@@ -1420,7 +1427,7 @@ class TokenReduction:
     gradient checkpointing recomputes it during the backward pass) sees the state it saw the first time.
 
     With an attention mask, the key mask (`(batch, tokens)`, True = attended) travels with the tokens: masked tokens
-    are never kept ahead of unmasked ones, never fused or merged with them, and after each reduction the layers'
+    are never kept in place of unmasked ones, never fused or merged with them, and after each reduction the layers'
     mask is rebuilt for the tokens left by `mask_builder` (the model's own mask function, so its form, boolean for
     SDPA or additive for eager attention, is the model's). Until a reduction changes the tokens the layers use the
     model's own mask, so a run that drops nothing equals the stock model exactly.

@@ -150,8 +150,9 @@ def test_prefix_tokens_are_never_pruned_and_a_kept_fused_token_is_minus_one():
     patch_ids = torch.tensor([[5, 7, 8, -1], [5, 7, 8, -1]])
     out, new_ids, kept, _ = prune_tokens(hidden, scores, 2, 2, patch_ids)
     assert torch.equal(out[:, :2], hidden[:, :2])
-    assert kept.tolist() == [[5, -1], [-1, 8]]
-    assert new_ids.tolist() == [[5, -1, -1], [-1, 8, -1]]
+    assert kept.tolist() == [[5, -1], [8, -1]]  # in sequence order: the kept fused token stays last
+    assert new_ids.tolist() == [[5, -1, -1], [8, -1, -1]]
+    torch.testing.assert_close(out[1, 2:4], hidden[1, [4, 5]])  # candidates 2 and 3 of image 1, in that order
 
 
 def test_gradients_reach_pruned_tokens_only_through_the_fused_token():

@@ -74,8 +74,9 @@ def test_masked_tokens_are_kept_last_when_too_few_are_unmasked():
     _, model = _models("variance", keep_rate=0.5)
     masked = list(range(2, 14))  # 12 of 16 patches masked: 4 unmasked, 8 kept
     out = _logits(model, mask=_mask(masked=((0, masked), (1, []), (2, []))))
-    kept = out.kept_patch_indices[0][0].tolist()
-    assert set(kept[:4]) == {0, 13, 14, 15}  # the unmasked patches (tokens 1, 14, 15, 16) come first
+    kept = set(out.kept_patch_indices[0][0].tolist())
+    assert len(kept) == 8 and kept >= {0, 13, 14, 15}  # every unmasked patch (tokens 1, 14, 15, 16) is kept
+    assert out.kept_patch_indices[0][0].tolist() == sorted(kept)  # in sequence order
 
 
 @pytest.mark.parametrize("method", ["variance", "evit", "tome"])
