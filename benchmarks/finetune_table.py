@@ -1,10 +1,14 @@
 """Markdown table of fine-tuning runs, from the `pruning_results.json` each `hf-vitprune train` run writes.
 
-Run: `python benchmarks/finetune_table.py runs/train/*/ [--reference NAME] [--output docs/results/finetune.md]`
+Run: `python benchmarks/finetune_table.py runs/train/*/ [--reference NAME] [--no_speed] [--output FILE]`
 
-Columns: pruning setting, patches (stride), tokens per stage, top-1 / top-5, GMACs, inference images/s (the
-protocol of `hf_vitprune.measure.measure_throughput`, measured after training), and training images/s as the Trainer
-reports them (whole run: data loading and augmentation included), with speed-ups against the reference run.
+Each argument is a run folder (holding `pruning_results.json`) or such a JSON file itself (e.g. the copies under
+docs/results/finetune/). Columns: pruning setting (with distillation), seed, patch stride, tokens per stage, top-1 /
+top-5, GMACs, inference images/s (measured after training, interleaved with the unpruned model), and training
+images/s as the Trainer reports them (whole run: data loading and augmentation included), with speed-ups against the
+reference run. `--no_speed` leaves the speed columns out (for runs that shared the machine with other jobs: speed is
+a property of the architecture, which `benchmarks/speed.py` measures alone). Settings run with more than one seed get
+a second table: mean top-1 and the range over seeds.
 """
 
 from __future__ import annotations
@@ -16,63 +20,114 @@ import sys
 from pathlib import Path
 
 
-def load_runs(folders: list[str]) -> list[dict]:
-    """The results of each run folder, in the order given.
+def load_runs(paths: list[str]) -> list[dict]:
+    """The results of each run folder (or results JSON file), in the order given.
 
     Raises:
         FileNotFoundError: naming a folder without `pruning_results.json` (a run that did not finish).
     """
     runs = []
-    for folder in folders:
-        path = Path(folder) / "pruning_results.json"
+    for given in paths:
+        path = Path(given)
+        if path.suffix != ".json":
+            path = path / "pruning_results.json"
         if not path.exists():
-            raise FileNotFoundError(f"{path} not found: did the run in {folder} finish?")
-        runs.append({"name": Path(folder).name, **json.loads(path.read_text())})
+            raise FileNotFoundError(f"{path} not found: did the run in {given} finish?")
+        results = json.loads(path.read_text())
+        name = Path(given).stem if Path(given).suffix == ".json" else Path(given).name
+        runs.append({"name": name, **results})
     return runs
 
 
-def table(runs: list[dict], reference: str | None = None) -> str:
-    """The Markdown table; speed-ups are against the run named `reference` (default: the first)."""
+def run_seed(run: dict) -> int:
+    """The run's training seed: recorded in `training.seed`, or read from the command line (`--seed`, default 0)."""
+    seed = run.get("training", {}).get("seed")
+    if seed is not None:
+        return int(seed)
+    argv = shlex.split(run.get("command", ""))
+    return int(argv[argv.index("--seed") + 1]) if "--seed" in argv else 0
+
+
+def setting_text(run: dict) -> str:
+    """`unpruned`, or e.g. `variance, keep 0.7, fusion`, with `, distilled` when the run had a teacher."""
+    pruning = run["pruning"]
+    method = pruning.get("pruning_method") or "none"
+    if method == "none":
+        text = "unpruned"
+    else:
+        text = f"{method}, keep {pruning.get('keep_rate')}" + (", fusion" if pruning.get("fuse_pruned") else "")
+    if (run.get("training") or {}).get("distillation"):
+        text += ", distilled"
+    return text
+
+
+def table(runs: list[dict], reference: str | None = None, speed: bool = True) -> str:
+    """The Markdown table; speed-ups are against the run named `reference` (default: the first). Without `speed`
+    the images/s columns are left out."""
     base = next((r for r in runs if r["name"] == reference), runs[0])
-    header = (
-        "| run | pruning | patch stride | tokens per stage | top-1 (%) | top-5 (%) | GMACs | images/s | speed-up "
-        "| training images/s | training speed-up |"
-    )
-    lines = [header, "|" + "---|" * 11]
+    header = "| run | pruning | seed | patch stride | tokens per stage | top-1 (%) | top-5 (%) | GMACs |"
+    if speed:
+        header += " images/s | speed-up | training images/s | training speed-up |"
+    lines = [header, "|" + "---|" * header[1:].count("|")]
     for run in runs:
         pruning, metrics = run["pruning"], run["metrics"]["pruned"]
-        method = pruning.get("pruning_method") or "none"
-        setting = (
-            "unpruned"
-            if method == "none"
-            else f"{method}, keep {pruning.get('keep_rate')}" + (", fusion" if pruning.get("fuse_pruned") else "")
+        line = (
+            f"| {run['name']} | {setting_text(run)} | {run_seed(run)} | {pruning.get('patch_stride')} | "
+            f"{metrics['tokens']} | {metrics['top1']:.2f} | {metrics['top5']:.2f} | {metrics['gmacs']:.3f} |"
         )
-        train_ips = metrics.get("train_images_per_s") or float("nan")
-        base_train = base["metrics"]["pruned"].get("train_images_per_s") or float("nan")
-        lines.append(
-            f"| {run['name']} | {setting} | {pruning.get('patch_stride')} | {metrics['tokens']} | "
-            f"{metrics['top1']:.2f} | {metrics['top5']:.2f} | {metrics['gmacs']:.3f} | {metrics['images_per_s']:.1f} | "
-            f"{metrics['images_per_s'] / base['metrics']['pruned']['images_per_s']:.2f}× | {train_ips:.1f} | "
-            f"{train_ips / base_train:.2f}× |"
-        )
+        if speed:
+            train_ips = metrics.get("train_images_per_s") or float("nan")
+            base_train = base["metrics"]["pruned"].get("train_images_per_s") or float("nan")
+            speedup = metrics["images_per_s"] / base["metrics"]["pruned"]["images_per_s"]
+            line += (
+                f" {metrics['images_per_s']:.1f} | {speedup:.2f}× | {train_ips:.1f} | {train_ips / base_train:.2f}× |"
+            )
+        lines.append(line)
     first = runs[0]
-    notes = [
-        "",
-        f"top-1 / top-5: {first['protocol']['top1']}.",
-        f"images/s: {first['protocol']['throughput']}.",
-        "training images/s: the Trainer's `train_samples_per_second` over the whole run (data loading, augmentation "
-        "and checkpointing included).",
-    ]
-    return "\n".join(lines + notes)
+    notes = ["", f"top-1 / top-5: {first['protocol']['top1']}."]
+    if speed:
+        notes += [
+            f"images/s: {first['protocol']['throughput']}.",
+            "training images/s: the Trainer's `train_samples_per_second` over the whole run (data loading, "
+            "augmentation and checkpointing included).",
+        ]
+    else:
+        notes.append(
+            "Speed columns left out (`--no_speed`): these runs shared the machine with other jobs; images/s of each "
+            "setting, measured alone and interleaved with the unpruned model, are in docs/benchmark_cpu.md."
+        )
+    return "\n".join(lines + notes + seed_summary(runs))
+
+
+def seed_summary(runs: list[dict]) -> list[str]:
+    """Lines of a second table for settings run with more than one seed: seeds, mean top-1 and min–max."""
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        key = (setting_text(run), run["pruning"].get("patch_stride"))
+        groups.setdefault(key, []).append(run)
+    repeated = {key: group for key, group in groups.items() if len({run_seed(r) for r in group}) > 1}
+    if not repeated:
+        return []
+    lines = ["", "| pruning | patch stride | seeds | top-1 mean (%) | top-1 min–max (%) |", "|---|---|---|---|---|"]
+    for (setting, stride), group in repeated.items():
+        top1 = [r["metrics"]["pruned"]["top1"] for r in group]
+        seeds = ", ".join(str(run_seed(r)) for r in group)
+        lines.append(
+            f"| {setting} | {stride} | {seeds} | {sum(top1) / len(top1):.2f} | {min(top1):.2f}–{max(top1):.2f} |"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", help="run folders (output_dir of hf-vitprune train)")
+    parser.add_argument(
+        "runs", nargs="+", help="run folders (output_dir of hf-vitprune train) or their pruning_results.json files"
+    )
     parser.add_argument("--reference", default=None, help="run the speed-ups are measured against (default: first)")
+    parser.add_argument("--no_speed", action="store_true", help="leave the images/s columns out (see above)")
     parser.add_argument("--output", default=None, help="also write the table to this file")
     args = parser.parse_args(argv)
-    text = table(load_runs(args.runs), args.reference)
+    text = table(load_runs(args.runs), args.reference, speed=not args.no_speed)
     argv = sys.argv[1:] if argv is None else argv
     text += f"\n\nCommand: `python benchmarks/finetune_table.py {shlex.join(argv)}`\n"
     print(text)

@@ -792,6 +792,7 @@ def pruning_results(model, measured, train_result, eval_metrics, eval_data, trai
         },
         "training": {
             "epochs": training_args.num_train_epochs,
+            "seed": training_args.seed,
             "global batch size": global_batch_size(training_args),
             "learning rate": training_args.learning_rate,
             "weight decay": training_args.weight_decay,

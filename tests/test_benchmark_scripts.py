@@ -29,14 +29,36 @@ def test_finetune_table_computes_speedups_against_the_reference(tmp_path):
     _run(tmp_path / "base", None, 90.0, 50.0, 10.0)
     _run(tmp_path / "pruned", "variance", 89.5, 75.0, 14.0)
     text = finetune_table.main([str(tmp_path / "base"), str(tmp_path / "pruned"), "--output", str(tmp_path / "t.md")])
-    assert "| base | unpruned | 16 | 196 | 90.00 | 99.00 | 1.000 | 50.0 | 1.00× | 10.0 | 1.00× |" in text
+    assert "| base | unpruned | 0 | 16 | 196 | 90.00 | 99.00 | 1.000 | 50.0 | 1.00× | 10.0 | 1.00× |" in text
     assert (
-        "| pruned | variance, keep 0.7, fusion | 16 | 196 | 89.50 | 99.00 | 1.000 | 75.0 | 1.50× | 14.0 | 1.40× |"
+        "| pruned | variance, keep 0.7, fusion | 0 | 16 | 196 | 89.50 | 99.00 | 1.000 | 75.0 | 1.50× | 14.0 | 1.40× |"
         in text
     )
     assert (tmp_path / "t.md").read_text() == text
     with pytest.raises(FileNotFoundError, match="did the run"):
         finetune_table.main([str(tmp_path / "missing")])
+
+
+def test_finetune_table_without_speed_with_distillation_seeds_and_json_files(tmp_path):
+    finetune_table = _load("finetune_table")
+    _run(tmp_path / "a", "variance", 89.0, 75.0, 14.0)
+    _run(tmp_path / "b", "variance", 90.0, 75.0, 14.0)
+    _run(tmp_path / "c", "variance", 92.0, 75.0, 14.0)
+    for name, seed, teacher in (("a", None, None), ("b", 1, {"teacher": "t"}), ("c", None, {"teacher": "t"})):
+        path = tmp_path / name / "pruning_results.json"
+        results = json.loads(path.read_text())
+        results["training"] = {"distillation": teacher, **({"seed": seed} if seed is not None else {})}
+        results["command"] = "hf-vitprune train --seed 2" if name == "c" else "hf-vitprune train"
+        path.write_text(json.dumps(results))
+    text = finetune_table.main([str(tmp_path / "a"), str(tmp_path / "b" / "pruning_results.json"),
+                                str(tmp_path / "c"), "--no_speed"])  # fmt: skip
+    assert "| a | variance, keep 0.7, fusion | 0 | 16 | 196 | 89.00 | 99.00 | 1.000 |\n" in text
+    assert "| pruning_results | variance, keep 0.7, fusion, distilled | 1 | 16 |" in text  # a JSON file: its stem
+    assert "| c | variance, keep 0.7, fusion, distilled | 2 |" in text  # seed read from the command line
+    assert "images/s" not in text.split("\n")[0] and "docs/benchmark_cpu.md" in text
+    # over seeds: only the distilled setting has two seeds (1 and 2): mean 91.00, range 90.00–92.00
+    assert "| variance, keep 0.7, fusion, distilled | 16 | 1, 2 | 91.00 | 90.00–92.00 |" in text
+    assert "| variance, keep 0.7, fusion | 16 | 0 |" not in text
 
 
 def test_render_model_cards_writes_the_card_with_the_note_and_never_overwrites(tmp_path):
