@@ -339,9 +339,10 @@ class PrunedViTModelOutput(BaseModelOutputWithPooling):
     [`~transformers.modeling_outputs.BaseModelOutputWithPooling`] plus what the pruning layers kept.
 
     kept_patch_indices (`tuple[torch.LongTensor]`, one per pruning layer, each of shape `(batch, kept)`):
-        For each pruning layer, in the order of the tokens it kept (best first), the index in the original patch grid
-        (row-major, `0 .. num_patches - 1`) of every kept candidate token; `-1` marks a fused token made by an earlier
-        pruning layer that was kept. The fused token a layer appends is not listed. A pruning layer whose keep rate
+        For each pruning layer, in the order of the tokens it kept (for the pruning methods their sequence order:
+        ascending patch index, a kept fused token last), the index in the original patch grid (row-major,
+        `0 .. num_patches - 1`) of every kept candidate token; `-1` marks a fused token made by an earlier pruning
+        layer that was kept. The fused token a layer appends is not listed. A pruning layer whose keep rate
         keeps everything lists every candidate. Shapes are fixed for a fixed keep rate and input size.
     """
 

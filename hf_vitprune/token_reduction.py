@@ -401,7 +401,7 @@ class PrunedTokens(NamedTuple):
     """What [`prune_tokens`] returns."""
 
     hidden_states: torch.Tensor
-    """`(batch, prefix + num_keep [+ 1], hidden)`: prefix, kept tokens (best first), the fused token."""
+    """`(batch, prefix + num_keep [+ 1], hidden)`: prefix, kept tokens (in sequence order), the fused token."""
     patch_ids: torch.Tensor
     """`(batch, num_keep [+ 1])`: the new candidates' patch ids (-1 for the fused token)."""
     kept_patch_ids: torch.Tensor
