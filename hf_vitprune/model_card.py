@@ -25,6 +25,8 @@ def _fmt(value, digits: int | None = 2) -> str:
         return "—"
     if isinstance(value, float):
         return f"{value:.6g}" if digits is None else f"{value:.{digits}f}"
+    if isinstance(value, dict):  # e.g. the distillation settings: "teacher: ..., alpha: 0.5, ..."
+        return ", ".join(f"{k}: {_fmt(v, digits)}" for k, v in value.items())
     return str(value)
 
 

@@ -61,7 +61,8 @@ def test_distilling_from_the_unpruned_model(workspace, tmp_path):
     assert recorded["alpha"] == 0.5 and recorded["temperature"] == 2.0 and recorded["class_token_mse_weight"] == 0.1
     assert recorded["teacher"].endswith("base with pruning off")
     assert json.loads((plain / "pruning_results.json").read_text())["training"]["distillation"] is None
-    assert "distillation" in (distilled / "README.md").read_text()
+    card = (distilled / "README.md").read_text()
+    assert "| distillation | teacher: " in card and "alpha: 0.5, temperature: 2, class_token_mse_weight: 0.1" in card
 
 
 def test_distillation_resumes_to_the_uninterrupted_weights(workspace, tmp_path):
