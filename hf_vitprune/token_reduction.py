@@ -470,13 +470,13 @@ def prune_tokens(
         return PrunedTokens(output, kept_patch_ids, kept_patch_ids, new_mask)
     # one gather of every candidate: the kept tokens lead, the pruned ones (fused) follow
     pruned = order[:, num_keep:].sort(dim=1).values
-    ranked = gather_tokens(hidden_states, torch.cat([kept, pruned], dim=1) + num_prefix_tokens)
+    selected = gather_tokens(hidden_states, torch.cat([kept, pruned], dim=1) + num_prefix_tokens)
     weights = fusion_weights(scores, pruned, fusion_temperature, valid).to(hidden_states.dtype)
-    fused = torch.bmm(weights.unsqueeze(1), ranked[:, num_keep:])
+    fused = torch.bmm(weights.unsqueeze(1), selected[:, num_keep:])
     new_patch_ids = torch.cat([kept_patch_ids, kept_patch_ids.new_full((batch_size, 1), -1)], dim=1)
     if new_mask is not None:
         new_mask = torch.cat([new_mask, valid.gather(1, pruned).any(dim=1, keepdim=True)], dim=1)
-    output = torch.cat([prefix, ranked[:, :num_keep], fused], dim=1)
+    output = torch.cat([prefix, selected[:, :num_keep], fused], dim=1)
     return PrunedTokens(output, new_patch_ids, kept_patch_ids, new_mask)
 
 
@@ -605,7 +605,9 @@ def merge_tokens(
     return MergedTokens(hidden_states, token_sizes, patch_ids, key_mask)
 
 
-def joint_importance(attention: torch.Tensor, num_prefix_tokens: int, joint: str = "mean") -> torch.Tensor:
+def joint_importance(
+    attention: torch.Tensor, num_prefix_tokens: int, joint: str = "mean", valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """BSPF-ViT's joint query / key importance of each candidate token, from its attention column and its row.
 
     Reconstructed from the abstract of arXiv:2507.12125 ("Q and K tokens are pruned jointly"): a token is removed as a
@@ -619,6 +621,9 @@ def joint_importance(attention: torch.Tensor, num_prefix_tokens: int, joint: str
         attention (`torch.FloatTensor` of shape `(batch, heads, tokens, tokens)`): the full softmax attention.
         num_prefix_tokens (`int`).
         joint (`str`): `"mean"` or `"product"`.
+        valid (`torch.BoolTensor` of shape `(batch, candidates)`, *optional*): unmasked candidates; the attention
+            received is averaged over unmasked queries and `"mean"` standardises over unmasked candidates, so a
+            masked token does not change the others' scores.
 
     Returns:
         `torch.FloatTensor` of shape `(batch, candidates)`, higher = more important.
@@ -626,14 +631,23 @@ def joint_importance(attention: torch.Tensor, num_prefix_tokens: int, joint: str
     Raises:
         ValueError: for another `joint`.
     """
-    received = attention[..., num_prefix_tokens:].mean(dim=(1, 2))  # as a key
+    if valid is None:
+        received = attention[..., num_prefix_tokens:].mean(dim=(1, 2))  # as a key
+    else:  # averaged over the unmasked queries only: a masked token's own row does not vote
+        queries = torch.cat([valid.new_ones(valid.shape[0], num_prefix_tokens), valid], dim=1).to(attention.dtype)
+        per_query = attention[..., num_prefix_tokens:].mean(dim=1)  # (batch, queries, candidates)
+        received = (per_query * queries.unsqueeze(-1)).sum(dim=1) / queries.sum(dim=1, keepdim=True)
     row_entropy = renyi_entropy(attention[:, :, num_prefix_tokens:], 1.0, dim=-1).mean(dim=1)  # as a query
     if joint == "product":
         return received * torch.exp(-row_entropy)
     if joint == "mean":
+        weight = torch.ones_like(received) if valid is None else valid.to(received.dtype)
+        count = weight.sum(dim=1, keepdim=True)
 
-        def standardised(x):
-            return (x - x.mean(dim=1, keepdim=True)) / x.std(dim=1, keepdim=True).clamp_min(1e-12)
+        def standardised(x):  # over the valid candidates; unbiased standard deviation, as torch.std
+            mean = (x * weight).sum(dim=1, keepdim=True) / count.clamp_min(1)
+            var = ((x - mean).square() * weight).sum(dim=1, keepdim=True) / (count - 1).clamp_min(1)
+            return (x - mean) / var.sqrt().clamp_min(1e-12)
 
         return (standardised(received) + standardised(-row_entropy)) / 2
     raise ValueError(f"joint must be 'mean' or 'product', got {joint!r}.")
@@ -1301,9 +1315,11 @@ class BSPFPruner(AttentionPruner):
                 "not a square number): pass the grid to TokenReduction."
             )
         attention, keys = statistic
-        scores = joint_importance(attention, prefix, self.settings.bspf_joint)
-        scores = block_smooth(scores, state.patch_ids, state.grid, self.settings.bspf_block)
         valid = None if state.key_mask is None else state.key_mask[:, prefix:]
+        scores = joint_importance(attention, prefix, self.settings.bspf_joint, valid)
+        # masked tokens take no part in their neighbours' averages (no grid position for the smoothing)
+        positions = state.patch_ids if valid is None else state.patch_ids.where(valid, -1)
+        scores = block_smooth(scores, positions, state.grid, self.settings.bspf_block)
         if valid is not None:
             scores = scores.masked_fill(~valid, float("-inf"))
         order = scores.argsort(dim=1, descending=True)

@@ -9,7 +9,7 @@ from transformers import Dinov2Config, Dinov2Model, ViTConfig, ViTForImageClassi
 
 from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification, prune
 
-METHODS = ["variance", "medad", "evit", "entropy", "random", "tome"]
+METHODS = ["variance", "medad", "evit", "entropy", "random", "tome", "bspf"]
 PIXELS = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
@@ -53,7 +53,7 @@ def test_keep_rate_one_with_a_mask_equals_stock(method, attn):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_masked_patches_never_reach_an_unmasked_token(method):
-    """Masked tokens are never keys, never kept ahead of an unmasked token, never fused or merged with one: changing
+    """Masked tokens are never keys, never kept in place of an unmasked token, never fused or merged with one: changing
     the pixels of masked patches changes no logit."""
     _, model = _models(method, keep_rate=0.5)
     mask = _mask()
