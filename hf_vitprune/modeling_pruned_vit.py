@@ -544,8 +544,9 @@ class PrunedViTModel(PrunedViTPreTrainedModel):
 
     Raises (in `forward`):
         ValueError: for `pixel_values` that are not `(batch, channels, height, width)` with at least one image at
-            least one patch large, if `attention_mask` is given while pruning (the mask would no longer match the
-            tokens), or if the image size does not match the config without `interpolate_pos_encoding=True`.
+            least one patch large, for an `attention_mask` that is not `(batch, tokens)` of 0 / 1 values or that
+            masks every patch token of an image, or if the image size does not match the config without
+            `interpolate_pos_encoding=True`.
     """
 
     _embeddings_class = PrunedViTEmbeddings
