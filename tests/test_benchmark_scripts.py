@@ -103,3 +103,29 @@ def test_readings_table_puts_each_reading_against_random(tmp_path):
     assert "| 1 | mean | 69.00 (+3.00) | 60.00 (+5.00) |" in text
     with pytest.raises(SystemExit, match="already exists"):
         readings_table.main([str(tmp_path / "run"), "--output", str(tmp_path / "t.md")])
+
+
+def test_remote_code_check_compares_the_shipped_code_with_the_package(tmp_path):
+    import numpy as np
+    import torch
+    from conftest import tiny_config_kwargs
+    from PIL import Image
+    from transformers import ViTImageProcessor
+
+    from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification
+
+    remote_code_check = _load("remote_code_check")
+    torch.manual_seed(0)
+    model = PrunedViTForImageClassification(PrunedViTConfig(**tiny_config_kwargs(pruning_method="bspf")))
+    model.save_pretrained(tmp_path / "model")
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "model")
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    row = remote_code_check.compare(str(tmp_path / "model"), remote_code_check.first_images(str(tmp_path), 3))
+    assert row["remote_class"].startswith("transformers_modules.") and row["method"] == "bspf"
+    assert row["identical"] and row["max_abs_diff"] == 0.0 and row["images"] == 3
+    with pytest.raises(FileNotFoundError, match="fewer than the 4"):
+        remote_code_check.first_images(str(tmp_path), 4)
+    with pytest.raises(FileNotFoundError, match="saved by hf_vitprune"):
+        remote_code_check.compare(str(tmp_path), [])

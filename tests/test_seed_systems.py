@@ -14,6 +14,7 @@ from hf_vitprune.token_reduction import (
     CLASS_ATTENTION,
     REDUCERS,
     PruningSettings,
+    ReductionState,
     block_smooth,
     head_entropy_scores,
     joint_importance,
@@ -199,3 +200,24 @@ def test_new_methods_load_with_remote_code_bit_identical(stock_dir, tmp_path, me
     assert report["module"].startswith("transformers_modules.")
     assert torch.equal(torch.tensor(report["logits"]), expected.logits)
     assert report["kept"] == [k.tolist() for k in expected.kept_patch_indices]
+
+
+def test_bspf_scores_get_no_gradient_so_a_learnable_block_filter_could_not_learn():
+    # docs/bspf.md: bspf's scores only choose the kept tokens (hard top-k) and its similarity fusion weighs by token
+    # sizes, so nothing downstream depends differentiably on the scores: a learnable filter on them would get no
+    # gradient. Variance with fusion, by contrast, weighs the fused token by softmax(scores) (eq. 8): gradient flows.
+    torch.manual_seed(0)
+    batch, prefix, grid = 2, 1, (4, 4)
+    tokens = prefix + grid[0] * grid[1]
+    hidden = torch.randn(batch, tokens, 8, requires_grad=True)
+    attention = torch.randn(batch, 2, tokens, tokens).softmax(dim=-1).requires_grad_()
+    keys = torch.randn(batch, tokens, 4)
+    bspf = PruningSettings(pruning_method="bspf", keep_rate=0.5, prune_layers=[0]).reducer(prefix)
+    out, _ = bspf.reduce(hidden, (attention, keys), ReductionState.start(hidden, prefix, grid=grid), 8)
+    assert torch.autograd.grad(out.square().sum(), [hidden, attention], allow_unused=True)[1] is None
+    variance = PruningSettings(pruning_method="variance", keep_rate=0.5, prune_layers=[0]).reducer(prefix)
+    class_attention = attention[:, :, 0, prefix:]
+    out, _ = variance.reduce(hidden, class_attention, ReductionState.start(hidden, prefix, grid=grid), 8)
+    (gradient,) = torch.autograd.grad(out.square().sum(), [attention])
+    assert gradient.abs().sum() > 0
+
