@@ -17,6 +17,18 @@ from pathlib import Path
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card_template.md"
 PAPER = "Igaue & Aizawa, arXiv:2507.19175 (2025)"
+"""The project's paper: the source named on the card of an unpruned reference."""
+
+
+def method_source(method: str | None) -> tuple[str, str]:
+    """`(one-line source, BibTeX)` of a pruning method's paper (its reducer's `source` / `bibtex`); the project's paper
+    for `None` (the unpruned reference) or a name that is not a registered method."""
+    from .token_reduction import BIBTEX_IGAUE2025, REDUCERS
+
+    reducer = REDUCERS.get(method) if method else None
+    if reducer is None or not reducer.source:
+        return PAPER, BIBTEX_IGAUE2025
+    return reducer.source, reducer.bibtex
 
 
 def _fmt(value, digits: int | None = 2) -> str:
@@ -117,7 +129,8 @@ def summary_line(results: dict) -> str:
         (f"Pruning: **{method}**" if method else "The unpruned reference (pruning switched off)")
         + (f" at keep rate {pruning.get('keep_rate')}" if _uses(method, "keep_rate") else "")
         + f", top-1 {_fmt(pruned['top1'])} % on {dataset['name']} ({dataset.get('split') or 'evaluation'} split, "
-        f"{dataset.get('images', '?')} images) at {_fmt(pruned.get('gmacs'), 3)} GMACs. Method: {PAPER}."
+        f"{dataset.get('images', '?')} images) at {_fmt(pruned.get('gmacs'), 3)} GMACs. "
+        + f"Method: {method_source(method)[0]}."
     )
 
 
@@ -151,4 +164,5 @@ def build_model_card(results: dict):
         training_rows=[(k, _fmt(v, None)) for k, v in (results.get("training") or {}).items()],
         repo_id=results.get("repo_id") or "path/to/this/model",
         command=results.get("command"),
+        citation=method_source(results["pruning"].get("pruning_method"))[1],
     )

@@ -1035,13 +1035,48 @@ class LayerPlan:
     statistic: str | None
 
 
+BIBTEX_IGAUE2025 = """@article{igaue2025patch,
+  title   = {Patch Pruning Strategy Based on Robust Statistical Measures of Attention Weight Diversity in Vision
+             Transformers},
+  author  = {Igaue, Yuki and Aizawa, Hiroaki},
+  journal = {arXiv preprint arXiv:2507.19175},
+  year    = {2025}
+}"""
+BIBTEX_IGAUE2026 = """@article{igaue2026renyi,
+  title   = {R{\\'e}nyi Attention Entropy for Patch Pruning},
+  author  = {Igaue, Yuki and Aizawa, Hiroaki},
+  journal = {arXiv preprint arXiv:2604.03803},
+  year    = {2026}
+}"""
+BIBTEX_EVIT = """@inproceedings{liang2022evit,
+  title     = {Not All Patches are What You Need: Expediting Vision Transformers via Token Reorganizations},
+  author    = {Liang, Youwei and Ge, Chongjian and Tong, Zhan and Song, Yibing and Wang, Jue and Xie, Pengtao},
+  booktitle = {International Conference on Learning Representations},
+  year      = {2022}
+}"""
+BIBTEX_TOME = """@inproceedings{bolya2023tome,
+  title     = {Token Merging: Your {ViT} But Faster},
+  author    = {Bolya, Daniel and Fu, Cheng-Yang and Dai, Xiaoliang and Zhang, Peizhao and Feichtenhofer, Christoph and
+               Hoffman, Judy},
+  booktitle = {International Conference on Learning Representations},
+  year      = {2023}
+}"""
+BIBTEX_BSPF = """@article{hsieh2025block,
+  title   = {Block-based Symmetric Pruning and Fusion for Efficient Vision Transformers},
+  author  = {Hsieh, Jun-Wei and Li, Xin and Hsieh, Yi-Kuan and others},
+  journal = {arXiv preprint arXiv:2507.12125},
+  year    = {2025}
+}"""
+"""BibTeX of each method's paper (the reducers' `bibtex`), for model cards."""
+
+
 class TokenReducer:
     """A token-reduction method: which layers reduce, by how much, with which attention statistic, and how.
 
     Subclasses set `name` (the `pruning_method` string), `statistic` (one of [`CLASS_ATTENTION`], [`ATTENTION`],
-    [`KEYS`] or `None`) and `settings_used` (the [`PruningSettings`] fields the method reads, for labels and docs), and
-    implement `amount` and `reduce`. They hold no model and no per-forward state: one instance is built from the
-    settings at the start of each forward pass.
+    [`KEYS`] or `None`), `settings_used` (the [`PruningSettings`] fields the method reads, for labels and docs) and
+    `source` / `bibtex` (the paper the method comes from, for model cards), and implement `amount` and `reduce`. They
+    hold no model and no per-forward state: one instance is built from the settings at the start of each forward pass.
 
     Args:
         settings ([`PruningSettings`]): validated settings.
@@ -1051,6 +1086,9 @@ class TokenReducer:
     name: ClassVar[str]
     statistic: ClassVar[str | None] = None
     settings_used: ClassVar[tuple[str, ...]] = ()
+    source: ClassVar[str] = ""
+    """One line: authors, title, venue / arXiv id, and whether we reconstructed it."""
+    bibtex: ClassVar[str] = ""
 
     def __init__(self, settings: PruningSettings, num_prefix_tokens: int):
         self.settings = settings
@@ -1215,6 +1253,8 @@ class EViTPruner(AttentionPruner):
     arXiv:2507.19175). Statistic: [`CLASS_ATTENTION`]."""
 
     name = "evit"
+    source = "EViT: Liang et al., ICLR 2022 (arXiv:2202.07800)"
+    bibtex = BIBTEX_EVIT
     statistic = CLASS_ATTENTION
 
     def score(self, statistic, batch_size, num_candidates, device):
@@ -1226,6 +1266,8 @@ class VariancePruner(AttentionPruner):
     Statistic: [`CLASS_ATTENTION`]."""
 
     name = "variance"
+    source = "Igaue & Aizawa, arXiv:2507.19175 (2025)"
+    bibtex = BIBTEX_IGAUE2025
     statistic = CLASS_ATTENTION
 
     def score(self, statistic, batch_size, num_candidates, device):
@@ -1237,6 +1279,8 @@ class MedADPruner(AttentionPruner):
     arXiv:2507.19175). Statistic: [`CLASS_ATTENTION`]."""
 
     name = "medad"
+    source = "Igaue & Aizawa, arXiv:2507.19175 (2025)"
+    bibtex = BIBTEX_IGAUE2025
     statistic = CLASS_ATTENTION
 
     def score(self, statistic, batch_size, num_candidates, device):
@@ -1251,6 +1295,8 @@ class EntropyPruner(AttentionPruner):
     (statistic [`CLASS_ATTENTION`], SDPA stays on)."""
 
     name = "entropy"
+    source = "Igaue & Aizawa, arXiv:2604.03803 (2026), reconstructed from the abstract by hf_vitprune"
+    bibtex = BIBTEX_IGAUE2026
     statistic = ATTENTION
     settings_used = AttentionPruner.settings_used + ("renyi_alpha", "entropy_axis")
 
@@ -1283,6 +1329,8 @@ class RandomPruner(AttentionPruner):
     """Keep uniformly random tokens (torch's global generator): the floor every criterion must beat. No statistic."""
 
     name = "random"
+    source = "the random-pruning baseline of Igaue & Aizawa, arXiv:2507.19175 (2025)"
+    bibtex = BIBTEX_IGAUE2025
     statistic = None
 
     def score(self, statistic, batch_size, num_candidates, device):
@@ -1301,6 +1349,8 @@ class BSPFPruner(AttentionPruner):
     sentence of each choice and what measured it."""
 
     name = "bspf"
+    source = "BSPF-ViT: Hsieh et al., arXiv:2507.12125 (2025), reconstructed from the abstract by hf_vitprune"
+    bibtex = BIBTEX_BSPF
     statistic = ATTENTION_AND_KEYS
     settings_used = ("keep_rate", "prune_layers", "bspf_block", "bspf_joint")
 
@@ -1367,6 +1417,8 @@ class ToMeMerger(TokenReducer):
     `keep_rate`, `prune_layers`, `fuse_pruned` and `fusion_temperature` are not used. Statistic: [`KEYS`]."""
 
     name = "tome"
+    source = "ToMe: Bolya et al., ICLR 2023 (arXiv:2210.09461)"
+    bibtex = BIBTEX_TOME
     statistic = KEYS
     settings_used = ("tome_r",)
 

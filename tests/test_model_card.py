@@ -86,3 +86,17 @@ def test_template_is_the_one_in_model_cards():
     from conftest import REPO
 
     assert (REPO / "model_cards" / "template.md").resolve() == TEMPLATE_PATH.resolve()
+
+
+def test_card_names_and_cites_the_paper_of_its_method():
+    bspf = {**RESULTS, "pruning": {"pruning_method": "bspf", "keep_rate": 0.7, "bspf_block": 3, "tokens": "196→138"}}
+    text = str(build_model_card(bspf))
+    assert "Method: BSPF-ViT: Hsieh et al., arXiv:2507.12125 (2025), reconstructed from the abstract" in text
+    assert "@article{hsieh2025block," in text and "igaue2025patch" not in text
+    tome = {**RESULTS, "pruning": {"pruning_method": "tome", "tome_r": 8, "tokens": "196→188"}}
+    text = str(build_model_card(tome))
+    assert "Method: ToMe: Bolya et al., ICLR 2023 (arXiv:2210.09461)." in text
+    assert "@inproceedings{bolya2023tome," in text
+    unpruned = {**RESULTS, "pruning": {"pruning_method": None, "tokens": "196"}}
+    assert "@article{igaue2025patch," in str(build_model_card(unpruned))
+    assert "@article{igaue2025patch," in str(build_model_card(RESULTS))
