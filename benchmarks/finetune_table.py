@@ -1,6 +1,7 @@
 """Markdown table of fine-tuning runs, from the `pruning_results.json` each `hf-vitprune train` run writes.
 
-Run: `python benchmarks/finetune_table.py runs/train/*/ [--reference NAME] [--no_speed] [--output FILE]`
+Run: `python benchmarks/finetune_table.py runs/train/*/ [--reference NAME] [--no_speed | --in_run_speedup]
+[--output FILE]`
 
 Each argument is a run folder (holding `pruning_results.json`) or such a JSON file itself (e.g. the copies under
 docs/results/finetune/). Columns: pruning setting (with distillation), seed, patch stride, tokens per stage, top-1 /
@@ -49,24 +50,37 @@ def run_seed(run: dict) -> int:
 
 
 def setting_text(run: dict) -> str:
-    """`unpruned`, or e.g. `variance, keep 0.7, fusion`, with `, distilled` when the run had a teacher."""
+    """`unpruned`, or the method's label from the reducer registry with its setting and fusion, e.g. `variance, keep
+    0.7, fusion`, `entropy (α=0.5), keep 0.7, fusion`, `BSPF (block 3, mean), keep 0.7, similarity fusion`, with
+    `, distilled` when the run had a teacher."""
+    from hf_vitprune.token_reduction import REDUCERS, PruningSettings
+
     pruning = run["pruning"]
     method = pruning.get("pruning_method") or "none"
     if method == "none":
         text = "unpruned"
     else:
-        text = f"{method}, keep {pruning.get('keep_rate')}" + (", fusion" if pruning.get("fuse_pruned") else "")
+        reducer = REDUCERS[method]
+        settings = PruningSettings(**{k: v for k, v in pruning.items() if k in PruningSettings.names()})
+        fusion = reducer.table_cells(settings)[1]
+        text = f"{reducer.label(settings)}, {reducer.setting_text(settings)}" + {
+            "yes": ", fusion", "similarity": ", similarity fusion"
+        }.get(fusion, "")  # fmt: skip
     if (run.get("training") or {}).get("distillation"):
         text += ", distilled"
     return text
 
 
-def table(runs: list[dict], reference: str | None = None, speed: bool = True) -> str:
+def table(runs: list[dict], reference: str | None = None, speed: bool = True, in_run: bool = False) -> str:
     """The Markdown table; speed-ups are against the run named `reference` (default: the first). Without `speed`
-    the images/s columns are left out."""
+    the images/s columns are left out. With `in_run`, the inference speed-up is each run's own (`metrics.pruned.
+    speedup`: interleaved with the unpruned model in the same process after training, "—" where the run did not record
+    one) and training images/s are shown without a speed-up (runs on different machines or days)."""
     base = next((r for r in runs if r["name"] == reference), runs[0])
     header = "| run | pruning | seed | patch stride | tokens per stage | top-1 (%) | top-5 (%) | GMACs |"
-    if speed:
+    if speed and in_run:
+        header += " images/s | speed-up (in run) | training images/s |"
+    elif speed:
         header += " images/s | speed-up | training images/s | training speed-up |"
     lines = [header, "|" + "---|" * header[1:].count("|")]
     for run in runs:
@@ -75,7 +89,12 @@ def table(runs: list[dict], reference: str | None = None, speed: bool = True) ->
             f"| {run['name']} | {setting_text(run)} | {run_seed(run)} | {pruning.get('patch_stride')} | "
             f"{metrics['tokens']} | {metrics['top1']:.2f} | {metrics['top5']:.2f} | {metrics['gmacs']:.3f} |"
         )
-        if speed:
+        if speed and in_run:
+            own = metrics.get("speedup")
+            train_ips = metrics.get("train_images_per_s") or float("nan")
+            own_text = "—" if own is None else f"{own:.2f}×"
+            line += f" {metrics['images_per_s']:.1f} | {own_text} | {train_ips:.1f} |"
+        elif speed:
             train_ips = metrics.get("train_images_per_s") or float("nan")
             base_train = base["metrics"]["pruned"].get("train_images_per_s") or float("nan")
             speedup = metrics["images_per_s"] / base["metrics"]["pruned"]["images_per_s"]
@@ -85,7 +104,15 @@ def table(runs: list[dict], reference: str | None = None, speed: bool = True) ->
         lines.append(line)
     first = runs[0]
     notes = ["", f"top-1 / top-5: {first['protocol']['top1']}."]
-    if speed:
+    if speed and in_run:
+        machines = sorted({r["protocol"].get("machine", "?") for r in runs})
+        notes += [
+            "images/s and speed-up (in run): measured by each run after training, interleaved with the unpruned model "
+            f"in the same process ({first['protocol']['throughput']}); machines: {'; '.join(machines)}.",
+            "training images/s: the Trainer's `train_samples_per_second` over the whole run (data loading, "
+            "augmentation and checkpointing included); no speed-up is given, as the runs did not all share a machine.",
+        ]
+    elif speed:
         notes += [
             f"images/s: {first['protocol']['throughput']}.",
             "training images/s: the Trainer's `train_samples_per_second` over the whole run (data loading, "
@@ -125,9 +152,14 @@ def main(argv: list[str] | None = None) -> str:
     )
     parser.add_argument("--reference", default=None, help="run the speed-ups are measured against (default: first)")
     parser.add_argument("--no_speed", action="store_true", help="leave the images/s columns out (see above)")
+    parser.add_argument(
+        "--in_run_speedup",
+        action="store_true",
+        help="each run's own interleaved speed-up against the unpruned model, not one against the reference run",
+    )
     parser.add_argument("--output", default=None, help="also write the table to this file")
     args = parser.parse_args(argv)
-    text = table(load_runs(args.runs), args.reference, speed=not args.no_speed)
+    text = table(load_runs(args.runs), args.reference, speed=not args.no_speed, in_run=args.in_run_speedup)
     argv = sys.argv[1:] if argv is None else argv
     text += f"\n\nCommand: `python benchmarks/finetune_table.py {shlex.join(argv)}`\n"
     print(text)

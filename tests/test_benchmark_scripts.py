@@ -61,6 +61,23 @@ def test_finetune_table_without_speed_with_distillation_seeds_and_json_files(tmp
     assert "| variance, keep 0.7, fusion | 16 | 0 |" not in text
 
 
+def test_finetune_table_in_run_speedups_and_method_labels(tmp_path):
+    finetune_table = _load("finetune_table")
+    _run(tmp_path / "base", None, 90.0, 50.0, 10.0)
+    _run(tmp_path / "bspf", "bspf", 89.0, 60.0, 12.0)
+    results = json.loads((tmp_path / "bspf" / "pruning_results.json").read_text())
+    results["metrics"]["pruned"]["speedup"] = 1.31  # its own, interleaved with the unpruned model in the run
+    results["pruning"]["bspf_block"] = 1
+    results["protocol"]["machine"] = "cpu (B)"
+    (tmp_path / "bspf" / "pruning_results.json").write_text(json.dumps(results))
+    text = finetune_table.main([str(tmp_path / "base"), str(tmp_path / "bspf"), "--in_run_speedup"])
+    assert "| base | unpruned | 0 | 16 | 196 | 90.00 | 99.00 | 1.000 | 50.0 | — | 10.0 |" in text
+    assert (
+        "| bspf | BSPF (block 1, mean), keep 0.7, similarity fusion | 0 | 16 | 196 | 89.00 | 99.00 | 1.000 | 60.0 | "
+        "1.31× | 12.0 |" in text
+    )
+    assert "machines: ?; cpu (B)." in text
+
 def test_render_model_cards_writes_the_card_with_the_note_and_never_overwrites(tmp_path):
     from test_model_card import RESULTS
 
