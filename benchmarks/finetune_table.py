@@ -106,9 +106,10 @@ def table(runs: list[dict], reference: str | None = None, speed: bool = True, in
     notes = ["", f"top-1 / top-5: {first['protocol']['top1']}."]
     if speed and in_run:
         machines = sorted({r["protocol"].get("machine", "?") for r in runs})
+        timed = next((r for r in runs if r["metrics"]["pruned"].get("speedup") is not None), first)
         notes += [
             "images/s and speed-up (in run): measured by each run after training, interleaved with the unpruned model "
-            f"in the same process ({first['protocol']['throughput']}); machines: {'; '.join(machines)}.",
+            f"in the same process ({timed['protocol']['throughput']}); machines: {'; '.join(machines)}.",
             "training images/s: the Trainer's `train_samples_per_second` over the whole run (data loading, "
             "augmentation and checkpointing included); no speed-up is given, as the runs did not all share a machine.",
         ]
