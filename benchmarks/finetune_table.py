@@ -89,13 +89,12 @@ def table(runs: list[dict], reference: str | None = None, speed: bool = True, in
             f"| {run['name']} | {setting_text(run)} | {run_seed(run)} | {pruning.get('patch_stride')} | "
             f"{metrics['tokens']} | {metrics['top1']:.2f} | {metrics['top5']:.2f} | {metrics['gmacs']:.3f} |"
         )
+        train_ips = metrics.get("train_images_per_s") or float("nan")
         if speed and in_run:
             own = metrics.get("speedup")
-            train_ips = metrics.get("train_images_per_s") or float("nan")
             own_text = "—" if own is None else f"{own:.2f}×"
             line += f" {metrics['images_per_s']:.1f} | {own_text} | {train_ips:.1f} |"
         elif speed:
-            train_ips = metrics.get("train_images_per_s") or float("nan")
             base_train = base["metrics"]["pruned"].get("train_images_per_s") or float("nan")
             speedup = metrics["images_per_s"] / base["metrics"]["pruned"]["images_per_s"]
             line += (

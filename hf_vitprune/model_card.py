@@ -16,18 +16,16 @@ from __future__ import annotations
 from pathlib import Path
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card_template.md"
-PAPER = "Igaue & Aizawa, arXiv:2507.19175 (2025)"
-"""The project's paper: the source named on the card of an unpruned reference."""
-
-
 def method_source(method: str | None) -> tuple[str, str]:
-    """`(one-line source, BibTeX)` of a pruning method's paper (its reducer's `source` / `bibtex`); the project's paper
-    for `None` (the unpruned reference) or a name that is not a registered method."""
-    from .token_reduction import BIBTEX_IGAUE2025, REDUCERS
+    """`(one-line source, BibTeX)` of a pruning method's paper: its reducer's `source` / `bibtex`. The unpruned
+    reference (`None`) gets the project's paper, the variance method's (Igaue & Aizawa, arXiv:2507.19175).
 
-    reducer = REDUCERS.get(method) if method else None
-    if reducer is None or not reducer.source:
-        return PAPER, BIBTEX_IGAUE2025
+    Raises:
+        KeyError: for a method name that is not in `REDUCERS`.
+    """
+    from .token_reduction import REDUCERS
+
+    reducer = REDUCERS[method or "variance"]
     return reducer.source, reducer.bibtex
 
 

@@ -1087,7 +1087,7 @@ class TokenReducer:
     statistic: ClassVar[str | None] = None
     settings_used: ClassVar[tuple[str, ...]] = ()
     source: ClassVar[str] = ""
-    """One line: authors, title, venue / arXiv id, and whether we reconstructed it."""
+    """One line: authors, venue / arXiv id, and whether we reconstructed the method from an abstract."""
     bibtex: ClassVar[str] = ""
 
     def __init__(self, settings: PruningSettings, num_prefix_tokens: int):
