@@ -12,7 +12,8 @@ machine's drift cancels; medians and min-max over rounds are printed. Tables:
 2. pruning under SDPA and under eager attention;
 3. the pruning overhead: time in the class-attention row, the criterion, the selection, gathers and fusion, as a share
    of a pruning layer's time (torch.utils.benchmark; goal: below 5 %);
-4. a training step (forward, backward, AdamW) pruned against unpruned;
+4. a training step (forward, backward, AdamW) pruned against unpruned, also with a distillation teacher's forward
+   pass added (what `--distill_from` costs);
 5. one ViT layer against its token count;
 6. `torch.compile` (default mode; on CUDA also CUDA graphs, `reduce-overhead`) against eager;
 7. the ONNX export run by onnxruntime (CPU), pruned against the unpruned export, at batch 1 and 32;
@@ -63,6 +64,7 @@ from hf_vitprune.token_reduction import (
     class_attention_row,
     reducer_from_config,
 )
+from hf_vitprune.train import distillation_loss
 
 SHAPES = {
     "deit-small": dict(hidden_size=384, num_attention_heads=6, intermediate_size=1536),
@@ -343,6 +345,9 @@ def training_table(args, device, dtype: str) -> list[str]:
     rows = ["### 4. Training step: forward + backward + AdamW, no data loading", "",
             f"Batch {batch_size}, {dtype}; one step per variant and round, {args.rounds} interleaved rounds after 2 "
             "warm-up steps each; speed-up per round against unpruned.", "",
+            "The `+ teacher` rows add what `hf-vitprune train --distill_from` adds to a step: the frozen unpruned "
+            "model's forward pass under `no_grad` and DeiT's soft distillation loss (alpha 0.5, tau 1; "
+            "`hf_vitprune.train.distillation_loss`).", "",
             "| model | method | training images/s | speed-up (min–max) |", "|---|---|---|---|"]  # fmt: skip
     x = torch.randn(batch_size, 3, 224, 224, device=device)
     labels = torch.randint(0, 1000, (batch_size,), device=device)
@@ -350,15 +355,24 @@ def training_table(args, device, dtype: str) -> list[str]:
         settings = [v for v in variants(args) if v[1].get("keep_rate") in (None, *args.keep_rates)][
             : 1 + len(args.keep_rates)
         ]
+        teacher = build(shape, device, pruning_method=None).requires_grad_(False)
+        settings += [(f"{name} + teacher", fields) for name, fields in settings[1:]]
         steps = {}
         for name, fields in settings:
             model = build(shape, device, **fields).train()
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+            taught = teacher if name.endswith("+ teacher") else None
 
-            def step(model=model, optimizer=optimizer):
+            def step(model=model, optimizer=optimizer, taught=taught):
                 with _autocast(device, dtype):
                     logits = model(pixel_values=x).logits
-                torch.nn.functional.cross_entropy(logits.float(), labels).backward()
+                    if taught is not None:
+                        with torch.no_grad():
+                            teacher_logits = taught(pixel_values=x).logits
+                loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+                if taught is not None:
+                    loss = 0.5 * loss + 0.5 * distillation_loss(logits, teacher_logits, 1.0).mean()
+                loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
 

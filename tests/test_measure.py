@@ -104,8 +104,12 @@ def test_speed_benchmark_runs_its_tables(tmp_path):
     spec.loader.exec_module(speed)
     argv = ["--shapes", "deit-tiny", "--methods", "variance", "--keep_rates", "0.5", "--tome_r", "--rounds", "1",
             "--runs", "1", "--latency_runs", "2", "--batch_size", "2", "--layer_tokens", "99", "--tables", "speed",
-            "overhead", "layer", "profile", "memory", "--output", str(tmp_path / "b.md")]  # fmt: skip
+            "overhead", "training", "layer", "profile", "memory", "--train_batch_size", "2", "--output",
+            str(tmp_path / "b.md")]  # fmt: skip
     text = speed.main(argv)
+    training = text.split("### 4. Training step")[1].split("###")[0]
+    assert [line.split(" | ")[1] for line in training.splitlines() if line.startswith("| deit-tiny")] == [
+        "unpruned", "variance 0.5", "variance 0.5 + teacher"]  # fmt: skip
     assert "| deit-tiny | unpruned | 1.258 | 1.00× |" in text
     assert "| deit-tiny | variance 0.5 | 0.632 | 1.99× |" in text  # the GMACs of keep 0.5 with fusion
     assert "aten::" in text and (tmp_path / "b.md").read_text().strip() == text.strip()
