@@ -369,34 +369,42 @@ def time_interleaved(
     device: str | torch.device | None = None,
     compile_mode: str | None = None,
     seed: int = 0,
+    bracket: int = 4,
 ) -> tuple[list[InterleavedTiming], str]:
     """Images/s and batch-1 latency of several pruning settings of one model, timed in interleaved rounds.
 
     In each round every variant is timed once, in a shuffled order (seeded), with the variant's setting applied by
     `model.pruning(**fields)`: `runs` synchronised passes at `batch_size` (their median is the round's images/s) and
-    `latency_runs` single-image passes. Speed-ups are computed within each round against the first variant (the
-    reference, e.g. the unpruned model), so this machine's drift, which moves every variant of a round alike, cancels;
-    medians and min-max over rounds are reported. Warm-up: `warmup` untimed passes of each variant before the first
-    round. Protocol otherwise as [`measure_throughput`] (eval mode, inference mode, fixed random input, bf16 / fp16
-    under autocast, `torch.compile(mode=compile_mode)` when given: each variant compiles during its warm-up).
+    `latency_runs` single-image passes. The first variant is the reference (e.g. the unpruned model) and brackets the
+    others: it is timed before and after every group of at most `bracket` of them, and each variant's speed-up is
+    its images/s divided by the reference's at the mean of the two reference times around its group (latency
+    likewise). So this machine's drift cancels even when a round of many variants lasts minutes (a round that times
+    the reference once against 36 variants does not cancel it: issue 13). Medians and min-max over rounds are reported; the reference's
+    images/s and latency are the medians over all its timings. Warm-up: `warmup` untimed passes of each variant before
+    the first round. Protocol otherwise as [`measure_throughput`] (eval mode, inference mode, fixed random input, bf16
+    / fp16 under autocast, `torch.compile(mode=compile_mode)` when given: each variant compiles during its warm-up).
 
     Args:
         model (`nn.Module`): a pruned image model (PrunedViT class, or a stock model after `prune`).
         variants (`list[(name, fields)]`): `fields` for `model.pruning(...)`; the first is the reference.
         batch_size, rounds, runs, warmup, latency_runs (`int`): as described (`latency_runs=0`: no latency).
         dtype (`str`), device, compile_mode (`str`, *optional*), seed (`int`): shuffling seed.
+        bracket (`int`): most variants timed between two reference timings (smaller: drift cancels better, the
+            reference is timed more often; 1 times it between every two variants).
 
     Returns:
         `(timings, protocol)`: one [`InterleavedTiming`] per variant, in the given order, and the protocol line.
 
     Raises:
-        ValueError: for an unknown `dtype`, fewer than 1 round / run, or no variant.
+        ValueError: for an unknown `dtype`, fewer than 1 round / run, no variant, or `bracket` < 1.
     """
     import random
 
     _check_protocol(dtype, runs, batch_size)
     if rounds < 1 or not variants:
         raise ValueError(f"need at least one round and one variant, got rounds={rounds}, {len(variants)} variants.")
+    if bracket < 1:
+        raise ValueError(f"bracket must be at least 1 (variants between two reference timings), got {bracket}.")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval().to(device)
     size = _model_image_size(model)
@@ -415,43 +423,57 @@ def time_interleaved(
         _synchronize(device)
         return time.perf_counter() - start
 
-    order = list(range(len(variants)))
+    others = list(range(1, len(variants)))
     shuffler = random.Random(seed)
-    rates = [[] for _ in variants]
-    latencies = [[] for _ in variants]
-    round_latency = [[] for _ in variants]
+    rates = [[] for _ in variants]  # images/s of every timing
+    latencies = [[] for _ in variants]  # every batch-1 pass (ms)
+    speedups = [[] for _ in variants]  # per round: against the reference timings around the variant's group
+    latency_speedups = [[] for _ in variants]
+
+    def time_variant(index: int) -> tuple[float, float | None]:
+        with model.pruning(**variants[index][1]):
+            rate = batch_size / statistics.median(seconds(batch) for _ in range(runs))
+            passes = [1e3 * seconds(single) for _ in range(latency_runs)]
+        rates[index].append(rate)
+        latencies[index] += passes
+        return rate, statistics.median(passes) if passes else None
+
     with torch.inference_mode(), _autocast(device, dtype):
-        for index in order:  # warm-up (and compilation) of every variant
+        for index in range(len(variants)):  # warm-up (and compilation) of every variant
             with model.pruning(**variants[index][1]):
                 for _ in range(max(warmup, 2 if compile_mode else warmup)):
                     forward(batch)
                     if latency_runs:
                         forward(single)
         for _ in range(rounds):
-            shuffler.shuffle(order)
-            for index in order:
-                with model.pruning(**variants[index][1]):
-                    rates[index].append(batch_size / statistics.median(seconds(batch) for _ in range(runs)))
-                    passes = [1e3 * seconds(single) for _ in range(latency_runs)]
-                latencies[index] += passes
-                round_latency[index].append(statistics.median(passes) if passes else None)
+            shuffler.shuffle(others)
+            before = time_variant(0)
+            for start in range(0, max(len(others), 1), bracket):
+                group = [(index, time_variant(index)) for index in others[start : start + bracket]]
+                after = time_variant(0)
+                reference_rate = 2 / (1 / before[0] + 1 / after[0])  # the mean of the two reference times
+                speedups[0].append(1.0)
+                for index, (rate, latency) in group:
+                    speedups[index].append(rate / reference_rate)
+                    if latency is not None:
+                        latency_speedups[index].append((before[1] + after[1]) / 2 / latency)
+                before = after
     timings = []
     for index, (name, _) in enumerate(variants):
-        speedups = [r / ref for r, ref in zip(rates[index], rates[0])]
         latency = latency_p90 = latency_speedup = None
         if latency_runs:
             latency = statistics.median(latencies[index])
             latency_p90 = statistics.quantiles(latencies[index], n=10)[-1] if len(latencies[index]) > 1 else latency
-            latency_speedup = statistics.median(ref / own for ref, own in zip(round_latency[0], round_latency[index]))
+            latency_speedup = statistics.median(latency_speedups[index]) if index else 1.0
         timings.append(
             InterleavedTiming(
                 name=name,
                 images_per_s=statistics.median(rates[index]),
                 images_per_s_min=min(rates[index]),
                 images_per_s_max=max(rates[index]),
-                speedup=statistics.median(speedups),
-                speedup_min=min(speedups),
-                speedup_max=max(speedups),
+                speedup=statistics.median(speedups[index]),
+                speedup_min=min(speedups[index]),
+                speedup_max=max(speedups[index]),
                 latency_ms=latency,
                 latency_p90_ms=latency_p90,
                 latency_speedup=latency_speedup,
@@ -463,6 +485,7 @@ def time_interleaved(
         + (f", torch.compile(mode={compile_mode!r})" if compile_mode else "")
         + f"; {rounds} interleaved rounds (variants in shuffled order, seed {seed}) of {runs} timed batch passes"
         + (f" and {latency_runs} batch-1 passes" if latency_runs else "")
-        + f" per variant after {warmup} warm-up; speed-ups per round against {variants[0][0]}, median and min-max"
+        + f" per variant after {warmup} warm-up; {variants[0][0]} timed before and after every {bracket} variants, "
+        f"speed-ups per round against the mean of the {variants[0][0]} timings around each, median and min-max"
     )
     return timings, protocol

@@ -16,6 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card_template.md"
+
+
 def method_source(method: str | None) -> tuple[str, str]:
     """`(one-line source, BibTeX)` of a pruning method's paper: its reducer's `source` / `bibtex`. The unpruned
     reference (`None`) gets the project's paper, the variance method's (Igaue & Aizawa, arXiv:2507.19175).

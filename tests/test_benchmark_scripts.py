@@ -78,6 +78,7 @@ def test_finetune_table_in_run_speedups_and_method_labels(tmp_path):
     )
     assert "machines: ?; cpu (B)." in text
 
+
 def test_render_model_cards_writes_the_card_with_the_note_and_never_overwrites(tmp_path):
     from test_model_card import RESULTS
 

@@ -58,6 +58,49 @@ def test_throughput_reports_its_protocol():
         measure_throughput(model, dtype="int8")
 
 
+def test_interleaved_timing_cancels_drift_inside_a_long_round(monkeypatch):
+    """A machine that slows down steadily while a round of many variants runs (linear drift, on a fake clock): with
+    the reference timed between every two variants (`bracket=1`) each speed-up is exactly the true cost ratio; timing
+    the reference only before and after the whole round (`bracket` >= the variant count) is off by up to 3 %, and the
+    old protocol, one reference timing per round, was off by more."""
+    import types
+
+    from hf_vitprune import measure
+
+    clock = {"now": 0.0, "calls": 0}
+    cost = {None: 1.0, **{keep: keep for keep in (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)}}  # seconds, before drift
+
+    class DriftingForward:  # stands in for LogitsOnly: one call advances the clock by the setting's cost x drift
+        def __init__(self, model, interpolate_pos_encoding=False):
+            self.model = model
+
+        def __call__(self, x):
+            config = self.model.config
+            clock["calls"] += 1
+            clock["now"] += cost[config.keep_rate if config.pruning_method else None] * (1 + 0.02 * clock["calls"])
+
+    monkeypatch.setattr(measure, "LogitsOnly", DriftingForward)
+    monkeypatch.setattr(measure, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+    model = PrunedViTForImageClassification(PrunedViTConfig(**tiny_config_kwargs())).eval()
+    settings = [("unpruned", {"pruning_method": None})] + [
+        (f"keep {keep}", {"pruning_method": "variance", "keep_rate": keep}) for keep in cost if keep is not None
+    ]
+    for bracket, worst in ((1, 1e-9), (len(settings), None)):
+        timings, protocol = measure.time_interleaved(
+            model, settings, batch_size=2, rounds=3, runs=1, warmup=0, latency_runs=0, bracket=bracket
+        )
+        errors = [abs(t.speedup_min * keep - 1) for t, (_, fields) in zip(timings[1:], settings[1:])
+                  for keep in [fields["keep_rate"]]]  # fmt: skip
+        errors += [abs(t.speedup_max * fields["keep_rate"] - 1) for t, (_, fields) in zip(timings[1:], settings[1:])]
+        if worst is not None:
+            assert max(errors) < worst, (bracket, errors)
+        else:
+            assert max(errors) > 0.02  # drift inside the round biases the speed-ups
+        assert f"unpruned timed before and after every {bracket} variants" in protocol
+    with pytest.raises(ValueError, match="bracket must be at least 1"):
+        measure.time_interleaved(model, settings, rounds=1, bracket=0)
+
+
 def test_training_throughput_restores_the_weights_and_mode():
     from hf_vitprune.measure import measure_training_throughput
 
@@ -87,7 +130,7 @@ def test_interleaved_timing_reports_every_variant_against_the_first():
         assert t.images_per_s_min <= t.images_per_s <= t.images_per_s_max and t.images_per_s > 0
         assert t.speedup_min <= t.speedup <= t.speedup_max
         assert 0 < t.latency_ms <= t.latency_p90_ms
-    assert "3 interleaved rounds" in protocol and "against unpruned" in protocol
+    assert "3 interleaved rounds" in protocol and "against the mean of the unpruned timings" in protocol
     assert (model.config.pruning_method, model.config.keep_rate) == ("variance", 0.5)  # the model's own setting
     with pytest.raises(ValueError, match="at least one round"):
         time_interleaved(model, settings, rounds=0)

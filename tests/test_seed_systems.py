@@ -220,4 +220,3 @@ def test_bspf_scores_get_no_gradient_so_a_learnable_block_filter_could_not_learn
     out, _ = variance.reduce(hidden, class_attention, ReductionState.start(hidden, prefix, grid=grid), 8)
     (gradient,) = torch.autograd.grad(out.square().sum(), [attention])
     assert gradient.abs().sum() > 0
-
