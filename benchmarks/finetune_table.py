@@ -52,7 +52,8 @@ def run_seed(run: dict) -> int:
 def setting_text(run: dict) -> str:
     """`unpruned`, or the method's label from the reducer registry with its setting and fusion, e.g. `variance, keep
     0.7, fusion`, `entropy (α=0.5), keep 0.7, fusion`, `BSPF (block 3, mean), keep 0.7, similarity fusion`, with
-    `, distilled` when the run had a teacher."""
+    `, keep-rate warm-up N epochs` when the run had one and `, distilled` when it had a teacher (`from the pre-trained
+    checkpoint` for `--distill_from unpruned`, `+ class-token MSE (w)` with `--distill_token_weight w`)."""
     from hf_vitprune.token_reduction import REDUCERS, PruningSettings
 
     pruning = run["pruning"]
@@ -66,8 +67,17 @@ def setting_text(run: dict) -> str:
         text = f"{reducer.label(settings)}, {reducer.setting_text(settings)}" + {
             "yes": ", fusion", "similarity": ", similarity fusion"
         }.get(fusion, "")  # fmt: skip
-    if (run.get("training") or {}).get("distillation"):
+    training = run.get("training") or {}
+    if training.get("keep-rate warm-up epochs"):
+        epochs = training["keep-rate warm-up epochs"]
+        text += f", keep-rate warm-up {epochs:g} epoch{'' if epochs == 1 else 's'}"
+    distillation = training.get("distillation")
+    if distillation:
         text += ", distilled"
+        if str(distillation.get("teacher", "")).endswith("with pruning off"):
+            text += " from the pre-trained checkpoint"
+        if distillation.get("class_token_mse_weight"):
+            text += f" + class-token MSE ({distillation['class_token_mse_weight']:g})"
     return text
 
 

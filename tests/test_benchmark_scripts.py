@@ -147,3 +147,24 @@ def test_remote_code_check_compares_the_shipped_code_with_the_package(tmp_path):
         remote_code_check.first_images(str(tmp_path), 4)
     with pytest.raises(FileNotFoundError, match="saved by hf_vitprune"):
         remote_code_check.compare(str(tmp_path), [])
+
+
+def test_finetune_table_labels_warmup_pretrained_teacher_and_token_mse(tmp_path):
+    """Runs that differ only in their recipe get different labels, so the seed summary never pools them."""
+    finetune_table = _load("finetune_table")
+    recipes = {
+        "warm": {"keep-rate warm-up epochs": 1.0},
+        "in1k": {"distillation": {"teacher": "ckpt with pruning off", "class_token_mse_weight": 0.0}},
+        "mse": {"distillation": {"teacher": "runs/t", "class_token_mse_weight": 0.5}, "seed": 1},
+    }
+    for name, training in recipes.items():
+        _run(tmp_path / name, "variance", 90.0, 75.0, 14.0)
+        path = tmp_path / name / "pruning_results.json"
+        results = json.loads(path.read_text())
+        results["training"] = training
+        path.write_text(json.dumps(results))
+    text = finetune_table.main([str(tmp_path / name) for name in recipes] + ["--no_speed"])
+    assert "| warm | variance, keep 0.7, fusion, keep-rate warm-up 1 epoch | 0 |" in text
+    assert "| in1k | variance, keep 0.7, fusion, distilled from the pre-trained checkpoint | 0 |" in text
+    assert "| mse | variance, keep 0.7, fusion, distilled + class-token MSE (0.5) | 1 |" in text
+    assert "top-1 mean" not in text  # three recipes, one seed each: no seed summary
