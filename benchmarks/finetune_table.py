@@ -53,7 +53,8 @@ def setting_text(run: dict) -> str:
     """`unpruned`, or the method's label from the reducer registry with its setting and fusion, e.g. `variance, keep
     0.7, fusion`, `entropy (α=0.5), keep 0.7, fusion`, `BSPF (block 3, mean), keep 0.7, similarity fusion`, with
     `, keep-rate warm-up N epochs` when the run had one and `, distilled` when it had a teacher (`from the pre-trained
-    checkpoint` for `--distill_from unpruned`, `+ class-token MSE (w)` with `--distill_token_weight w`)."""
+    checkpoint` for `--distill_from unpruned` or the base model's own path, `(α a, τ t)` away from the defaults 0.5 / 1,
+    `+ class-token MSE (w)` with `--distill_token_weight w`)."""
     from hf_vitprune.token_reduction import REDUCERS, PruningSettings
 
     pruning = run["pruning"]
@@ -74,8 +75,11 @@ def setting_text(run: dict) -> str:
     distillation = training.get("distillation")
     if distillation:
         text += ", distilled"
-        if str(distillation.get("teacher", "")).endswith("with pruning off"):
+        teacher = str(distillation.get("teacher", ""))
+        if teacher.endswith("with pruning off") or teacher == run.get("base_model"):
             text += " from the pre-trained checkpoint"
+        if (distillation.get("alpha", 0.5), distillation.get("temperature", 1.0)) != (0.5, 1.0):
+            text += f" (α {distillation.get('alpha', 0.5):g}, τ {distillation.get('temperature', 1.0):g})"
         if distillation.get("class_token_mse_weight"):
             text += f" + class-token MSE ({distillation['class_token_mse_weight']:g})"
     return text

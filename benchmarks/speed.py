@@ -347,7 +347,8 @@ def training_table(args, device, dtype: str) -> list[str]:
             "warm-up steps each; speed-up per round against unpruned.", "",
             "The `+ teacher` rows add what `hf-vitprune train --distill_from` adds to a step: the frozen unpruned "
             "model's forward pass under `no_grad` and DeiT's soft distillation loss (alpha 0.5, tau 1; "
-            "`hf_vitprune.train.distillation_loss`).", "",
+            "`hf_vitprune.train.distillation_loss`), with a teacher of the student's own shape (a larger teacher "
+            "costs more).", "",
             "| model | method | training images/s | speed-up (min–max) |", "|---|---|---|---|"]  # fmt: skip
     x = torch.randn(batch_size, 3, 224, 224, device=device)
     labels = torch.randint(0, 1000, (batch_size,), device=device)

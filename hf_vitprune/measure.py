@@ -335,14 +335,16 @@ class InterleavedTiming:
 
     Attributes:
         name (`str`): the variant's label.
-        images_per_s (`float`): median over rounds of the round's images/s (batch `batch_size`).
-        images_per_s_min, images_per_s_max (`float`): spread over rounds.
-        speedup (`float`): median over rounds of images/s divided by the reference's images/s in the same round.
+        images_per_s (`float`): median over the variant's timings (one per round; the reference's: one per group of
+            variants and round) of images/s (batch `batch_size`).
+        images_per_s_min, images_per_s_max (`float`): spread over those timings.
+        speedup (`float`): median over rounds of the reference's time per batch, interpolated to this variant's place
+            between the reference timings around it, divided by this variant's (1.0 for the reference).
         speedup_min, speedup_max (`float`): spread over rounds of that ratio.
         latency_ms (`float`), latency_p90_ms (`float`): median and 90th percentile of single-image (batch 1) forward
             passes, milliseconds, over every timed pass (`None` when not measured).
-        latency_speedup (`float`): median over rounds of the reference's median latency divided by this variant's
-            (`None` when not measured).
+        latency_speedup (`float`): the same ratio as `speedup` for the median batch-1 latency of each timing (`None`
+            when not measured).
     """
 
     name: str
@@ -376,11 +378,13 @@ def time_interleaved(
     In each round every variant is timed once, in a shuffled order (seeded), with the variant's setting applied by
     `model.pruning(**fields)`: `runs` synchronised passes at `batch_size` (their median is the round's images/s) and
     `latency_runs` single-image passes. The first variant is the reference (e.g. the unpruned model) and brackets the
-    others: it is timed before and after every group of at most `bracket` of them, and each variant's speed-up is
-    its images/s divided by the reference's at the mean of the two reference times around its group (latency
-    likewise). So this machine's drift cancels even when a round of many variants lasts minutes (a round that times
-    the reference once against 36 variants does not cancel it: issue 13). Medians and min-max over rounds are reported; the reference's
-    images/s and latency are the medians over all its timings. Warm-up: `warmup` untimed passes of each variant before
+    others: it is timed before and after every group of at most `bracket` of them, and the reference's time per batch
+    at each variant is interpolated linearly between those two timings by the variant's place in the group (the j-th
+    of k: `t_before + (t_after - t_before) j / (k + 1)`); the variant's speed-up is that time over its own (latency
+    likewise). Drift that is linear across a group cancels exactly, however many variants a round holds (a round that
+    timed the reference once against 36 variants lasted minutes and did not cancel it: issue 13). Medians and min-max
+    over rounds are reported; the reference's images/s and latency are medians over all its timings (its images/s
+    min-max too, over more timings than the other rows). Warm-up: `warmup` untimed passes of each variant before
     the first round. Protocol otherwise as [`measure_throughput`] (eval mode, inference mode, fixed random input, bf16
     / fp16 under autocast, `torch.compile(mode=compile_mode)` when given: each variant compiles during its warm-up).
 
@@ -451,12 +455,13 @@ def time_interleaved(
             for start in range(0, max(len(others), 1), bracket):
                 group = [(index, time_variant(index)) for index in others[start : start + bracket]]
                 after = time_variant(0)
-                reference_rate = 2 / (1 / before[0] + 1 / after[0])  # the mean of the two reference times
                 speedups[0].append(1.0)
-                for index, (rate, latency) in group:
-                    speedups[index].append(rate / reference_rate)
+                for place, (index, (rate, latency)) in enumerate(group, start=1):
+                    share = place / (len(group) + 1)  # the reference interpolated to the variant's place
+                    reference_seconds = (1 - share) / before[0] + share / after[0]  # per image
+                    speedups[index].append(rate * reference_seconds)
                     if latency is not None:
-                        latency_speedups[index].append((before[1] + after[1]) / 2 / latency)
+                        latency_speedups[index].append(((1 - share) * before[1] + share * after[1]) / latency)
                 before = after
     timings = []
     for index, (name, _) in enumerate(variants):
@@ -485,7 +490,8 @@ def time_interleaved(
         + (f", torch.compile(mode={compile_mode!r})" if compile_mode else "")
         + f"; {rounds} interleaved rounds (variants in shuffled order, seed {seed}) of {runs} timed batch passes"
         + (f" and {latency_runs} batch-1 passes" if latency_runs else "")
-        + f" per variant after {warmup} warm-up; {variants[0][0]} timed before and after every {bracket} variants, "
-        f"speed-ups per round against the mean of the {variants[0][0]} timings around each, median and min-max"
+        + f" per variant after {warmup} warm-up; {variants[0][0]} timed before and after every group of at most "
+        f"{min(bracket, max(len(variants) - 1, 1))} variants, speed-ups per round against {variants[0][0]} "
+        "interpolated between the two timings around each, median and min-max"
     )
     return timings, protocol

@@ -156,6 +156,7 @@ def test_finetune_table_labels_warmup_pretrained_teacher_and_token_mse(tmp_path)
         "warm": {"keep-rate warm-up epochs": 1.0},
         "in1k": {"distillation": {"teacher": "ckpt with pruning off", "class_token_mse_weight": 0.0}},
         "mse": {"distillation": {"teacher": "runs/t", "class_token_mse_weight": 0.5}, "seed": 1},
+        "hot": {"distillation": {"teacher": "runs/t", "alpha": 0.9, "temperature": 3.0}},
     }
     for name, training in recipes.items():
         _run(tmp_path / name, "variance", 90.0, 75.0, 14.0)
@@ -167,4 +168,5 @@ def test_finetune_table_labels_warmup_pretrained_teacher_and_token_mse(tmp_path)
     assert "| warm | variance, keep 0.7, fusion, keep-rate warm-up 1 epoch | 0 |" in text
     assert "| in1k | variance, keep 0.7, fusion, distilled from the pre-trained checkpoint | 0 |" in text
     assert "| mse | variance, keep 0.7, fusion, distilled + class-token MSE (0.5) | 1 |" in text
-    assert "top-1 mean" not in text  # three recipes, one seed each: no seed summary
+    assert "| hot | variance, keep 0.7, fusion, distilled (α 0.9, τ 3) | 0 |" in text
+    assert "top-1 mean" not in text  # four recipes, one seed each: no seed summary
