@@ -395,8 +395,10 @@ class Distillation:
             "alpha": self.alpha,
             "temperature": self.temperature,
             "class_token_mse_weight": self.token_weight,
-            "loss": "(1 - alpha) cross-entropy + alpha tau^2 KL",
-        }
+            "loss": "(1 - alpha) cross-entropy + alpha tau^2 KL"
+            + (" + class_token_mse_weight * MSE(final class-token states, before the last layer norm)"
+               if self.token_weight else ""),
+        }  # fmt: skip
 
 
 def load_teacher(model_args: ModelArguments, data_args: DataArguments, student) -> Distillation | None:

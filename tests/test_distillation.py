@@ -60,6 +60,9 @@ def test_distilling_from_the_unpruned_model(workspace, tmp_path):
     recorded = results["training"]["distillation"]
     assert recorded["alpha"] == 0.5 and recorded["temperature"] == 2.0 and recorded["class_token_mse_weight"] == 0.1
     assert recorded["teacher"].endswith("base with pruning off")
+    assert recorded["loss"].endswith(
+        "+ class_token_mse_weight * MSE(final class-token states, before the last layer norm)"
+    )
     assert json.loads((plain / "pruning_results.json").read_text())["training"]["distillation"] is None
     card = (distilled / "README.md").read_text()
     assert "| distillation | teacher: " in card and "alpha: 0.5, temperature: 2, class_token_mse_weight: 0.1" in card
