@@ -172,7 +172,10 @@ def main(argv: list[str] | None = None) -> str:
         help="each run's own interleaved speed-up against the unpruned model, not one against the reference run",
     )
     parser.add_argument("--output", default=None, help="also write the table to this file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     args = parser.parse_args(argv)
+    if args.output and Path(args.output).exists() and not args.overwrite:
+        raise SystemExit(f"{args.output} already exists: pass --overwrite to replace it, or another --output.")
     text = table(load_runs(args.runs), args.reference, speed=not args.no_speed, in_run=args.in_run_speedup)
     argv = sys.argv[1:] if argv is None else argv
     text += f"\n\nCommand: `python benchmarks/finetune_table.py {shlex.join(argv)}`\n"

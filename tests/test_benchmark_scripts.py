@@ -35,6 +35,9 @@ def test_finetune_table_computes_speedups_against_the_reference(tmp_path):
         in text
     )
     assert (tmp_path / "t.md").read_text() == text
+    with pytest.raises(SystemExit, match="already exists: pass --overwrite"):
+        finetune_table.main([str(tmp_path / "base"), "--output", str(tmp_path / "t.md")])
+    assert (tmp_path / "t.md").read_text() == text
     with pytest.raises(FileNotFoundError, match="did the run"):
         finetune_table.main([str(tmp_path / "missing")])
 
