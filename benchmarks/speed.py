@@ -184,7 +184,7 @@ def speed_table(args, device, dtype: str) -> list[str]:
     header = (f"| model | method | GMACs | GMACs ratio | images/s (batch {args.batch_size}) | speed-up (min–max) | "
               "realisation | batch-1 ms (p90) | batch-1 speed-up | batch-1 realisation |")  # fmt: skip
     protocol = None
-    rows = [header, "|" + "---|" * header.count(" | ")]
+    rows = [header, "|" + "---|" * (header.count("|") - 1)]
     for shape in args.shapes:
         model = build(shape, device)
         settings = variants(args)

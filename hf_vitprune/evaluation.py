@@ -212,7 +212,7 @@ def markdown_table(rows: list[dict]) -> str:
     header = "| method | keep rate | fusion | tokens per stage | top-1 (%) | Δ top-1 | GMACs |"
     if timed:
         header += " images/s | speed-up (min–max) | realisation | batch-1 ms (p90) | batch-1 realisation |"
-    lines = [header, "|" + "---|" * header.count(" | ")]
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in rows:
         variant = variant_of(r)
         method, keep, fusion = "unpruned", "—", "—"

@@ -64,6 +64,8 @@ def test_evaluate_on_real_images_writes_consistent_results(real_folder, tmp_path
     table = (out / "results.md").read_text()
     assert "| variance | 0.7 | yes | 196→138+1→98+1→70+1 |" in table and "entropy (α=2)" in table
     assert "Command: `hf-vitprune evaluate --model" in table
+    header, delimiter = [line for line in table.splitlines() if line.startswith("|")][:2]
+    assert delimiter == "|" + "---|" * (header.count("|") - 1)  # one delimiter cell per column, or no Markdown table
     assert "| variance | 0.7 | yes |" in capsys.readouterr().out
 
     # results already there are never replaced without --overwrite
