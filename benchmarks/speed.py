@@ -49,6 +49,7 @@ from hf_vitprune.measure import (  # _autocast: the protocol's autocast, shared 
     DTYPES,
     CompilerUnavailableError,
     _autocast,
+    _synchronize,
     check_compiler,
     count_gmacs,
     device_name,
@@ -111,8 +112,11 @@ def variants(args) -> list[tuple[str, dict]]:
     return out
 
 
-def interleave(steps: dict, rounds: int, warmup: int = 1, seed: int = 0) -> dict[str, list[float]]:
-    """Seconds of each callable in `steps`, one call per round, in shuffled order; `warmup` untimed calls each first."""
+def interleave(
+    steps: dict, rounds: int, warmup: int = 1, seed: int = 0, device: torch.device | None = None
+) -> dict[str, list[float]]:
+    """Seconds of each callable in `steps`, one call per round, in shuffled order; `warmup` untimed calls each first.
+    With a CUDA `device` the clock is read only after the device has finished (kernels run asynchronously)."""
     for step in steps.values():
         for _ in range(warmup):
             step()
@@ -121,8 +125,12 @@ def interleave(steps: dict, rounds: int, warmup: int = 1, seed: int = 0) -> dict
     for _ in range(rounds):
         shuffler.shuffle(order)
         for name in order:
+            if device is not None:
+                _synchronize(device)
             start = time.perf_counter()
             steps[name]()
+            if device is not None:
+                _synchronize(device)
             seconds[name].append(time.perf_counter() - start)
     return seconds
 
@@ -262,7 +270,7 @@ def attention_table(args, device, dtype: str) -> list[str]:
             models["eager"].set_attn_implementation("eager")
             steps = {impl: (lambda m=m: m(pixel_values=x)) for impl, m in models.items()}
             with torch.inference_mode(), _autocast(device, dtype):
-                seconds = interleave(steps, args.rounds, seed=args.seed)
+                seconds = interleave(steps, args.rounds, seed=args.seed, device=device)
             ratio = [e / s for s, e in zip(seconds["sdpa"], seconds["eager"])]
             sdpa, eager = (args.batch_size / statistics.median(seconds[k]) for k in ("sdpa", "eager"))
             rows.append(f"| {shape} | {name} | {sdpa:.1f} | {eager:.1f} | {spread(ratio)} |")
@@ -378,7 +386,7 @@ def training_table(args, device, dtype: str) -> list[str]:
                 optimizer.zero_grad(set_to_none=True)
 
             steps[name] = step
-        seconds = interleave(steps, args.rounds, warmup=2, seed=args.seed)
+        seconds = interleave(steps, args.rounds, warmup=2, seed=args.seed, device=device)
         for name, _ in settings:
             ratios = [u / s for u, s in zip(seconds["unpruned"], seconds[name])]
             rate = batch_size / statistics.median(seconds[name])
