@@ -381,12 +381,13 @@ def time_interleaved(
     others: it is timed before and after every group of at most `bracket` of them, and the reference's time per batch
     at each variant is interpolated linearly between those two timings by the variant's place in the group (the j-th
     of k: `t_before + (t_after - t_before) j / (k + 1)`); the variant's speed-up is that time over its own (latency
-    likewise). Drift that is linear across a group cancels exactly, however many variants a round holds (a round that
-    timed the reference once against 36 variants lasted minutes and did not cancel it: issue 13). Medians and min-max
-    over rounds are reported; the reference's images/s and latency are medians over all its timings (its images/s
-    min-max too, over more timings than the other rows). Warm-up: `warmup` untimed passes of each variant before
-    the first round. Protocol otherwise as [`measure_throughput`] (eval mode, inference mode, fixed random input, bf16
-    / fp16 under autocast, `torch.compile(mode=compile_mode)` when given: each variant compiles during its warm-up).
+    likewise). Drift that is linear across a group cancels exactly, however many variants a round holds (timing the
+    reference once per round does not cancel drift inside a round of many variants, which can last minutes). Medians and
+    min-max over rounds are reported; the reference's images/s and latency are medians over all its timings (its
+    images/s min-max too, over more timings than the other rows). Warm-up: `warmup` untimed passes of each variant
+    before the first round. Protocol otherwise as [`measure_throughput`] (eval mode, inference mode, fixed random input,
+    bf16 / fp16 under autocast, `torch.compile(mode=compile_mode)` when given: each variant compiles during its
+    warm-up).
 
     Args:
         model (`nn.Module`): a pruned image model (PrunedViT class, or a stock model after `prune`).
