@@ -1,7 +1,7 @@
 """Markdown table of fine-tuning runs, from the `pruning_results.json` each `hf-vitprune train` run writes.
 
 Run: `python benchmarks/finetune_table.py runs/train/*/ [--reference NAME] [--no_speed | --in_run_speedup]
-[--output FILE]`
+[--grid] [--output FILE]`
 
 Each argument is a run folder (holding `pruning_results.json`) or such a JSON file itself (e.g. the copies under
 docs/results/finetune/). Columns: pruning setting (with distillation), seed, patch stride, tokens per stage, top-1 /
@@ -9,7 +9,8 @@ top-5, GMACs, inference images/s (measured after training, interleaved with the 
 images/s as the Trainer reports them (whole run: data loading and augmentation included), with speed-ups against the
 reference run. `--no_speed` leaves the speed columns out (for runs that shared the machine with other jobs: speed is
 a property of the architecture, which `benchmarks/speed.py` measures alone). Settings run with more than one seed get
-a second table: mean top-1 and the range over seeds.
+a second table: mean top-1 and the range over seeds. `--grid` adds a table of mean top-1 with one row per pruning
+setting and one column per training recipe (plain, keep-rate warm-up, distilled, ...), each against the unpruned mean.
 """
 
 from __future__ import annotations
@@ -50,24 +51,34 @@ def run_seed(run: dict) -> int:
 
 
 def setting_text(run: dict) -> str:
+    """The pruning setting and the training recipe of a run: [`pruning_text`] followed by [`recipe_text`], e.g.
+    `variance, keep 0.7, fusion, keep-rate warm-up 1 epoch, distilled`."""
+    return pruning_text(run) + recipe_text(run)
+
+
+def pruning_text(run: dict) -> str:
     """`unpruned`, or the method's label from the reducer registry with its setting and fusion, e.g. `variance, keep
-    0.7, fusion`, `entropy (α=0.5), keep 0.7, fusion`, `BSPF (block 3, mean), keep 0.7, similarity fusion`, with
-    `, keep-rate warm-up N epochs` when the run had one and `, distilled` when it had a teacher (`from the pre-trained
-    checkpoint` for `--distill_from unpruned` or the base model's own path, `(α a, τ t)` away from the defaults 0.5 / 1,
-    `+ class-token MSE (w)` with `--distill_token_weight w`)."""
+    0.7, fusion`, `entropy (α=0.5), keep 0.7, fusion`, `BSPF (block 3, mean), keep 0.7, similarity fusion`."""
     from hf_vitprune.token_reduction import REDUCERS, PruningSettings
 
     pruning = run["pruning"]
     method = pruning.get("pruning_method") or "none"
     if method == "none":
-        text = "unpruned"
-    else:
-        reducer = REDUCERS[method]
-        settings = PruningSettings(**{k: v for k, v in pruning.items() if k in PruningSettings.names()})
-        fusion = reducer.table_cells(settings)[1]
-        text = f"{reducer.label(settings)}, {reducer.setting_text(settings)}" + {
-            "yes": ", fusion", "similarity": ", similarity fusion"
-        }.get(fusion, "")  # fmt: skip
+        return "unpruned"
+    reducer = REDUCERS[method]
+    settings = PruningSettings(**{k: v for k, v in pruning.items() if k in PruningSettings.names()})
+    fusion = reducer.table_cells(settings)[1]
+    return f"{reducer.label(settings)}, {reducer.setting_text(settings)}" + {
+        "yes": ", fusion", "similarity": ", similarity fusion"
+    }.get(fusion, "")  # fmt: skip
+
+
+def recipe_text(run: dict) -> str:
+    """How the run was trained beyond the common recipe, as a suffix (empty for plain fine-tuning): `, keep-rate
+    warm-up N epochs` when the run had one and `, distilled` when it had a teacher (`from the pre-trained checkpoint`
+    for `--distill_from unpruned` or the base model's own path, `(α a, τ t)` away from the defaults 0.5 / 1,
+    `+ class-token MSE (w)` with `--distill_token_weight w`)."""
+    text = ""
     training = run.get("training") or {}
     if training.get("keep-rate warm-up epochs"):
         epochs = training["keep-rate warm-up epochs"]
@@ -85,9 +96,45 @@ def setting_text(run: dict) -> str:
     return text
 
 
-def table(runs: list[dict], reference: str | None = None, speed: bool = True, in_run: bool = False) -> str:
+def recipe_grid(runs: list[dict]) -> list[str]:
+    """Lines of a table with one row per pruning setting (and patch stride) and one column per training recipe
+    ([`recipe_text`]; `plain` for none), in the order they first appear. A cell is the mean top-1 over the run's
+    seeds, the difference to the unpruned runs' mean (same patch stride, when there are any) and, for more than one
+    seed, the seed count: `96.96 (-0.47; 2 seeds)`; `—` where that pair was not run."""
+    cells: dict[tuple, dict[str, list[float]]] = {}
+    recipes: list[str] = []
+    for run in runs:
+        recipe = recipe_text(run).removeprefix(", ") or "plain"
+        if recipe not in recipes:
+            recipes.append(recipe)
+        key = (pruning_text(run), run["pruning"].get("patch_stride"))
+        cells.setdefault(key, {}).setdefault(recipe, []).append(run["metrics"]["pruned"]["top1"])
+
+    def mean(values):
+        return sum(values) / len(values)
+
+    lines = ["", "| pruning | patch stride | " + " | ".join(recipes) + " |", "|---|---|" + "---|" * len(recipes)]
+    for (setting, stride), row in cells.items():
+        reference = cells.get(("unpruned", stride), {}).get("plain")
+        texts = []
+        for recipe in recipes:
+            top1 = row.get(recipe)
+            if not top1:
+                texts.append("—")
+                continue
+            notes = [] if reference is None or setting == "unpruned" else [f"{mean(top1) - mean(reference):+.2f}"]
+            notes += [f"{len(top1)} seeds"] if len(top1) > 1 else []
+            texts.append(f"{mean(top1):.2f}" + (f" ({'; '.join(notes)})" if notes else ""))
+        lines.append(f"| {setting} | {stride} | " + " | ".join(texts) + " |")
+    return lines
+
+
+def table(
+    runs: list[dict], reference: str | None = None, speed: bool = True, in_run: bool = False, grid: bool = False
+) -> str:
     """The Markdown table; speed-ups are against the run named `reference` (default: the first). Without `speed`
-    the images/s columns are left out. With `in_run`, the inference speed-up is each run's own (`metrics.pruned.
+    the images/s columns are left out. With `grid`, a last table of top-1 by pruning setting and training recipe
+    ([`recipe_grid`]). With `in_run`, the inference speed-up is each run's own (`metrics.pruned.
     speedup`: interleaved with the unpruned model in the same process after training, "—" where the run did not record
     one) and training images/s are shown without a speed-up (runs on different machines or days)."""
     base = next((r for r in runs if r["name"] == reference), runs[0])
@@ -137,7 +184,7 @@ def table(runs: list[dict], reference: str | None = None, speed: bool = True, in
             "Speed columns left out (`--no_speed`): these runs shared the machine with other jobs; images/s of each "
             "setting, measured alone and interleaved with the unpruned model, are in docs/benchmark_cpu.md."
         )
-    return "\n".join(lines + notes + seed_summary(runs))
+    return "\n".join(lines + notes + seed_summary(runs) + (recipe_grid(runs) if grid else []))
 
 
 def seed_summary(runs: list[dict]) -> list[str]:
@@ -171,12 +218,17 @@ def main(argv: list[str] | None = None) -> str:
         action="store_true",
         help="each run's own interleaved speed-up against the unpruned model, not one against the reference run",
     )
+    parser.add_argument(
+        "--grid", action="store_true", help="add a table of mean top-1: pruning settings by training recipes"
+    )
     parser.add_argument("--output", default=None, help="also write the table to this file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     args = parser.parse_args(argv)
     if args.output and Path(args.output).exists() and not args.overwrite:
         raise SystemExit(f"{args.output} already exists: pass --overwrite to replace it, or another --output.")
-    text = table(load_runs(args.runs), args.reference, speed=not args.no_speed, in_run=args.in_run_speedup)
+    text = table(
+        load_runs(args.runs), args.reference, speed=not args.no_speed, in_run=args.in_run_speedup, grid=args.grid
+    )
     argv = sys.argv[1:] if argv is None else argv
     text += f"\n\nCommand: `python benchmarks/finetune_table.py {shlex.join(argv)}`\n"
     print(text)

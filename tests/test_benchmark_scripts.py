@@ -64,6 +64,27 @@ def test_finetune_table_without_speed_with_distillation_seeds_and_json_files(tmp
     assert "| variance, keep 0.7, fusion | 16 | 0 |" not in text
 
 
+def test_finetune_table_grid_of_pruning_settings_by_recipe(tmp_path):
+    finetune_table = _load("finetune_table")
+    runs = [("u0", None, 90.0, 0, {}), ("u1", None, 92.0, 1, {}), ("v", "variance", 89.0, 0, {}),
+            ("vw0", "variance", 89.5, 0, {"keep-rate warm-up epochs": 1.0}),
+            ("vw1", "variance", 90.5, 1, {"keep-rate warm-up epochs": 1.0}),
+            ("vd", "variance", 88.0, 0, {"distillation": {"teacher": "t"}}), ("m", "medad", 87.25, 0, {})]  # fmt: skip
+    for name, method, top1, seed, training in runs:
+        _run(tmp_path / name, method, top1, 1.0, 1.0)
+        path = tmp_path / name / "pruning_results.json"
+        results = json.loads(path.read_text())
+        results["training"] = {"seed": seed, **training}
+        path.write_text(json.dumps(results))
+    text = finetune_table.main([str(tmp_path / name) for name, *_ in runs] + ["--no_speed", "--grid"])
+    grid = text[text.index("| pruning | patch stride | plain") :].split("\n")
+    assert grid[0] == "| pruning | patch stride | plain | keep-rate warm-up 1 epoch | distilled |"
+    assert grid[2] == "| unpruned | 16 | 91.00 (2 seeds) | — | — |"  # mean of 90 and 92
+    assert grid[3] == "| variance, keep 0.7, fusion | 16 | 89.00 (-2.00) | 90.00 (-1.00; 2 seeds) | 88.00 (-3.00) |"
+    assert grid[4] == "| medad, keep 0.7, fusion | 16 | 87.25 (-3.75) | — | — |"
+    assert "| pruning | patch stride | plain" not in finetune_table.main([str(tmp_path / "v"), "--no_speed"])
+
+
 def test_finetune_table_in_run_speedups_and_method_labels(tmp_path):
     finetune_table = _load("finetune_table")
     _run(tmp_path / "base", None, 90.0, 50.0, 10.0)
