@@ -58,7 +58,11 @@ def setting_text(run: dict) -> str:
 
 def pruning_text(run: dict) -> str:
     """`unpruned`, or the method's label from the reducer registry with its setting and fusion, e.g. `variance, keep
-    0.7, fusion`, `entropy (α=0.5), keep 0.7, fusion`, `BSPF (block 3, mean), keep 0.7, similarity fusion`."""
+    0.7, fusion`, `entropy (α=0.5), keep 0.7, fusion`, `BSPF (block 3, mean), keep 0.7, similarity fusion`.
+
+    Raises:
+        KeyError: for a `pruning_method` this version of hf_vitprune does not know.
+    """
     from hf_vitprune.token_reduction import REDUCERS, PruningSettings
 
     pruning = run["pruning"]
@@ -98,35 +102,59 @@ def recipe_text(run: dict) -> str:
 
 def recipe_grid(runs: list[dict]) -> list[str]:
     """Lines of a table with one row per pruning setting (and patch stride) and one column per training recipe
-    ([`recipe_text`]; `plain` for none), in the order they first appear. A cell is the mean top-1 over the run's
-    seeds, the difference to the unpruned runs' mean (same patch stride, when there are any) and, for more than one
-    seed, the seed count: `96.96 (-0.47; 2 seeds)`; `—` where that pair was not run."""
-    cells: dict[tuple, dict[str, list[float]]] = {}
+    ([`recipe_text`]; `plain` for none), in the order they first appear. A cell is the mean top-1 over the runs of
+    that pair (one per seed), its difference to the mean of the plain unpruned runs of the same patch stride (left out
+    where there are none, and for that cell itself) and, for more than one seed, the seed count: `96.96 (-0.47; 2
+    seeds)`; `—` where that pair was not run. Runs are grouped by pruning setting, stride and recipe only: pass runs
+    of one protocol (base model, data, epochs).
+
+    Raises:
+        ValueError: two runs of the same setting, recipe and seed (e.g. a run folder and its results JSON both given),
+            which would be averaged as two seeds.
+    """
+    cells: dict[tuple, dict[str, dict[int, dict]]] = {}
     recipes: list[str] = []
     for run in runs:
         recipe = recipe_text(run).removeprefix(", ") or "plain"
         if recipe not in recipes:
             recipes.append(recipe)
         key = (pruning_text(run), run["pruning"].get("patch_stride"))
-        cells.setdefault(key, {}).setdefault(recipe, []).append(run["metrics"]["pruned"]["top1"])
+        seeds = cells.setdefault(key, {}).setdefault(recipe, {})
+        seed = run_seed(run)
+        if seed in seeds:
+            raise ValueError(
+                f"{seeds[seed]['name']} and {run['name']} are the same setting ({key[0]}, {recipe}) and seed {seed}: "
+                "pass each run once."
+            )
+        seeds[seed] = run
 
-    def mean(values):
-        return sum(values) / len(values)
+    def mean_top1(seeds):
+        return sum(r["metrics"]["pruned"]["top1"] for r in seeds.values()) / len(seeds)
 
     lines = ["", "| pruning | patch stride | " + " | ".join(recipes) + " |", "|---|---|" + "---|" * len(recipes)]
     for (setting, stride), row in cells.items():
         reference = cells.get(("unpruned", stride), {}).get("plain")
         texts = []
         for recipe in recipes:
-            top1 = row.get(recipe)
-            if not top1:
+            if recipe not in row:
                 texts.append("—")
                 continue
-            notes = [] if reference is None or setting == "unpruned" else [f"{mean(top1) - mean(reference):+.2f}"]
-            notes += [f"{len(top1)} seeds"] if len(top1) > 1 else []
-            texts.append(f"{mean(top1):.2f}" + (f" ({'; '.join(notes)})" if notes else ""))
+            top1, notes = mean_top1(row[recipe]), []
+            if reference is not None and row[recipe] is not reference:
+                notes.append(f"{top1 - mean_top1(reference):+.2f}")
+            if len(row[recipe]) > 1:
+                notes.append(f"{len(row[recipe])} seeds")
+            texts.append(f"{top1:.2f}" + (f" ({'; '.join(notes)})" if notes else ""))
         lines.append(f"| {setting} | {stride} | " + " | ".join(texts) + " |")
-    return lines
+    strides = sorted(
+        {stride for _, stride in cells if ("unpruned", stride) in cells and "plain" in cells[("unpruned", stride)]}
+    )
+    missing = sorted({stride for _, stride in cells} - set(strides))
+    note = "Cells: mean top-1 (%) over seeds, (difference to the plain unpruned mean of the same patch stride"
+    note += (
+        f"; no plain unpruned run at stride {', '.join(map(str, missing))}: no difference given)" if missing else ")"
+    )
+    return lines + ["", note + "."]
 
 
 def table(
@@ -207,6 +235,13 @@ def seed_summary(runs: list[dict]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> str:
+    """Print the tables (and write them to `--output`) for the command line `argv` (default `sys.argv[1:]`); returns
+    the text.
+
+    Raises:
+        SystemExit: `--output` exists and `--overwrite` was not given (nothing is written).
+        FileNotFoundError, ValueError: see [`load_runs`] and [`recipe_grid`].
+    """
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "runs", nargs="+", help="run folders (output_dir of hf-vitprune train) or their pruning_results.json files"

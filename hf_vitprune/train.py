@@ -905,27 +905,39 @@ class ImageClassificationTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The Trainer's loss, plus, in training steps with a teacher, DeiT's soft distillation (and optionally an MSE
         between the final class-token states): `(1 - alpha) loss + alpha tau^2 KL (+ w MSE)`. The teacher runs
-        frozen, under `no_grad`, on the same (mixed, augmented) images in the same step."""
+        frozen, under `no_grad`, on the same (mixed, augmented) images in the same step.
+
+        The teacher's terms go through the Trainer's own `compute_loss` (as its `compute_loss_func` for this step), so
+        the whole loss gets the Trainer's scaling: under DDP with `average_tokens_across_devices` each process divides
+        by the images of the global batch and the Trainer multiplies by the number of processes."""
         distillation = self.distillation
         if distillation is None or not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        labels = inputs["labels"]
-        tokens = distillation.token_weight > 0
-        outputs = model(pixel_values=inputs["pixel_values"], output_hidden_states=tokens)
-        loss = self.compute_loss_func(outputs, labels, num_items_in_batch)
-        teacher = distillation.teacher.to(inputs["pixel_values"].device)
-        with torch.no_grad():
-            taught = teacher(pixel_values=inputs["pixel_values"], output_hidden_states=tokens)
-        teacher_logits = taught.logits[:, distillation.teacher_index.to(taught.logits.device)]
-        per_image = distillation_loss(outputs.logits, teacher_logits, distillation.temperature)
-        loss = (1 - distillation.alpha) * loss + distillation.alpha * reduce_per_image(
-            per_image, labels, num_items_in_batch
-        )
-        if tokens:
-            student_token, teacher_token = outputs.hidden_states[-1][:, 0], taught.hidden_states[-1][:, 0]
-            mse = (student_token.float() - teacher_token.float()).square().mean(-1)
-            loss = loss + distillation.token_weight * reduce_per_image(mse, labels, num_items_in_batch)
-        return (loss, outputs) if return_outputs else loss
+        pixel_values, tokens = inputs["pixel_values"], distillation.token_weight > 0
+        student_loss = self.compute_loss_func
+
+        def loss_with_teacher(outputs, labels, num_items_in_batch=None):
+            loss = student_loss(outputs, labels, num_items_in_batch=num_items_in_batch)
+            teacher = distillation.teacher.to(pixel_values.device)
+            with torch.no_grad():
+                taught = teacher(pixel_values=pixel_values, output_hidden_states=tokens)
+            teacher_logits = taught.logits[:, distillation.teacher_index.to(taught.logits.device)]
+            per_image = distillation_loss(outputs.logits, teacher_logits, distillation.temperature)
+            loss = (1 - distillation.alpha) * loss + distillation.alpha * reduce_per_image(
+                per_image, labels, num_items_in_batch
+            )
+            if tokens:
+                student_token, teacher_token = outputs.hidden_states[-1][:, 0], taught.hidden_states[-1][:, 0]
+                mse = (student_token.float() - teacher_token.float()).square().mean(-1)
+                loss = loss + distillation.token_weight * reduce_per_image(mse, labels, num_items_in_batch)
+            return loss
+
+        self.compute_loss_func = loss_with_teacher
+        try:
+            inputs = {**inputs, "output_hidden_states": True} if tokens else inputs
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        finally:
+            self.compute_loss_func = student_loss
 
     def _with_eval_collator(self, make_loader, *args, **kwargs):
         training_collator = self.data_collator

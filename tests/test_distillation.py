@@ -2,10 +2,7 @@
 
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -82,31 +79,6 @@ def test_distillation_resumes_to_the_uninterrupted_weights(workspace, tmp_path):
     assert cli_main(_args(workspace, stopped, *distill, "--resume_from_checkpoint", "latest")) == 0
     a, b = load_file(straight / "model.safetensors"), load_file(stopped / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_distillation_under_accelerate_launch(workspace, tmp_path):
-    """The teacher under DDP: two CPU processes (gloo, as in test_train's DDP test), each running the frozen teacher
-    on its own half of the global batch inside the Trainer's loss; the class-token term needs the hidden states to come
-    through the DDP wrapper."""
-    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
-    assert accelerate, "accelerate's launcher is not installed"
-    out = tmp_path / "ddp"
-    args = _args(workspace, out, "--distill_from", "unpruned", "--distill_alpha", "0.5", "--distill_token_weight",
-                 "0.1")[1:]  # fmt: skip
-    command = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hf_vitprune.train", *args]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    state = json.loads((out / "trainer_state.json").read_text())
-    assert state["global_step"] == 4
-    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
-    assert len(losses) == 4 and all(math.isfinite(loss) for loss in losses)
-    results = json.loads((out / "pruning_results.json").read_text())
-    assert results["training"]["global batch size"] == 8  # both processes took part
-    recorded = results["training"]["distillation"]
-    assert recorded["alpha"] == 0.5 and recorded["class_token_mse_weight"] == 0.1
-    assert recorded["teacher"].endswith("base with pruning off")
 
 
 def test_bad_teachers_are_refused_before_training(workspace, tmp_path, capsys):

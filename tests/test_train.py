@@ -178,7 +178,9 @@ def test_accelerate_launch_two_cpu_processes(workspace, tmp_path):
     accelerate 1.x's `--cpu` flag always uses its single-process launcher (`--cpu --num_processes 2` starts ONE
     process); `--multi_gpu --num_processes 2` on a machine without CUDA starts two processes through
     `torch.distributed.run`, which accelerate runs as `DistributedType.MULTI_CPU`. The global batch of 8 in the results
-    proves both processes took part.
+    proves both processes took part. The same job distilled with `--distill_alpha 0` (the teacher runs in every step,
+    its terms weigh 0) must log the same losses: the teacher's loss goes through the Trainer's DDP scaling (each
+    process divides by the global batch's images, the Trainer multiplies by the process count), not around it.
     """
     import shutil
 
@@ -203,6 +205,19 @@ def test_accelerate_launch_two_cpu_processes(workspace, tmp_path):
     assert 0 <= eval_metrics["eval_top1"] <= 100
     assert (out / "model.safetensors").exists()
     assert json.loads((out / "pruning_results.json").read_text())["training"]["global batch size"] == 8
+
+    (tmp_path / "classes.txt").write_text("cat\ndog\nfox\n")  # the teacher's outputs 0-2 stand for them
+    distilled = tmp_path / "ddp_distilled"
+    args = _args(workspace, distilled, "--eval_strategy", "steps", "--eval_steps", "2", "--distill_from", "unpruned",
+                 "--distill_alpha", "0", "--class_list", str(tmp_path / "classes.txt"))[1:]  # fmt: skip
+    result = subprocess.run([*command[: command.index("-m") + 2], *args], capture_output=True, text=True, env=env,
+                            timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    results = json.loads((distilled / "pruning_results.json").read_text())
+    assert results["training"]["distillation"]["alpha"] == 0 and results["training"]["global batch size"] == 8
+    distilled_state = json.loads((distilled / "trainer_state.json").read_text())
+    losses = [[e["loss"] for e in s["log_history"] if "loss" in e] for s in (state, distilled_state)]
+    assert len(losses[0]) == 4 and losses[1] == pytest.approx(losses[0], rel=1e-6)
 
 
 def test_help_documents_every_argument(capsys):
