@@ -150,10 +150,9 @@ def recipe_grid(runs: list[dict]) -> list[str]:
         {stride for _, stride in cells if ("unpruned", stride) in cells and "plain" in cells[("unpruned", stride)]}
     )
     missing = sorted({stride for _, stride in cells} - set(strides))
-    note = "Cells: mean top-1 (%) over seeds, (difference to the plain unpruned mean of the same patch stride"
-    note += (
-        f"; no plain unpruned run at stride {', '.join(map(str, missing))}: no difference given)" if missing else ")"
-    )
+    note = "Cells: mean top-1 (%) over the seeds run (difference to the plain unpruned mean of the same patch stride"
+    note += f"; none at stride {', '.join(map(str, missing))}, so no difference there" if missing else ""
+    note += "; seed count where more than one); —: not run"
     return lines + ["", note + "."]
 
 

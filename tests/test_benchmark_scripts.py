@@ -83,8 +83,10 @@ def test_finetune_table_grid_of_pruning_settings_by_recipe(tmp_path):
     assert grid[3] == "| variance, keep 0.7, fusion | 16 | 89.00 (-2.00) | 90.00 (-1.00; 2 seeds) | 88.00 (-3.00) |"
     assert grid[1] == "|---|---|---|---|---|"
     assert grid[4] == "| medad, keep 0.7, fusion | 16 | 87.25 (-3.75) | — | — |"
-    assert grid[6].startswith("Cells: mean top-1 (%) over seeds, (difference to the plain unpruned mean")
-    with pytest.raises(ValueError, match="vw1 and pruning_results are the same setting .* and seed 1: pass each run once"):
+    assert grid[6].startswith("Cells: mean top-1 (%) over the seeds run (difference to the plain unpruned mean")
+    with pytest.raises(
+        ValueError, match="vw1 and pruning_results are the same setting .* and seed 1: pass each run once"
+    ):
         finetune_table.main([str(tmp_path / "vw1"), str(tmp_path / "vw1" / "pruning_results.json"), "--grid"])
     assert "| pruning | patch stride | plain" not in finetune_table.main([str(tmp_path / "v"), "--no_speed"])
 
