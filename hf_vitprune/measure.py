@@ -485,14 +485,16 @@ def time_interleaved(
                 latency_speedup=latency_speedup,
             )
         )
+    group = min(bracket, max(len(variants) - 1, 1))
     protocol = (
         f"batch {batch_size}, {size} px, {dtype}, {getattr(model.config, '_attn_implementation', None) or 'eager'} "
         f"attention, {device_name(device)}, {torch.get_num_threads()} threads, torch {torch.__version__}"
         + (f", torch.compile(mode={compile_mode!r})" if compile_mode else "")
         + f"; {rounds} interleaved rounds (variants in shuffled order, seed {seed}) of {runs} timed batch passes"
         + (f" and {latency_runs} batch-1 passes" if latency_runs else "")
-        + f" per variant after {warmup} warm-up; {variants[0][0]} timed before and after every group of at most "
-        f"{min(bracket, max(len(variants) - 1, 1))} variants, speed-ups per round against {variants[0][0]} "
+        + f" per variant after {warmup} warm-up; {variants[0][0]} timed before and after "
+        + ("every variant" if group == 1 else f"every group of at most {group} variants")
+        + f", speed-ups per round against {variants[0][0]} "
         "interpolated between the two timings around each, median and min-max"
     )
     return timings, protocol
