@@ -105,8 +105,9 @@ def recipe_grid(runs: list[dict]) -> list[str]:
     ([`recipe_text`]; `plain` for none), in the order they first appear. A cell is the mean top-1 over the runs of
     that pair (one per seed), its difference to the mean of the plain unpruned runs of the same patch stride (left out
     where there are none, and for that cell itself) and, for more than one seed, the seed count: `96.96 (-0.47; 2
-    seeds)`; `—` where that pair was not run. Runs are grouped by pruning setting, stride and recipe only: pass runs
-    of one protocol (base model, data, epochs).
+    seeds)`; `—` where that pair was not run. Runs are grouped by pruning setting, stride, tokens per stage (rows
+    whose label alone would be the same, e.g. other pruning layers, name their tokens) and recipe only: pass runs of
+    one protocol (base model, data, epochs, teacher).
 
     Raises:
         ValueError: two runs of the same setting, recipe and seed (e.g. a run folder and its results JSON both given),
@@ -118,7 +119,8 @@ def recipe_grid(runs: list[dict]) -> list[str]:
         recipe = recipe_text(run).removeprefix(", ") or "plain"
         if recipe not in recipes:
             recipes.append(recipe)
-        key = (pruning_text(run), run["pruning"].get("patch_stride"))
+        # tokens per stage tell apart settings the label does not name (other pruning layers)
+        key = (pruning_text(run), run["pruning"].get("patch_stride"), run["metrics"]["pruned"].get("tokens"))
         seeds = cells.setdefault(key, {}).setdefault(recipe, {})
         seed = run_seed(run)
         if seed in seeds:
@@ -132,8 +134,9 @@ def recipe_grid(runs: list[dict]) -> list[str]:
         return sum(r["metrics"]["pruned"]["top1"] for r in seeds.values()) / len(seeds)
 
     lines = ["", "| pruning | patch stride | " + " | ".join(recipes) + " |", "|---|---|" + "---|" * len(recipes)]
-    for (setting, stride), row in cells.items():
-        reference = cells.get(("unpruned", stride), {}).get("plain")
+    unpruned = {key[1]: row["plain"] for key, row in cells.items() if key[0] == "unpruned" and "plain" in row}
+    for (setting, stride, tokens), row in cells.items():
+        reference = unpruned.get(stride)
         texts = []
         for recipe in recipes:
             if recipe not in row:
@@ -145,11 +148,10 @@ def recipe_grid(runs: list[dict]) -> list[str]:
             if len(row[recipe]) > 1:
                 notes.append(f"{len(row[recipe])} seeds")
             texts.append(f"{top1:.2f}" + (f" ({'; '.join(notes)})" if notes else ""))
-        lines.append(f"| {setting} | {stride} | " + " | ".join(texts) + " |")
-    strides = sorted(
-        {stride for _, stride in cells if ("unpruned", stride) in cells and "plain" in cells[("unpruned", stride)]}
-    )
-    missing = sorted({stride for _, stride in cells} - set(strides))
+        same_label = [key for key in cells if key[:2] == (setting, stride)]
+        label = setting if len(same_label) == 1 else f"{setting} ({tokens} tokens)"
+        lines.append(f"| {label} | {stride} | " + " | ".join(texts) + " |")
+    missing = sorted({key[1] for key in cells} - set(unpruned), key=str)
     note = "Cells: mean top-1 (%) over the seeds run (difference to the plain unpruned mean of the same patch stride"
     note += f"; none at stride {', '.join(map(str, missing))}, so no difference there" if missing else ""
     note += "; seed count where more than one); —: not run"

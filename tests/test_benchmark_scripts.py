@@ -89,6 +89,16 @@ def test_finetune_table_grid_of_pruning_settings_by_recipe(tmp_path):
     ):
         finetune_table.main([str(tmp_path / "vw1"), str(tmp_path / "vw1" / "pruning_results.json"), "--grid"])
     assert "| pruning | patch stride | plain" not in finetune_table.main([str(tmp_path / "v"), "--no_speed"])
+    # the same label with other pruning layers (tokens per stage): two rows, told apart by their tokens, not averaged
+    path = tmp_path / "m" / "pruning_results.json"
+    results = json.loads(path.read_text())
+    results["metrics"]["pruned"]["tokens"] = "196→98+1"
+    (tmp_path / "m2").mkdir()
+    (tmp_path / "m2" / "pruning_results.json").write_text(json.dumps(results))
+    text = finetune_table.main([str(tmp_path / "m"), str(tmp_path / "m2"), "--no_speed", "--grid"])
+    assert "| medad, keep 0.7, fusion (196 tokens) | 16 | 87.25 |" in text
+    assert "| medad, keep 0.7, fusion (196→98+1 tokens) | 16 | 87.25 |" in text
+    assert "none at stride 16, so no difference there" in text
 
 
 def test_finetune_table_in_run_speedups_and_method_labels(tmp_path):
