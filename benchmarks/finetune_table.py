@@ -21,6 +21,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from hf_vitprune.evaluation import markdown_delimiter
+
 
 def load_runs(paths: list[str]) -> list[dict]:
     """The results of each run folder (or results JSON file), in the order given.
@@ -133,7 +135,8 @@ def recipe_grid(runs: list[dict]) -> list[str]:
     def mean_top1(seeds):
         return sum(r["metrics"]["pruned"]["top1"] for r in seeds.values()) / len(seeds)
 
-    lines = ["", "| pruning | patch stride | " + " | ".join(recipes) + " |", "|---|---|" + "---|" * len(recipes)]
+    header = "| pruning | patch stride | " + " | ".join(recipes) + " |"
+    lines = ["", header, markdown_delimiter(header)]
     unpruned = {key[1]: row["plain"] for key, row in cells.items() if key[0] == "unpruned" and "plain" in row}
     for (setting, stride, tokens), row in cells.items():
         reference = unpruned.get(stride)
@@ -172,7 +175,7 @@ def table(
         header += " images/s | speed-up (in run) | training images/s |"
     elif speed:
         header += " images/s | speed-up | training images/s | training speed-up |"
-    lines = [header, "|" + "---|" * header[1:].count("|")]
+    lines = [header, markdown_delimiter(header)]
     for run in runs:
         pruning, metrics = run["pruning"], run["metrics"]["pruned"]
         line = (

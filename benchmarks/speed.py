@@ -45,6 +45,7 @@ import torch
 from torch.utils import benchmark as torch_benchmark
 
 from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification
+from hf_vitprune.evaluation import markdown_delimiter
 from hf_vitprune.measure import (  # _autocast: the protocol's autocast, shared with measure
     DTYPES,
     CompilerUnavailableError,
@@ -192,7 +193,7 @@ def speed_table(args, device, dtype: str) -> list[str]:
     header = (f"| model | method | GMACs | GMACs ratio | images/s (batch {args.batch_size}) | speed-up (min–max) | "
               "realisation | batch-1 ms (p90) | batch-1 speed-up | batch-1 realisation |")  # fmt: skip
     protocol = None
-    rows = [header, "|" + "---|" * (header.count("|") - 1)]
+    rows = [header, markdown_delimiter(header)]
     for shape in args.shapes:
         model = build(shape, device)
         settings = variants(args)

@@ -203,6 +203,19 @@ def tokens_text(config, num_patches: int) -> str:
     )
 
 
+def markdown_delimiter(header: str) -> str:
+    """The delimiter row of a Markdown table whose header row is `header` (`| a | b |` -> `|---|---|`): one `---`
+    cell per column, which GitHub needs to render the table at all. Cells must not contain `|`.
+
+    Raises:
+        ValueError: for a header that does not start and end with `|`.
+    """
+    header = header.strip()
+    if not (header.startswith("|") and header.endswith("|") and len(header) > 1):
+        raise ValueError(f"not a Markdown header row (it must start and end with '|'): {header!r}")
+    return "|" + "---|" * (header.count("|") - 1)
+
+
 def markdown_table(rows: list[dict]) -> str:
     """Markdown table of evaluation rows (as written by `run_evaluation`); the method, keep-rate and fusion cells
     come from each method's reducer class. Speed columns (when measured): images/s (median over interleaved rounds),
@@ -212,7 +225,7 @@ def markdown_table(rows: list[dict]) -> str:
     header = "| method | keep rate | fusion | tokens per stage | top-1 (%) | Δ top-1 | GMACs |"
     if timed:
         header += " images/s | speed-up (min–max) | realisation | batch-1 ms (p90) | batch-1 realisation |"
-    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    lines = [header, markdown_delimiter(header)]
     for r in rows:
         variant = variant_of(r)
         method, keep, fusion = "unpruned", "—", "—"

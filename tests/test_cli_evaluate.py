@@ -166,3 +166,12 @@ def test_pipeline_and_evaluate_agree_on_non_square_real_images(tmp_path):
             total += 1
     assert total == 20 and rows["variance@0.7+fusion"]["images"] == 20
     assert 100.0 * correct / total == pytest.approx(rows["variance@0.7+fusion"]["top1"])
+
+
+def test_markdown_delimiter_has_one_cell_per_column():
+    from hf_vitprune.evaluation import markdown_delimiter
+
+    assert markdown_delimiter("| a | b |") == "|---|---|"
+    assert markdown_delimiter("| method | speed-up (min–max) | top-1 (%) |\n") == "|---|---|---|"
+    with pytest.raises(ValueError, match="not a Markdown header row"):
+        markdown_delimiter("a | b")
