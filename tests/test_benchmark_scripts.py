@@ -210,3 +210,50 @@ def test_finetune_table_labels_warmup_pretrained_teacher_and_token_mse(tmp_path)
     assert "| mse | variance, keep 0.7, fusion, distilled + class-token MSE (0.5) | 1 |" in text
     assert "| hot | variance, keep 0.7, fusion, distilled (α 0.9, τ 3) | 0 |" in text
     assert "top-1 mean" not in text  # four recipes, one seed each: no seed summary
+
+
+def test_speed_agreement_matches_speed_tables_with_evaluate_rows(tmp_path, capsys):
+    speed_agreement = _load("speed_agreement")
+    header = (
+        "| model | method | GMACs | GMACs ratio | images/s (batch 64) | speed-up (min–max) | realisation | "
+        "batch-1 ms (p90) | batch-1 speed-up | batch-1 realisation |"
+    )
+    rows = [
+        "| deit-small | variance 0.7 | 3.036 | 1.52× | 22.7 | 1.90× (1.06–1.62) | 1.04 | 61.1 (66.7) | 1.46× | 0.96 |",
+        "| deit-tiny | unpruned | 1.258 | 1.00× | 54.1 | 1.00× (1.00–1.00) | 1.00 | 23.8 (36.9) | 1.00× | 1.00 |",
+        "| deit-tiny | variance 0.7 | 0.824 | 1.53× | 82.0 | 1.50× (1.43–1.65) | 1.03 | 22.9 (29.8) | 1.10× | 0.69 |",
+        "| deit-tiny | evit 0.5 | 0.632 | 1.99× | 103.5 | 2.00× (1.73–2.49) | 0.94 | 22.4 (26.7) | 1.20× | 0.58 |",
+        "| deit-tiny | tome r=13 | 0.737 | 1.71× | 88.3 | 1.60× (1.54–1.74) | 0.97 | 28.1 (37.3) | 0.91× | 0.53 |",
+        "| deit-tiny | ceiling 0.7 | 0.824 | 1.53× | 80.4 | 1.58× (1.41–1.71) | 1.03 | 22.9 (29.9) | 1.09× | 0.72 |",
+    ]
+    bench = tmp_path / "bench.md"
+    bench.write_text("\n".join(["Machine: x", "", "### 1. Speed-up", "", header, "|---|" * 1, *rows, "", "### 3."]))
+    evaluate = tmp_path / "results.json"
+    evaluate.write_text(json.dumps({"rows": [
+        {"name": "unpruned", "speedup": 1.0, "latency_speedup": 1.0},
+        {"name": "variance@0.7+fusion", "speedup": 1.53, "latency_speedup": 1.0},
+        {"name": "evit@0.5+fusion", "speedup": 2.10, "latency_speedup": None},
+        {"name": "tome(r=13)", "speedup": 1.60, "latency_speedup": 0.91},
+        {"name": "tome(r=13)", "matched_target": 0.8, "speedup": 9.0, "latency_speedup": None},
+        {"name": "medad@0.7+fusion", "speedup": 1.7, "latency_speedup": None},
+    ]}))  # fmt: skip
+    assert speed_agreement.key_of_speed_name("variance 0.7") == "variance@0.7+fusion"
+    assert speed_agreement.key_of_speed_name("ceiling 0.5") == "ceiling 0.5"
+    with pytest.raises(ValueError, match="pass --model"):
+        speed_agreement.speedups_of(str(bench))
+    with pytest.raises(ValueError, match="no rows of model 'vit-huge'"):
+        speed_agreement.speedups_of(str(bench), "vit-huge")
+    # 1.50 / 1.53 - 1 = -1.96 %, 2.00 / 2.10 - 1 = -4.76 %, tome exact; the sweep's matched row is left out
+    assert speed_agreement.main([str(bench), str(evaluate), "--model", "deit-tiny"]) == 1
+    out = capsys.readouterr().out
+    assert "| variance@0.7+fusion | 1.50× | 1.53× | 2.0 % | 1.10× | 1.00× | 10.0 % |" in out
+    assert "| evit@0.5+fusion | 2.00× | 2.10× | 4.8 % | — | — | — |" in out
+    assert "| tome(r=13) | 1.60× | 1.60× | 0.0 % | 0.91× | 0.91× | 0.0 % |" in out
+    assert "2 of 3 shared rows agree within 3 % at batch 64; largest difference 4.8 %." in out
+    assert "ceiling" not in out and "medad" not in out
+    assert speed_agreement.main([str(bench), str(evaluate), "--model", "deit-tiny", "--tolerance", "0.05"]) == 0
+    assert speed_agreement.main([str(bench), str(bench), "--model", "deit-small"]) == 0  # one row, identical
+    skipped = tmp_path / "skipped.json"
+    skipped.write_text(json.dumps({"rows": [{"name": "unpruned", "speedup": float("nan")}]}))
+    with pytest.raises(ValueError, match="--skip_throughput"):
+        speed_agreement.speedups_of(str(skipped))
