@@ -23,7 +23,7 @@ machine's drift cancels; medians and min-max over rounds are printed. Tables:
 
 The Markdown file given by `--output` is rewritten after every table, so a run that stops keeps what it measured.
 
-Run: `python benchmarks/speed.py --device cpu --output docs/benchmark_cpu.md --overwrite`
+Run: `python benchmarks/speed.py --device cpu --output docs/results/benchmark_cpu.md --overwrite`
      `python benchmarks/speed.py --device cuda --dtype bf16 --output docs/benchmark_gpu.md`
 """
 
