@@ -8,7 +8,7 @@ import platform
 import statistics
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
@@ -345,6 +345,10 @@ class InterleavedTiming:
             passes, milliseconds, over every timed pass (`None` when not measured).
         latency_speedup (`float`): the same ratio as `speedup` for the median batch-1 latency of each timing (`None`
             when not measured).
+        speedups (`list[float]`): every round's speed-up, in the order measured (the reference: 1.0 per group of
+            variants): `speedup` is their median; with them a reader can put an interval on the median or compare
+            two runs round by round.
+        latency_speedups (`list[float]`): the same for the batch-1 speed-up (empty when not measured).
     """
 
     name: str
@@ -357,6 +361,8 @@ class InterleavedTiming:
     latency_ms: float | None = None
     latency_p90_ms: float | None = None
     latency_speedup: float | None = None
+    speedups: list[float] = field(default_factory=list)
+    latency_speedups: list[float] = field(default_factory=list)
 
 
 def time_interleaved(
@@ -483,6 +489,8 @@ def time_interleaved(
                 latency_ms=latency,
                 latency_p90_ms=latency_p90,
                 latency_speedup=latency_speedup,
+                speedups=speedups[index],
+                latency_speedups=latency_speedups[index] if index or not latency_runs else [1.0] * len(speedups[0]),
             )
         )
     group = min(bracket, max(len(variants) - 1, 1))

@@ -1,5 +1,7 @@
 """GMACs against the paper's Table 1 (fvcore) and the throughput protocol."""
 
+import statistics
+
 import pytest
 import torch
 from conftest import tiny_config_kwargs
@@ -132,6 +134,11 @@ def test_interleaved_timing_reports_every_variant_against_the_first():
         assert t.images_per_s_min <= t.images_per_s <= t.images_per_s_max and t.images_per_s > 0
         assert t.speedup_min <= t.speedup <= t.speedup_max
         assert 0 < t.latency_ms <= t.latency_p90_ms
+        # every round's speed-up is kept (the reference: one 1.0 per group of variants; here one group per round)
+        assert len(t.speedups) == len(t.latency_speedups) == 3
+        assert statistics.median(t.speedups) == t.speedup and statistics.median(t.latency_speedups) == t.latency_speedup
+        assert (min(t.speedups), max(t.speedups)) == (t.speedup_min, t.speedup_max)
+    assert reference.speedups == reference.latency_speedups == [1.0, 1.0, 1.0]
     assert "3 interleaved rounds" in protocol and "against unpruned interpolated between" in protocol
     assert (model.config.pruning_method, model.config.keep_rate) == ("variance", 0.5)  # the model's own setting
     with pytest.raises(ValueError, match="at least one round"):
