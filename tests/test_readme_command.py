@@ -37,8 +37,8 @@ def offline(argv: list[str], output_dir: str, max_samples: int) -> list[str]:
         if token in replacements:
             out.append(replacements[token])
             skip = True
-    return out + ["--throughput_batch_size", "8", "--throughput_runs", "1", "--throughput_warmup", "0",
-                  "--num_workers", "0"]  # fmt: skip
+    return out + ["--throughput_batch_size", "8", "--throughput_rounds", "2", "--throughput_runs", "1",
+                  "--throughput_warmup", "0", "--latency_runs", "2", "--num_workers", "0"]  # fmt: skip
 
 
 def test_the_readme_command_names_the_hub_sources():
