@@ -203,7 +203,7 @@ def speed_table(args, device, dtype: str) -> list[str]:
                 gmacs.append(count_gmacs(model))
         timings, protocol = time_interleaved(model, settings, batch_size=args.batch_size, rounds=args.rounds,
                                              runs=args.runs, warmup=2, latency_runs=args.latency_runs, dtype=dtype,
-                                             device=device, seed=args.seed)  # fmt: skip
+                                             device=device, seed=args.seed, bracket=args.bracket)  # fmt: skip
         for (name, _), macs, t in zip(settings, gmacs, timings):
             ratio = gmacs[0] / macs
             row = (f"| {shape} | {name} | {macs:.3f} | {ratio:.2f}× | {t.images_per_s:.1f} | "
@@ -525,6 +525,12 @@ def parse_args(argv: list[str] | None):
         help="leave out the ceiling rows (same token counts, no selection work)",
     )
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
+    parser.add_argument(
+        "--bracket",
+        type=int,
+        default=4,
+        help="table 1: most variants timed between two timings of the unpruned reference (1: around every variant)",
+    )
     parser.add_argument("--runs", type=int, default=2, help="timed batch passes per variant and round")
     parser.add_argument("--latency_runs", type=int, default=10, help="timed batch-1 passes per variant and round")
     parser.add_argument("--train_batch_size", type=int, default=None, help="training-step batch (default: 32 CPU)")

@@ -349,6 +349,10 @@ class EvaluateArguments:
         default=5, metadata={"help": "Interleaved timing rounds: each round times every variant once, shuffled."}
     )
     throughput_runs: int = field(default=2, metadata={"help": "Timed batch passes per variant and round (median)."})
+    throughput_bracket: int = field(
+        default=4,
+        metadata={"help": "Most variants timed between two timings of the unpruned model (1: around every variant)."},
+    )
     throughput_warmup: int = field(default=2, metadata={"help": "Warm-up passes of each variant before the rounds."})
     latency_runs: int = field(default=10, metadata={"help": "Timed batch-1 passes per variant and round (0: none)."})
     compile: bool = field(
@@ -524,6 +528,7 @@ def measure_variants(
         device=device,
         compile_mode=compile_mode,
         seed=args.seed,
+        bracket=args.throughput_bracket,
     )
     if args.compile and compile_mode is None:
         protocol += "; --compile asked but torch.compile could not run here: eager (--compile_fallback_eager)"

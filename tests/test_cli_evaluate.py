@@ -47,9 +47,11 @@ def test_evaluate_on_real_images_writes_consistent_results(real_folder, tmp_path
             str(IMAGENET1K_CLASSES), "--methods", "variance", "entropy", "--renyi_alphas", "1", "2",
             "--keep_rates", "0.7", "--fusion", "on", "--batch_size", "4", "--num_workers", "0",
             "--throughput_batch_size", "2", "--throughput_runs", "1", "--throughput_warmup", "0",
-            "--output_dir", str(out)]  # fmt: skip
+            "--throughput_rounds", "3", "--throughput_bracket", "1", "--output_dir", str(out)]  # fmt: skip
     assert main(argv) == 0
     report = json.loads((out / "results.json").read_text())
+    assert "3 interleaved rounds" in report["protocol"]["throughput"]
+    assert "unpruned timed before and after every variant," in report["protocol"]["throughput"]  # --throughput_bracket
     names = [row["name"] for row in report["rows"]]
     assert names == ["unpruned", "variance@0.7+fusion", "entropy(a=1)@0.7+fusion", "entropy(a=2)@0.7+fusion"]
     rows = {row["name"]: row for row in report["rows"]}
