@@ -524,6 +524,13 @@ def parse_args(argv: list[str] | None):
         action="store_false",
         help="leave out the ceiling rows (same token counts, no selection work)",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's, one per core); onnxruntime and the memory table's fresh "
+        "processes keep their defaults",
+    )
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
     parser.add_argument(
         "--bracket",
@@ -547,6 +554,10 @@ def main(argv: list[str] | None = None) -> str:
     args = parse_args(argv)
     if args.output and Path(args.output).exists() and not args.overwrite:
         raise SystemExit(f"{args.output} already exists: pass --overwrite to replace it, or another --output.")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"--threads must be at least 1, got {args.threads}.")
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     args.batch_size = args.batch_size or (256 if device.type == "cuda" else 64)
     dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")

@@ -156,11 +156,15 @@ def test_speed_benchmark_runs_its_tables(tmp_path):
     spec.loader.exec_module(speed)
     argv = ["--shapes", "deit-tiny", "--methods", "variance", "--keep_rates", "0.5", "--tome_r", "--rounds", "1",
             "--runs", "1", "--latency_runs", "2", "--batch_size", "2", "--layer_tokens", "99", "--tables", "speed",
-            "overhead", "training", "layer", "profile", "memory", "--train_batch_size", "2", "--output",
-            str(tmp_path / "b.md")]  # fmt: skip
+            "overhead", "training", "layer", "profile", "memory", "--train_batch_size", "2", "--bracket", "1",
+            "--threads", "1", "--output", str(tmp_path / "b.md")]  # fmt: skip
     calls = []  # the "+ teacher" step computes the distillation loss from the teacher's logits
     speed.distillation_loss = lambda student, teacher, tau: calls.append(teacher.shape) or student.sum(-1) * 0
-    text = speed.main(argv)
+    threads = torch.get_num_threads()
+    try:
+        text = speed.main(argv)
+    finally:
+        torch.set_num_threads(threads)  # --threads 1 set it for this whole process
     assert calls and set(calls) == {torch.Size([2, 1000])}
     training = text.split("### 4. Training step")[1].split("###")[0]
     assert [line.split(" | ")[1] for line in training.splitlines() if line.startswith("| deit-tiny")] == [
@@ -168,6 +172,8 @@ def test_speed_benchmark_runs_its_tables(tmp_path):
     assert "| deit-tiny | unpruned | 1.258 | 1.00× |" in text
     assert "| deit-tiny | variance 0.5 | 0.632 | 1.99× |" in text  # the GMACs of keep 0.5 with fusion
     assert "aten::" in text and (tmp_path / "b.md").read_text().strip() == text.strip()
+    assert text.startswith("Machine: cpu") and ", 1 threads," in text.splitlines()[0]  # --threads
+    assert "unpruned timed before and after every variant," in text  # --bracket 1
     memory = [line for line in text.splitlines() if line.startswith("| deit-tiny | ") and line.endswith(" |")][-2:]
     assert [line.split(" | ")[1] for line in memory] == ["unpruned", "variance 0.5"]  # the memory table's rows
     inference, training = (float(memory[0].split(" | ")[i]) for i in (2, 3))
