@@ -24,6 +24,9 @@ machine's drift cancels; medians and min-max over rounds are printed. Tables:
 The Markdown file given by `--output` is rewritten after every table, so a run that stops keeps what it measured.
 
 Run: `python benchmarks/speed.py --device cpu --output docs/results/benchmark_cpu.md --overwrite`
+     `python benchmarks/speed.py --device cpu --shapes deit-tiny --tables speed --methods variance evit --tome_r \
+      --no_ceiling --rounds 16 --bracket 1 --threads 1 --seed 0 --output A.md` (and `--seed 1 --output B.md`; then
+      `python benchmarks/speed_agreement.py A.md B.md --model deit-tiny`: do two runs agree within 3 %?)
      `python benchmarks/speed.py --device cuda --dtype bf16 --output docs/benchmark_gpu.md`
 """
 
