@@ -372,6 +372,20 @@ class EvaluateArguments:
                   "instead of stopping at the first one."},
     )  # fmt: skip
 
+    def __post_init__(self):
+        """Check the timing flags when the arguments are parsed, before any model or data is loaded (inside the
+        timing they would stop a run only after its accuracy pass, which can take an hour).
+
+        Raises:
+            ValueError: for a batch size, number of rounds, timed passes or bracket below 1, or a negative number of
+                warm-up or batch-1 passes, naming the flag.
+        """
+        minimum = {"throughput_batch_size": 1, "throughput_rounds": 1, "throughput_runs": 1, "throughput_bracket": 1,
+                   "throughput_warmup": 0, "latency_runs": 0}  # fmt: skip
+        for name, low in minimum.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"--{name} must be at least {low}, got {getattr(self, name)}.")
+
 
 @dataclass
 class EvaluationSetup:

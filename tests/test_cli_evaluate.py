@@ -177,3 +177,15 @@ def test_markdown_delimiter_has_one_cell_per_column():
     assert markdown_delimiter("| method | speed-up (min–max) | top-1 (%) |\n") == "|---|---|---|"
     with pytest.raises(ValueError, match="not a Markdown header row"):
         markdown_delimiter("a | b")
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--throughput_bracket", "0"), ("--throughput_rounds", "0"),
+                                             ("--latency_runs", "-1")])  # fmt: skip
+@pytest.mark.parametrize("command", ["evaluate", "sweep"])
+def test_a_bad_timing_flag_stops_before_anything_is_loaded(command, flag, value, tmp_path, capsys):
+    """The model and data do not exist: the flag is reported first, not after an accuracy pass."""
+    argv = [command, "--model", str(tmp_path / "no-model"), "--data", str(tmp_path / "no-data"), flag, value,
+            "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 2
+    assert f"error: {flag} must be at least" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
