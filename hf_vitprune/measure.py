@@ -463,6 +463,8 @@ def time_interleaved(
                 group = [(index, time_variant(index)) for index in others[start : start + bracket]]
                 after = time_variant(0)
                 speedups[0].append(1.0)
+                if latency_runs:
+                    latency_speedups[0].append(1.0)
                 for place, (index, (rate, latency)) in enumerate(group, start=1):
                     share = place / (len(group) + 1)  # the reference interpolated to the variant's place
                     reference_seconds = (1 - share) / before[0] + share / after[0]  # per image
@@ -476,7 +478,7 @@ def time_interleaved(
         if latency_runs:
             latency = statistics.median(latencies[index])
             latency_p90 = statistics.quantiles(latencies[index], n=10)[-1] if len(latencies[index]) > 1 else latency
-            latency_speedup = statistics.median(latency_speedups[index]) if index else 1.0
+            latency_speedup = statistics.median(latency_speedups[index])
         timings.append(
             InterleavedTiming(
                 name=name,
@@ -490,7 +492,7 @@ def time_interleaved(
                 latency_p90_ms=latency_p90,
                 latency_speedup=latency_speedup,
                 speedups=speedups[index],
-                latency_speedups=latency_speedups[index] if index or not latency_runs else [1.0] * len(speedups[0]),
+                latency_speedups=latency_speedups[index],
             )
         )
     group = min(bracket, max(len(variants) - 1, 1))
