@@ -21,7 +21,9 @@ machine's drift cancels; medians and min-max over rounds are printed. Tables:
 9. peak memory at batch `--batch_size`, inference and forward + backward (CPU: resident-set growth of a fresh process;
    CUDA: `torch.cuda.max_memory_allocated`).
 
-The Markdown file given by `--output` is rewritten after every table, so a run that stops keeps what it measured.
+The Markdown file given by `--output` is rewritten after every table, so a run that stops keeps what it measured;
+beside it, `A.md` → `A.rounds.json` holds table 1's speed-up of every round (what `benchmarks/speed_agreement.py` needs
+for intervals on the medians and for testing whether runs differ by more than their rounds do).
 
 Run: `python benchmarks/speed.py --device cpu --output docs/results/benchmark_cpu.md --overwrite`
      `python benchmarks/speed.py --device cpu --shapes deit-tiny --tables speed --methods variance evit --tome_r \
@@ -198,24 +200,93 @@ def speed_table(args, device, dtype: str) -> list[str]:
     protocol = None
     rows = [header, markdown_delimiter(header)]
     for shape in args.shapes:
-        model = build(shape, device)
-        settings = variants(args)
-        gmacs = []
-        for _, fields in settings:
-            with model.pruning(**fields):
-                gmacs.append(count_gmacs(model))
-        timings, protocol = time_interleaved(model, settings, batch_size=args.batch_size, rounds=args.rounds,
-                                             runs=args.runs, warmup=2, latency_runs=args.latency_runs, dtype=dtype,
-                                             device=device, seed=args.seed, bracket=args.bracket)  # fmt: skip
-        for (name, _), macs, t in zip(settings, gmacs, timings):
-            ratio = gmacs[0] / macs
-            row = (f"| {shape} | {name} | {macs:.3f} | {ratio:.2f}× | {t.images_per_s:.1f} | "
-                   f"{t.speedup:.2f}× ({t.speedup_min:.2f}–{t.speedup_max:.2f}) | {t.speedup / ratio:.2f} | "
-                   f"{t.latency_ms:.1f} ({t.latency_p90_ms:.1f}) | {t.latency_speedup:.2f}× | "
-                   f"{t.latency_speedup / ratio:.2f} |")  # fmt: skip
+        if args.processes > 1:
+            results, protocol = speed_rows_of_processes(args, shape)
+        else:
+            results, protocol = speed_rows(args, device, dtype, shape)
+        for r in results:
+            ratio = results[0]["gmacs"] / r["gmacs"]
+            speedup = statistics.median(r["speedups"])
+            low, high = min(r["speedups"]), max(r["speedups"])
+            row = (f"| {shape} | {r['method']} | {r['gmacs']:.3f} | {ratio:.2f}× | {r['images_per_s']:.1f} | "
+                   f"{speedup:.2f}× ({low:.2f}–{high:.2f}) | {speedup / ratio:.2f} | ")  # fmt: skip
+            if r["latency_speedups"]:
+                latency = statistics.median(r["latency_speedups"])
+                row += (f"{r['latency_ms']:.1f} ({r['latency_p90_ms']:.1f}) | {latency:.2f}× | "
+                        f"{latency / ratio:.2f} |")  # fmt: skip
+            else:
+                row += "— | — | — |"
             rows.append(row)
-        del model
+            args.per_round.append({"table": "speed", "model": shape, **r})
     return lines + [f"Protocol: {protocol}.", ""] + rows
+
+
+def speed_rows(args, device, dtype: str, shape: str) -> tuple[list[dict], str]:
+    """Table 1 of one shape, timed in this process: one dict per variant (`method`, `gmacs`, `images_per_s`,
+    `latency_ms`, `latency_p90_ms`, per-round `speedups` and `latency_speedups`), and the protocol line."""
+    model = build(shape, device)
+    settings = variants(args)
+    gmacs = []
+    for _, fields in settings:
+        with model.pruning(**fields):
+            gmacs.append(count_gmacs(model))
+    timings, protocol = time_interleaved(model, settings, batch_size=args.batch_size, rounds=args.rounds,
+                                         runs=args.runs, warmup=2, latency_runs=args.latency_runs, dtype=dtype,
+                                         device=device, seed=args.seed, bracket=args.bracket)  # fmt: skip
+    results = [{"method": name, "gmacs": macs, "images_per_s": t.images_per_s, "latency_ms": t.latency_ms,
+                "latency_p90_ms": t.latency_p90_ms, "speedups": t.speedups, "latency_speedups": t.latency_speedups}
+               for (name, _), macs, t in zip(settings, gmacs, timings)]  # fmt: skip
+    return results, protocol
+
+
+def speed_rows_of_processes(args, shape: str) -> tuple[list[dict], str]:
+    """Table 1 of one shape pooled over `--processes K` fresh Python processes run one after another (this script with
+    `--processes 1`, seeds `--seed` ... `--seed + K - 1`, the same timing flags): speed-ups of all K x `--rounds`
+    rounds pooled (in process order), images/s, batch-1 ms and p90 the medians of the processes' own. Why: on a
+    virtual machine each process meets its own placement of memory (measured: speed-ups of fresh processes differ by up
+    to 4 % while each process's rounds agree within 1-2 %), which more rounds in one process cannot average out.
+
+    Raises:
+        SystemExit: when a process fails (its exit status and command).
+    """
+    flags = ["--device", args.device, "--shapes", shape, "--tables", "speed", "--processes", "1",
+             "--batch_size", str(args.batch_size), "--methods", *args.methods, "--keep_rates",
+             *map(str, args.keep_rates), "--tome_r", *map(str, args.tome_r), "--rounds", str(args.rounds),
+             "--bracket", str(args.bracket), "--runs", str(args.runs),
+             "--latency_runs", str(args.latency_runs)]  # fmt: skip
+    flags += [] if args.dtype is None else ["--dtype", args.dtype]
+    flags += [] if args.threads is None else ["--threads", str(args.threads)]
+    flags += [] if args.ceiling else ["--no_ceiling"]
+    runs = []
+    with tempfile.TemporaryDirectory() as folder:
+        for k in range(args.processes):
+            output = Path(folder) / f"process{k}.md"
+            command = [sys.executable, __file__, *flags, "--seed", str(args.seed + k), "--output", str(output)]
+            print(f"table 1, {shape}: process {k + 1} of {args.processes}", file=sys.stderr)
+            done = subprocess.run(command, stdout=subprocess.DEVNULL)
+            if done.returncode != 0:
+                raise SystemExit(
+                    f"process {k + 1} of --processes failed (exit {done.returncode}): {shlex.join(command)}"
+                )
+            protocol = next(line for line in output.read_text().splitlines() if line.startswith("Protocol: "))
+            runs.append((protocol.removeprefix("Protocol: ").rstrip("."), json.loads(rounds_path(output).read_text())))
+    results = []
+    for index, first in enumerate(runs[0][1]["rows"]):
+        rows = [record["rows"][index] for _, record in runs]
+        latency = [row["latency_ms"] for row in rows if row["latency_ms"] is not None]
+        latency_p90 = [row["latency_p90_ms"] for row in rows if row["latency_p90_ms"] is not None]
+        results.append({"method": first["method"], "gmacs": first["gmacs"],
+                        "images_per_s": statistics.median(row["images_per_s"] for row in rows),
+                        "latency_ms": statistics.median(latency) if latency else None,
+                        "latency_p90_ms": statistics.median(latency_p90) if latency_p90 else None,
+                        "speedups": [v for row in rows for v in row["speedups"]],
+                        "latency_speedups": [v for row in rows for v in row["latency_speedups"]],
+                        "rounds_per_process": [len(row["speedups"]) for row in rows]})  # fmt: skip
+    one = runs[0][0].replace(f"(variants in shuffled order, seed {args.seed})", "(variants in shuffled order)")
+    protocol = (f"{one}; all of it in each of {args.processes} fresh processes one after another (shuffling seeds "
+                f"{args.seed}-{args.seed + args.processes - 1}), the speed-ups' median and min-max over all their "
+                "rounds pooled, images/s and batch-1 ms (p90) the medians of the processes' own")  # fmt: skip
+    return results, protocol
 
 
 # 9. Peak memory -------------------------------------------------------------------------------------------------------
@@ -536,6 +607,13 @@ def parse_args(argv: list[str] | None):
     )
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="table 1: time it in this many fresh processes one after another (--rounds each, seeds --seed, "
+        "--seed + 1, ...) and pool their rounds: averages out what differs between processes",
+    )
+    parser.add_argument(
         "--bracket",
         type=int,
         default=4,
@@ -555,8 +633,12 @@ def parse_args(argv: list[str] | None):
 def main(argv: list[str] | None = None) -> str:
     """Run the chosen tables and print (and with `--output` write) the Markdown."""
     args = parse_args(argv)
-    if args.output and Path(args.output).exists() and not args.overwrite:
-        raise SystemExit(f"{args.output} already exists: pass --overwrite to replace it, or another --output.")
+    args.per_round = []  # table 1's speed-ups of every round, written beside --output (rounds_path)
+    for path in [args.output, rounds_path(args.output)] if args.output else []:
+        if Path(path).exists() and not args.overwrite:
+            raise SystemExit(f"{path} already exists: pass --overwrite to replace it, or another --output.")
+    if args.processes < 1:
+        raise SystemExit(f"--processes must be at least 1, got {args.processes}.")
     if args.threads is not None:
         if args.threads < 1:
             raise SystemExit(f"--threads must be at least 1, got {args.threads}.")
@@ -577,12 +659,27 @@ def main(argv: list[str] | None = None) -> str:
         print("\n".join(table_lines), file=sys.stderr)  # progress
         if args.output:  # what is measured so far survives a run that stops later
             Path(args.output).write_text("\n".join(lines + [f"(incomplete: stopped after table {table!r})"]) + "\n")
+            write_rounds(args, lines[0], command=None)
     command = f"python benchmarks/speed.py {shlex.join(sys.argv[1:] if argv is None else argv)}"
     text = "\n".join(lines + [f"Command: `{command}`"])
     print(text)
     if args.output:
         Path(args.output).write_text(text + "\n")
+        write_rounds(args, lines[0], command)
     return text
+
+
+def rounds_path(output: str) -> Path:
+    """Where the per-round speed-ups of a run written to `output` go: `A.md` → `A.rounds.json`."""
+    return Path(output).with_suffix(".rounds.json")
+
+
+def write_rounds(args, machine: str, command: str | None) -> None:
+    """Write table 1's per-round speed-ups (batch `--batch_size` and batch 1, in the order measured) beside
+    `--output`, for `benchmarks/speed_agreement.py` (intervals on the medians, a test of whether two runs differ by more
+    than their rounds do). `command` is `None` while the run is still going."""
+    record = {"machine": machine, "command": command, "batch_size": args.batch_size, "rows": args.per_round}
+    rounds_path(args.output).write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,23 +1,36 @@
-"""Do two timing runs agree? The speed-ups of the rows two runs share, side by side, with their relative difference.
+"""Do timing runs agree? The speed-ups of the rows two or more runs share, side by side, with their relative difference,
+and, where the runs kept their per-round speed-ups, how precise each median is and whether the runs differ by more
+than their rounds scatter.
 
 Each file is either the `results.json` of `hf-vitprune evaluate` / `sweep` (rows named `variance@0.7+fusion`,
 `tome(r=13)`, ...) or the Markdown written by `benchmarks/speed.py` (table 1, rows named `variance 0.7` — the
 criteria there run with fusion — or `tome r=13`; pass `--model` to pick one of its shapes). Rows are matched by
-setting; the batch-64 speed-up (median over rounds) is compared, and the batch-1 speed-up where both files have one.
+setting; the batch-64 speed-up (median over rounds) is compared, and the batch-1 speed-up where every file has one.
 
     python benchmarks/speed_agreement.py docs/results/benchmark_cpu.md runs/readme_eval/results.json \
         --model deit-tiny --tolerance 0.03
 
-The relative difference of a row is `|a / b - 1|` with `b` the second file's speed-up. Exits 1 when any shared row
-differs by more than `--tolerance` at batch 64 (the README's drift caveat is dropped only when two runs agree), 2 when
-the files share no row.
+The relative difference of a row is `|a / b - 1|` with `b` the second file's speed-up; with more than two files, the
+largest such difference over every pair of files (`b` the later one). Exits 1 when any shared row differs by more than
+`--tolerance` at batch 64 (the README's drift caveat is dropped only when two runs agree), 2 when the files share no
+row.
+
+Per-round speed-ups are in evaluate's `results.json` rows (`speedups`, `latency_speedups`) and in the
+`A.rounds.json` that `benchmarks/speed.py --output A.md` writes beside its table. Where every file has them for a row,
+a second table gives each run's median with a distribution-free 95 % interval (order statistics of the rounds,
+[`median_interval`]), the median of all runs' rounds pooled, and a permutation test ([`permutation_p`]) of "every run's
+rounds come from one distribution": a small p says the runs differ by more than their rounds scatter (a between-run
+effect that more rounds in one run would not remove), a large one that the difference is what sampling gives.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import random
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -92,42 +105,209 @@ def speedups_of(path: str, model: str | None = None) -> dict[str, tuple[float, f
     return out
 
 
-def compare(a: dict, b: dict) -> list[tuple[str, float, float, float, tuple | None]]:
-    """The shared rows (the unpruned reference left out): `(name, speed-up a, speed-up b, |a / b - 1|, batch-1)` with
-    `batch-1 = (a, b, |a / b - 1|)` where both have a batch-1 speed-up, in `a`'s order."""
+def rounds_of(path: str, model: str | None = None) -> dict[str, tuple[list[float], list[float]]]:
+    """`{name: (per-round batch speed-ups, per-round batch-1 speed-ups)}` of a run, or `{}` where it kept none: the rows
+    of an evaluate / sweep `results.json` (`speedups`, `latency_speedups`; files written before those fields existed
+    have none), or the `A.rounds.json` beside a `benchmarks/speed.py` Markdown file `A.md` (rows of `model`, or of its
+    only model)."""
+    if path.endswith(".json"):
+        rows = json.loads(Path(path).read_text())["rows"]
+        return {
+            row["name"]: (row["speedups"], row.get("latency_speedups") or [])
+            for row in rows
+            if row.get("matched_target") is None and row.get("speedups")
+        }
+    sidecar = Path(path).with_suffix(".rounds.json")
+    if not sidecar.exists():
+        return {}
+    rows = [row for row in json.loads(sidecar.read_text())["rows"] if row["table"] == "speed"]
+    if model is not None:
+        rows = [row for row in rows if row["model"] == model]
+    return {key_of_speed_name(row["method"]): (row["speedups"], row["latency_speedups"]) for row in rows}
+
+
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """A distribution-free interval for the median of the distribution `values` were drawn from: the order statistics
+    `(x_(k), x_(n+1-k))` with the largest `k` whose coverage `1 - 2 P(B <= k - 1)`, `B ~ Binomial(n, 1/2)`, is at least
+    `confidence` (e.g. n = 10: k = 2, coverage 97.9 %); with too few values for that, `(min, max)` and its coverage
+    (n = 5: 93.8 %). Assumes independent draws (here: rounds, drift already taken out by the interleaving).
+
+    Source: the binomial (sign-test) interval for a median, e.g. Hollander, Wolfe & Chicken, *Nonparametric
+    Statistical Methods*, 3rd ed., section 3.6.
+
+    Returns:
+        `(low, high, coverage)`, coverage as a fraction.
+
+    Raises:
+        ValueError: for no values, or `confidence` outside (0, 1).
+    """
+    if not values:
+        raise ValueError("no values: an interval for a median needs at least one.")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}.")
+    ordered, n = sorted(values), len(values)
+
+    def coverage(k: int) -> float:  # P(x_(k) <= median <= x_(n+1-k)) = 1 - 2 P(B <= k - 1)
+        return 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2**n
+
+    k = 1
+    while k + 1 <= (n + 1) // 2 and coverage(k + 1) >= confidence:
+        k += 1
+    return ordered[k - 1], ordered[n - k], coverage(k)
+
+
+def permutation_p(groups: list[list[float]], permutations: int = 9999, seed: int = 0) -> float:
+    """p-value of a permutation test of "all groups (runs) were drawn from one distribution", with the largest ratio of
+    group medians as the statistic: the share of random reassignments of the pooled values to groups of the same sizes
+    (seeded) whose statistic is at least the observed one, counting the observed assignment (`(1 + hits) / (1 +
+    permutations)`). Source: the Monte-Carlo permutation test, e.g. Good, *Permutation, Parametric and Bootstrap Tests
+    of Hypotheses*, 3rd ed., chapter 3.
+
+    Args:
+        groups (`list[list[float]]`): positive values (speed-ups), one list per run.
+
+    Raises:
+        ValueError: for fewer than two groups, an empty group, or a value that is not positive.
+    """
+    if len(groups) < 2 or not all(groups):
+        raise ValueError(f"need at least two non-empty groups, got sizes {[len(g) for g in groups]}.")
+    if any(value <= 0 for group in groups for value in group):
+        raise ValueError("speed-ups must be positive (the statistic is a ratio of medians).")
+
+    def statistic(split: list[list[float]]) -> float:
+        medians = [statistics.median(group) for group in split]
+        return max(medians) / min(medians)
+
+    observed = statistic(groups)
+    pooled, sizes, shuffler = [v for group in groups for v in group], [len(g) for g in groups], random.Random(seed)
+    hits = 0
+    for _ in range(permutations):
+        shuffler.shuffle(pooled)
+        split, start = [], 0
+        for size in sizes:
+            split.append(pooled[start : start + size])
+            start += size
+        hits += statistic(split) >= observed * (1 - 1e-12)
+    return (1 + hits) / (1 + permutations)
+
+
+def largest_difference(values: list[float]) -> float:
+    """`max |a / b - 1|` over every pair of runs, `b` the later one (two runs: `|a / b - 1|`)."""
+    return max(abs(a / b - 1) for i, a in enumerate(values) for b in values[i + 1 :])
+
+
+def compare(runs: list[dict]) -> list[tuple[str, list[float], float, tuple | None]]:
+    """The rows every run shares (the unpruned reference left out): `(name, speed-ups, largest difference, batch-1)`
+    with `batch-1 = (speed-ups, largest difference)` where every run has a batch-1 speed-up, in the first run's
+    order."""
     out = []
-    for name, (speed_a, latency_a) in a.items():
-        if name == "unpruned" or name not in b:
+    for name in runs[0]:
+        if name == "unpruned" or not all(name in run for run in runs):
             continue
-        speed_b, latency_b = b[name]
-        latency = None
-        if latency_a is not None and latency_b is not None:
-            latency = (latency_a, latency_b, abs(latency_a / latency_b - 1))
-        out.append((name, speed_a, speed_b, abs(speed_a / speed_b - 1), latency))
+        speeds = [run[name][0] for run in runs]
+        latencies = [run[name][1] for run in runs]
+        latency = None if None in latencies else (latencies, largest_difference(latencies))
+        out.append((name, speeds, largest_difference(speeds), latency))
+    return out
+
+
+def rounds_table(names: list[str], rounds: list[dict], labels: list[str]) -> list[str]:
+    """The second table: per row and batch, each run's median with its 95 % interval and round count, the pooled
+    median and the permutation p; rows some run kept no rounds for are left out."""
+    header = (f"| setting | batch | {' | '.join(f'{label}: median (95 % interval), rounds' for label in labels)} | "
+              "pooled median | p (one distribution) |")  # fmt: skip
+    lines = [header, "|---" * (len(labels) + 4) + "|"]
+    for name in names:
+        if not all(name in run for run in rounds):
+            continue
+        for which, batch in ((0, "batch"), (1, "batch 1")):
+            groups = [run[name][which] for run in rounds]
+            if not all(groups):
+                continue
+            cells = []
+            for group in groups:
+                low, high, coverage = median_interval(group)
+                note = "" if coverage >= 0.95 else f", {100 * coverage:.0f} %"
+                cells.append(f"{statistics.median(group):.2f}× ({low:.2f}–{high:.2f}{note}), {len(group)}")
+            pooled = statistics.median(v for group in groups for v in group)
+            lines.append(f"| {name} | {batch} | {' | '.join(cells)} | {pooled:.2f}× | {permutation_p(groups):.3f} |")
+    return lines if len(lines) > 2 else []
+
+
+def split_into_blocks(rounds: dict, blocks: int) -> list[dict]:
+    """One run's per-round speed-ups (`rounds_of`) cut into `blocks` consecutive blocks of rounds (sizes differing by
+    at most one), each shaped like a run: testing the blocks of one run against each other asks whether the speed-up
+    drifts within a run, as testing runs against each other asks whether it differs between runs.
+
+    Raises:
+        ValueError: if `blocks` < 2 or a row has fewer rounds than blocks.
+    """
+    if blocks < 2:
+        raise ValueError(f"blocks must be at least 2, got {blocks}.")
+    out = [{} for _ in range(blocks)]
+    for name, series in rounds.items():
+        for which, values in enumerate(series):
+            if values and len(values) < blocks:
+                raise ValueError(f"{name}: {len(values)} rounds cannot make {blocks} blocks.")
+            bounds = [round(i * len(values) / blocks) for i in range(blocks + 1)]
+            for block in range(blocks):
+                out[block].setdefault(name, ([], []))[which].extend(values[bounds[block] : bounds[block + 1]])
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print the comparison table and a summary line; return the exit status (0 agree, 1 differ, 2 nothing shared)."""
+    """Print the comparison table(s) and a summary line; return the exit status (0 agree, 1 differ, 2 nothing
+    shared)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("a", help="first run: evaluate/sweep results.json or speed.py Markdown")
-    parser.add_argument("b", help="second run, the same kinds")
+    parser.add_argument("runs", nargs="+", help="two or more runs: evaluate/sweep results.json or speed.py Markdown")
     parser.add_argument("--model", default=None, help="shape of the speed.py table to use (deit-tiny, deit-small)")
     parser.add_argument("--tolerance", type=float, default=0.03, help="largest relative difference that agrees")
+    parser.add_argument(
+        "--blocks",
+        type=int,
+        default=1,
+        help="cut each run's rounds into this many consecutive blocks and compare the blocks in the per-round table "
+        "(does the speed-up drift within a run?); with one run, only that table is printed",
+    )
     args = parser.parse_args(argv)
-    rows = compare(speedups_of(args.a, args.model), speedups_of(args.b, args.model))
+    if len(args.runs) < 2 and args.blocks < 2:
+        parser.error(f"give at least two runs to compare (or one with --blocks N), got {len(args.runs)}.")
+    labels = [chr(ord("A") + i) if i < 26 else f"run {i + 1}" for i in range(len(args.runs))]
+    speedups = [speedups_of(path, args.model) for path in args.runs]
+    rounds = [rounds_of(path, args.model) for path in args.runs]
+    round_labels = labels
+    if args.blocks > 1:
+        rounds = [block for run in rounds for block in split_into_blocks(run, args.blocks)]
+        round_labels = [f"{label}{block + 1}" for label in labels for block in range(args.blocks)]
+    if len(args.runs) == 1:
+        names = [name for name in speedups[0] if name != "unpruned"]
+        table = rounds_table(names, rounds, round_labels) if all(rounds) else []
+        if not table:
+            print(f"{args.runs[0]} kept no per-round speed-ups to cut into blocks.", file=sys.stderr)
+            return 2
+        print("\n".join(table) + f"\n\n{labels[0]}: {args.runs[0]}, rounds in {args.blocks} consecutive blocks")
+        return 0
+    rows = compare(speedups)
     if not rows:
-        print(f"{args.a} and {args.b} share no timed row.", file=sys.stderr)
+        print(f"{' and '.join(args.runs)} share no timed row.", file=sys.stderr)
         return 2
-    print("| setting | speed-up A | speed-up B | difference | batch-1 A | batch-1 B | difference |")
-    print("|---|---|---|---|---|---|---|")
-    for name, speed_a, speed_b, difference, latency in rows:
-        batch1 = "— | — | —" if latency is None else f"{latency[0]:.2f}× | {latency[1]:.2f}× | {100 * latency[2]:.1f} %"
-        print(f"| {name} | {speed_a:.2f}× | {speed_b:.2f}× | {100 * difference:.1f} % | {batch1} |")
-    beyond = [row for row in rows if row[3] > args.tolerance]
+    speed_cells = " | ".join(f"speed-up {label}" for label in labels)
+    batch1_cells = " | ".join(f"batch-1 {label}" for label in labels)
+    print(f"| setting | {speed_cells} | difference | {batch1_cells} | difference |")
+    print("|---" * (2 * len(labels) + 3) + "|")
+    for name, speeds, difference, latency in rows:
+        batch1 = " | ".join(["—"] * (len(labels) + 1))
+        if latency is not None:
+            batch1 = " | ".join(f"{value:.2f}×" for value in latency[0]) + f" | {100 * latency[1]:.1f} %"
+        print(f"| {name} | {' | '.join(f'{v:.2f}×' for v in speeds)} | {100 * difference:.1f} % | {batch1} |")
+    table = rounds_table([row[0] for row in rows], rounds, round_labels)
+    if table:
+        print("\n" + "\n".join(table))
+    beyond = [row for row in rows if row[2] > args.tolerance]
+    print("\n" + "\n".join(f"{label}: {path}" for label, path in zip(labels, args.runs)))
     print(
-        f"\nA: {args.a}\nB: {args.b}\n{len(rows) - len(beyond)} of {len(rows)} shared rows agree within "
-        f"{100 * args.tolerance:g} % at batch 64" + (f"; largest difference {100 * max(r[3] for r in rows):.1f} %.")
+        f"{len(rows) - len(beyond)} of {len(rows)} shared rows agree within {100 * args.tolerance:g} % at batch 64; "
+        f"largest difference {100 * max(row[2] for row in rows):.1f} %."
     )
     return 1 if beyond else 0
 

@@ -137,7 +137,9 @@ class ThroughputResult:
 
 
 def device_name(device: torch.device) -> str:
-    """A human-readable name of `device`: the GPU model, or the CPU model and core count."""
+    """A human-readable name of `device`: the GPU model, or the CPU model, core count and (Linux) last-level cache,
+    e.g. `cpu (Intel(R) Xeon(R) Processor, 2 cores, 480 MiB L3)`. Virtual machines often report one generic CPU model
+    for different hosts; the cache size tells such hosts apart, and speed-ups differ between them."""
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     cpu = platform.processor() or platform.machine()
@@ -149,7 +151,25 @@ def device_name(device: torch.device) -> str:
                     break
     import os
 
-    return f"cpu ({cpu}, {os.cpu_count()} cores)"
+    cache = _last_level_cache()
+    return f"cpu ({cpu}, {os.cpu_count()} cores{f', {cache}' if cache else ''})"
+
+
+def _last_level_cache(root: str = "/sys/devices/system/cpu/cpu0/cache") -> str | None:
+    """The largest cache level of CPU 0 as `"<MiB> MiB L<level>"` from Linux sysfs (`index*/level`, `index*/size`,
+    sizes like `491520K`), or `None` where sysfs does not say."""
+    from pathlib import Path
+
+    best, units = None, {"K": 1, "M": 1024, "G": 1024**2}
+    for index in sorted(Path(root).glob("index*")):
+        with contextlib.suppress(OSError, ValueError, KeyError, IndexError):  # unreadable or unknown: left out
+            level, size = int((index / "level").read_text()), (index / "size").read_text().strip()
+            kib = int(size[:-1]) * units[size[-1]]
+            if best is None or level > best[0]:
+                best = (level, kib)
+    if best is None:
+        return None
+    return f"{best[1] / 1024:g} MiB L{best[0]}"
 
 
 def _synchronize(device: torch.device) -> None:

@@ -1,7 +1,9 @@
 """The scripts under benchmarks/ that turn run outputs into the README's tables."""
 
 import importlib.util
+import itertools
 import json
+import statistics
 
 import pytest
 from conftest import REPO
@@ -257,3 +259,125 @@ def test_speed_agreement_matches_speed_tables_with_evaluate_rows(tmp_path, capsy
     skipped.write_text(json.dumps({"rows": [{"name": "unpruned", "speedup": float("nan")}]}))
     with pytest.raises(ValueError, match="--skip_throughput"):
         speed_agreement.speedups_of(str(skipped))
+
+
+def test_median_interval_and_permutation_test_hand_computed():
+    speed_agreement = _load("speed_agreement")
+    # n = 10: coverage of (x_(2), x_(9)) is 1 - 2 (1 + 10) / 1024 = 0.9785; (x_(3), x_(8)) would be 0.8906
+    assert speed_agreement.median_interval([float(v) for v in range(10, 0, -1)]) == (2.0, 9.0, 1 - 22 / 1024)
+    # n = 5: even (min, max) covers only 1 - 2 / 32 = 93.75 %
+    assert speed_agreement.median_interval([3.0, 1.0, 2.0, 5.0, 4.0]) == (1.0, 5.0, 0.9375)
+    assert speed_agreement.median_interval([1.5]) == (1.5, 1.5, 0.0)
+    with pytest.raises(ValueError, match="no values"):
+        speed_agreement.median_interval([])
+    with pytest.raises(ValueError, match="confidence"):
+        speed_agreement.median_interval([1.0], confidence=1.0)
+    # identical runs: every reassignment reaches the observed ratio 1
+    assert speed_agreement.permutation_p([[1.5, 1.6, 1.4], [1.5, 1.6, 1.4]], permutations=99) == 1.0
+    # separated runs (medians 1.2 and 2.2): the exact p is the share of the C(10, 5) = 252 splits into two groups of
+    # five whose medians are as far apart, counted here by enumeration (12 of them, 0.048); the seeded Monte-Carlo
+    # estimate from 9999 reassignments lies within 0.01 of it
+    low, high = [1.0, 1.1, 1.2, 1.3, 1.4], [2.0, 2.1, 2.2, 2.3, 2.4]
+    pooled, hits = low + high, 0
+    for chosen in itertools.combinations(range(10), 5):
+        a = [pooled[i] for i in chosen]
+        b = [pooled[i] for i in range(10) if i not in chosen]
+        ratio = max(statistics.median(a), statistics.median(b)) / min(statistics.median(a), statistics.median(b))
+        hits += ratio >= 2.2 / 1.2 * (1 - 1e-12)
+    assert hits == 12
+    assert abs(speed_agreement.permutation_p([low, high]) - hits / 252) < 0.01
+    assert speed_agreement.permutation_p([low, high]) == speed_agreement.permutation_p([low, high])  # seeded
+    with pytest.raises(ValueError, match="at least two non-empty groups"):
+        speed_agreement.permutation_p([low])
+    with pytest.raises(ValueError, match="positive"):
+        speed_agreement.permutation_p([low, [0.0]])
+    assert speed_agreement.largest_difference([2.0, 2.1, 1.9]) == pytest.approx(
+        max(2 / 2.1 - 1, -(2 / 1.9 - 1), 2.1 / 1.9 - 1)
+    )
+
+
+def test_speed_agreement_reads_per_round_speedups_of_three_runs(tmp_path, capsys):
+    """speed.py's `A.rounds.json` beside `A.md` and evaluate's `speedups`: each run's median with its interval, the
+    pooled median and the permutation p; rows without rounds in some run are left out of that table."""
+    speed_agreement = _load("speed_agreement")
+    header = (
+        "| model | method | GMACs | GMACs ratio | images/s (batch 64) | speed-up (min–max) | realisation | "
+        "batch-1 ms (p90) | batch-1 speed-up | batch-1 realisation |"
+    )
+    rounds = {"a": [1.50, 1.52, 1.48, 1.55, 1.45], "b": [1.50, 1.52, 1.48, 1.55, 1.45]}
+    for run, values in rounds.items():
+        row = (
+            "| deit-tiny | variance 0.7 | 0.824 | 1.53× | 60.0 | 1.50× (1.45–1.55) | 0.98 | "
+            "30.0 (31.0) | 1.20× | 0.78 |"
+        )
+        tome = (
+            "| deit-tiny | tome r=13 | 0.737 | 1.71× | 60.0 | 1.60× (1.50–1.70) | 0.94 | 30.0 (31.0) | 1.10× | 0.64 |"
+        )
+        (tmp_path / f"{run}.md").write_text("\n".join(["### 1. Speed-up", "", header, "|---|", row, tome, ""]))
+        (tmp_path / f"{run}.rounds.json").write_text(json.dumps({"rows": [
+            {"table": "speed", "model": "deit-tiny", "method": "variance 0.7", "speedups": values,
+             "latency_speedups": [1.2, 1.1, 1.3]},
+            {"table": "speed", "model": "deit-small", "method": "variance 0.7", "speedups": [9.0],
+             "latency_speedups": []},
+        ]}))  # fmt: skip
+    evaluate = tmp_path / "results.json"
+    evaluate.write_text(json.dumps({"rows": [
+        {"name": "variance@0.7+fusion", "speedup": 1.58, "latency_speedup": 1.2, "speedups": [1.58] * 6,
+         "latency_speedups": []},
+        {"name": "tome(r=13)", "speedup": 1.60, "latency_speedup": 1.1},
+    ]}))  # fmt: skip
+    assert speed_agreement.rounds_of(str(tmp_path / "a.md"), "deit-tiny") == {
+        "variance@0.7+fusion": (rounds["a"], [1.2, 1.1, 1.3])
+    }
+    assert speed_agreement.rounds_of(str(evaluate)) == {"variance@0.7+fusion": ([1.58] * 6, [])}
+    assert speed_agreement.rounds_of(str(tmp_path / "no_sidecar.md")) == {}
+    paths = [str(tmp_path / "a.md"), str(tmp_path / "b.md"), str(evaluate)]
+    assert speed_agreement.main([*paths, "--model", "deit-tiny"]) == 1  # 1.50 against 1.58: 5.1 %
+    out = capsys.readouterr().out
+    assert "| variance@0.7+fusion | 1.50× | 1.50× | 1.58× | 5.1 % | 1.20× | 1.20× | 1.20× | 0.0 % |" in out
+    assert "| tome(r=13) | 1.60× | 1.60× | 1.60× | 0.0 % |" in out
+    # n = 5: (min, max) at 94 %; n = 6: (x_(1), x_(6)) covers 1 - 2 / 64 = 96.9 %; batch 1: evaluate kept none
+    assert (
+        "| variance@0.7+fusion | batch | 1.50× (1.45–1.55, 94 %), 5 | 1.50× (1.45–1.55, 94 %), 5 | "
+        "1.58× (1.58–1.58), 6 | 1.54× |" in out  # pooled: the median of 16 rounds, (1.52 + 1.55) / 2
+    )
+    assert "batch 1 |" not in out and "| tome(r=13) | batch" not in out
+    assert speed_agreement.main(paths[:2] + ["--model", "deit-tiny"]) == 0
+    assert (
+        "| variance@0.7+fusion | batch | 1.50× (1.45–1.55, 94 %), 5 | 1.50× (1.45–1.55, 94 %), 5 | 1.50× | 1.000 |"
+        in (capsys.readouterr().out)
+    )
+    with pytest.raises(SystemExit):
+        speed_agreement.main(paths[:1])
+    assert "give at least two runs" in capsys.readouterr().err
+
+
+def test_speed_agreement_cuts_one_run_into_blocks(tmp_path, capsys):
+    """`--blocks N`: a run's rounds in N consecutive blocks, tested against each other like runs (drift within a
+    run); one run is enough then."""
+    speed_agreement = _load("speed_agreement")
+    blocks = speed_agreement.split_into_blocks({"v": ([1.0, 2.0, 3.0, 4.0, 5.0], [])}, 2)
+    assert blocks == [{"v": ([1.0, 2.0], [])}, {"v": ([3.0, 4.0, 5.0], [])}]  # bounds round(0), round(2.5), round(5)
+    with pytest.raises(ValueError, match="2 rounds cannot make 3 blocks"):
+        speed_agreement.split_into_blocks({"v": ([1.0, 2.0], [])}, 3)
+    with pytest.raises(ValueError, match="at least 2"):
+        speed_agreement.split_into_blocks({}, 1)
+    evaluate = tmp_path / "results.json"
+    evaluate.write_text(json.dumps({"rows": [
+        {"name": "unpruned", "speedup": 1.0, "latency_speedup": 1.0, "speedups": [1.0] * 4, "latency_speedups": []},
+        {"name": "evit@0.5+fusion", "speedup": 1.95, "latency_speedup": 1.2, "speedups": [1.5, 1.6, 2.4, 2.3],
+         "latency_speedups": []},
+    ]}))  # fmt: skip
+    assert speed_agreement.main([str(evaluate), "--blocks", "2"]) == 0
+    out = capsys.readouterr().out
+    # the first two rounds against the last two: medians 1.55 and 2.35; of the 6 ways to split 4 rounds into two
+    # pairs, 2 separate them that far, so p is about 1 / 3
+    line = next(line for line in out.splitlines() if line.startswith("| evit@0.5+fusion | batch |"))
+    assert line.startswith(
+        "| evit@0.5+fusion | batch | 1.55× (1.50–1.60, 50 %), 2 | 2.35× (2.30–2.40, 50 %), 2 | 1.95× |"
+    )
+    assert 0.28 < float(line.split(" | ")[-1].rstrip(" |")) < 0.39
+    assert "rounds in 2 consecutive blocks" in out
+    with pytest.raises(SystemExit):
+        speed_agreement.main([str(evaluate)])
+    assert "or one with --blocks N" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """GMACs against the paper's Table 1 (fvcore) and the throughput protocol."""
 
+import json
 import statistics
 
 import pytest
@@ -174,17 +175,53 @@ def test_speed_benchmark_runs_its_tables(tmp_path):
     assert "aten::" in text and (tmp_path / "b.md").read_text().strip() == text.strip()
     assert text.startswith("Machine: cpu") and ", 1 threads," in text.splitlines()[0]  # --threads
     assert "unpruned timed before and after every variant," in text  # --bracket 1
+    rounds = json.loads((tmp_path / "b.rounds.json").read_text())  # table 1's per-round speed-ups, beside --output
+    assert rounds["command"].startswith("python benchmarks/speed.py --shapes deit-tiny") and rounds["batch_size"] == 2
+    assert [(r["model"], r["method"], r["speedups"][0]) for r in rounds["rows"]][0] == ("deit-tiny", "unpruned", 1.0)
+    variance = rounds["rows"][1]
+    assert variance["method"] == "variance 0.5" and len(variance["speedups"]) == len(variance["latency_speedups"]) == 1
+    assert f"| {variance['speedups'][0]:.2f}× ({variance['speedups'][0]:.2f}–" in text  # one round: its own median
     memory = [line for line in text.splitlines() if line.startswith("| deit-tiny | ") and line.endswith(" |")][-2:]
     assert [line.split(" | ")[1] for line in memory] == ["unpruned", "variance 0.5"]  # the memory table's rows
     inference, training = (float(memory[0].split(" | ")[i]) for i in (2, 3))
     assert training > max(inference, 0)  # the backward pass keeps activations: a larger peak
 
 
+@pytest.mark.slow
+def test_speed_benchmark_pools_fresh_processes(tmp_path):
+    """`--processes 2`: table 1 timed in two fresh processes (seeds 5 and 6), their rounds pooled in the table, the
+    per-round file and the protocol line; a failing process stops the run with its command."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("speed", REPO / "benchmarks" / "speed.py")
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    argv = ["--shapes", "deit-tiny", "--methods", "variance", "--keep_rates", "0.5", "--tome_r", "--no_ceiling",
+            "--rounds", "1", "--runs", "1", "--latency_runs", "1", "--batch_size", "2", "--tables", "speed",
+            "--threads", "1", "--processes", "2", "--seed", "5", "--output", str(tmp_path / "b.md")]  # fmt: skip
+    text = speed.main(argv)
+    assert "; all of it in each of 2 fresh processes one after another (shuffling seeds 5-6)" in text
+    assert "(variants in shuffled order) of 1 timed batch passes" in text  # no single seed named
+    rows = json.loads((tmp_path / "b.rounds.json").read_text())["rows"]
+    assert [(row["method"], row["rounds_per_process"], len(row["latency_speedups"])) for row in rows] == [
+        ("unpruned", [1, 1], 2), ("variance 0.5", [1, 1], 2)]  # fmt: skip
+    pooled = rows[1]["speedups"]
+    low, high = sorted(pooled)
+    assert f"| deit-tiny | variance 0.5 | 0.632 | 1.99× | {rows[1]['images_per_s']:.1f} | " in text
+    assert f" | {(low + high) / 2:.2f}× ({low:.2f}–{high:.2f}) | " in text  # the median of the two processes' rounds
+    with pytest.raises(SystemExit, match="--processes must be at least 1"):
+        speed.main([*argv[:-2], "--processes", "0", "--output", str(tmp_path / "c.md")])
+    args = speed.parse_args(argv)
+    args.batch_size, args.dtype = 2, "bf16x"  # a dtype the fresh process's flags reject
+    with pytest.raises(SystemExit, match="process 1 of --processes failed .*--dtype bf16x"):
+        speed.speed_rows_of_processes(args, "deit-tiny")
+
+
 def test_compile_where_the_compiler_cannot_run(tmp_path, monkeypatch, capsys):
     """`--compile` on a machine where torch.compile fails stops with the reason before timing; eager is timed
     instead only when asked (`--compile_fallback_eager`), and the protocol says so."""
-    import json
-
     from conftest import make_image_folder
 
     from hf_vitprune.cli import main
@@ -224,3 +261,24 @@ def test_speed_benchmark_never_replaces_an_output_file(tmp_path):
     with pytest.raises(SystemExit, match="already exists: pass --overwrite"):
         speed.main(["--tables", "layer", "--output", str(tmp_path / "b.md")])
     assert (tmp_path / "b.md").read_text() == "a user's notes"
+    (tmp_path / "c.rounds.json").write_text("a user's rounds")  # the per-round file beside c.md is kept too
+    with pytest.raises(SystemExit, match="c.rounds.json already exists: pass --overwrite"):
+        speed.main(["--tables", "layer", "--output", str(tmp_path / "c.md")])
+    assert not (tmp_path / "c.md").exists() and (tmp_path / "c.rounds.json").read_text() == "a user's rounds"
+
+
+def test_the_machine_line_names_the_last_level_cache(tmp_path):
+    """Virtual machines report one generic CPU model for different hosts: the last-level cache from sysfs tells them
+    apart (the largest level wins; unreadable entries are left out)."""
+    from hf_vitprune.measure import _last_level_cache
+
+    for index, (level, size) in enumerate([("1", "48K"), ("1", "64K"), ("2", "2048K"), ("3", "491520K"), ("4", "?")]):
+        (tmp_path / f"index{index}").mkdir()
+        (tmp_path / f"index{index}" / "level").write_text(level + "\n")
+        (tmp_path / f"index{index}" / "size").write_text(size + "\n")
+    assert _last_level_cache(str(tmp_path)) == "480 MiB L3"
+    (tmp_path / "index5").mkdir()
+    (tmp_path / "index5" / "level").write_text("4")
+    (tmp_path / "index5" / "size").write_text("1M")
+    assert _last_level_cache(str(tmp_path)) == "1 MiB L4"
+    assert _last_level_cache(str(tmp_path / "absent")) is None
