@@ -245,7 +245,7 @@ def speed_rows_of_processes(args, shape: str) -> tuple[list[dict], str]:
     `--processes 1`, seeds `--seed` ... `--seed + K - 1`, the same timing flags): speed-ups of all K x `--rounds`
     rounds pooled (in process order), images/s, batch-1 ms and p90 the medians of the processes' own. Why: on a
     virtual machine each process meets its own placement of memory (measured: speed-ups of fresh processes differ by up
-    to 4 % while each process's rounds agree within 1-2 %), which more rounds in one process cannot average out.
+    to 4 % while each process pins its own median to about ±2 %), which more rounds in one process cannot average out.
 
     Raises:
         SystemExit: when a process fails (its exit status and command).
@@ -626,7 +626,8 @@ def parse_args(argv: list[str] | None):
         type=int,
         default=1,
         help="table 1: time it in this many fresh processes one after another (--rounds each, seeds --seed, "
-        "--seed + 1, ...) and pool their rounds: averages out what differs between processes",
+        "--seed + 1, ...) and pool their rounds: averages out what differs between processes (runs to compare: give "
+        "them seeds at least this far apart, or their shuffles repeat)",
     )
     parser.add_argument(
         "--bracket",
@@ -693,8 +694,12 @@ def write_rounds(args, machine: str, command: str | None) -> None:
     """Write table 1's per-round speed-ups (batch `--batch_size` and batch 1, in the order measured) beside
     `--output`, for `benchmarks/speed_agreement.py` (intervals on the medians, a test of whether two runs differ by more
     than their rounds do). `command` is `None` while the run is still going."""
+    path = rounds_path(args.output)
+    if not args.per_round:  # table 1 not (yet) run: no file; one from an earlier run goes, as --overwrite asked
+        path.unlink(missing_ok=True)
+        return
     record = {"machine": machine, "command": command, "batch_size": args.batch_size, "rows": args.per_round}
-    rounds_path(args.output).write_text(json.dumps(record, indent=1) + "\n")
+    path.write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":

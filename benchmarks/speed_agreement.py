@@ -75,7 +75,7 @@ def speedups_of_markdown(text: str, model: str | None) -> dict[str, tuple[float,
         latency = cells.get("batch-1 speed-up")
         rows[(cells["model"], key_of_speed_name(cells["method"]))] = (
             float(cells["speed-up (min–max)"].split("×")[0]),
-            float(latency.rstrip("×")) if latency else None,
+            float(latency.rstrip("×")) if latency and latency != "—" else None,  # "—": timed with --latency_runs 0
         )
     if model is None and len(models) > 1:
         raise ValueError(f"the table has rows of {sorted(models)}: pass --model to pick one.")
@@ -105,15 +105,20 @@ def speedups_of(path: str, model: str | None = None) -> dict[str, tuple[float, f
     return out
 
 
-def rounds_of(path: str, model: str | None = None) -> dict[str, tuple[list[float], list[float]]]:
-    """`{name: (per-round batch speed-ups, per-round batch-1 speed-ups)}` of a run, or `{}` where it kept none: the rows
-    of an evaluate / sweep `results.json` (`speedups`, `latency_speedups`; files written before those fields existed
-    have none), or the `A.rounds.json` beside a `benchmarks/speed.py` Markdown file `A.md` (rows of `model`, or of its
-    only model)."""
+def rounds_of(path: str, model: str | None = None) -> dict[str, tuple[list[float], list[float], list[int] | None]]:
+    """`{name: (per-round batch speed-ups, per-round batch-1 speed-ups, rounds per process)}` of a run, or `{}` where
+    it kept none: the rows of an evaluate / sweep `results.json` (`speedups`, `latency_speedups`; files written before
+    those fields existed have none), or the `A.rounds.json` beside a `benchmarks/speed.py` Markdown file `A.md` (rows
+    of `model`, or of its only model). `rounds per process` is `None` for a run timed in one process, else the sizes of
+    the consecutive blocks of rounds each fresh process of `speed.py --processes` timed.
+
+    Raises:
+        ValueError: if the per-round file holds rows of several models and `model` is not given.
+    """
     if path.endswith(".json"):
         rows = json.loads(Path(path).read_text())["rows"]
         return {
-            row["name"]: (row["speedups"], row.get("latency_speedups") or [])
+            row["name"]: (row["speedups"], row.get("latency_speedups") or [], None)
             for row in rows
             if row.get("matched_target") is None and row.get("speedups")
         }
@@ -121,9 +126,14 @@ def rounds_of(path: str, model: str | None = None) -> dict[str, tuple[list[float
     if not sidecar.exists():
         return {}
     rows = [row for row in json.loads(sidecar.read_text())["rows"] if row["table"] == "speed"]
-    if model is not None:
-        rows = [row for row in rows if row["model"] == model]
-    return {key_of_speed_name(row["method"]): (row["speedups"], row["latency_speedups"]) for row in rows}
+    models = {row["model"] for row in rows}
+    if model is None and len(models) > 1:
+        raise ValueError(f"{sidecar} has rows of {sorted(models)}: pass --model to pick one.")
+    return {
+        key_of_speed_name(row["method"]): (row["speedups"], row["latency_speedups"], row.get("rounds_per_process"))
+        for row in rows
+        if model is None or row["model"] == model
+    }
 
 
 def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
@@ -156,38 +166,57 @@ def median_interval(values: list[float], confidence: float = 0.95) -> tuple[floa
     return ordered[k - 1], ordered[n - k], coverage(k)
 
 
-def permutation_p(groups: list[list[float]], permutations: int = 9999, seed: int = 0) -> float:
+def permutation_p(
+    groups: list[list[float]], permutations: int = 9999, seed: int = 0, blocks: list[list[int]] | None = None
+) -> float:
     """p-value of a permutation test of "all groups (runs) were drawn from one distribution", with the largest ratio of
     group medians as the statistic: the share of random reassignments of the pooled values to groups of the same sizes
     (seeded) whose statistic is at least the observed one, counting the observed assignment (`(1 + hits) / (1 +
-    permutations)`). Source: the Monte-Carlo permutation test, e.g. Good, *Permutation, Parametric and Bootstrap Tests
-    of Hypotheses*, 3rd ed., chapter 3.
+    permutations)`). With `blocks`, whole blocks of consecutive values (the rounds of one process) are reassigned
+    instead of single values, since values within a block are not independent draws. Source: the Monte-Carlo
+    permutation test, e.g. Good, *Permutation, Parametric and Bootstrap Tests of Hypotheses*, 3rd ed., chapter 3.
 
     Args:
         groups (`list[list[float]]`): positive values (speed-ups), one list per run.
+        permutations (`int`): random reassignments drawn; the smallest p it can give is `1 / (1 + permutations)`.
+        seed (`int`): seed of the reassignments (the same inputs give the same p).
+        blocks (`list[list[int]]`, *optional*): per group, the sizes of its consecutive blocks (summing to its length).
+
+    Returns:
+        `float` in `(0, 1]`.
 
     Raises:
-        ValueError: for fewer than two groups, an empty group, or a value that is not positive.
+        ValueError: for fewer than two groups, an empty group, a value that is not positive, or block sizes that do not
+            add up to their group's length.
     """
     if len(groups) < 2 or not all(groups):
         raise ValueError(f"need at least two non-empty groups, got sizes {[len(g) for g in groups]}.")
     if any(value <= 0 for group in groups for value in group):
         raise ValueError("speed-ups must be positive (the statistic is a ratio of medians).")
+    blocks = blocks or [[1] * len(group) for group in groups]
+    if [sum(sizes) for sizes in blocks] != [len(group) for group in groups]:
+        raise ValueError(f"block sizes {blocks} do not add up to the group sizes {[len(g) for g in groups]}.")
+    units, counts = [], []  # every block as a list, and how many blocks each group holds
+    for group, sizes in zip(groups, blocks):
+        bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+        units += [group[bounds[i] : bounds[i + 1]] for i in range(len(sizes))]
+        counts.append(len(sizes))
 
     def statistic(split: list[list[float]]) -> float:
         medians = [statistics.median(group) for group in split]
         return max(medians) / min(medians)
 
-    observed = statistic(groups)
-    pooled, sizes, shuffler = [v for group in groups for v in group], [len(g) for g in groups], random.Random(seed)
-    hits = 0
-    for _ in range(permutations):
-        shuffler.shuffle(pooled)
+    def regroup(order: list[list[float]]) -> list[list[float]]:
         split, start = [], 0
-        for size in sizes:
-            split.append(pooled[start : start + size])
-            start += size
-        hits += statistic(split) >= observed * (1 - 1e-12)
+        for count in counts:
+            split.append([value for unit in order[start : start + count] for value in unit])
+            start += count
+        return split
+
+    observed, shuffler, hits = statistic(groups), random.Random(seed), 0
+    for _ in range(permutations):
+        shuffler.shuffle(units)
+        hits += statistic(regroup(units)) >= observed * (1 - 1e-12)
     return (1 + hits) / (1 + permutations)
 
 
@@ -212,10 +241,14 @@ def compare(runs: list[dict]) -> list[tuple[str, list[float], float, tuple | Non
 
 
 def rounds_table(names: list[str], rounds: list[dict], labels: list[str]) -> list[str]:
-    """The second table: per row and batch, each run's median with its 95 % interval and round count, the pooled
-    median and the permutation p; rows some run kept no rounds for are left out."""
-    header = (f"| setting | batch | {' | '.join(f'{label}: median (95 % interval), rounds' for label in labels)} | "
-              "pooled median | p (one distribution) |")  # fmt: skip
+    """The second table: per row and batch, each run's median (over all its rounds) with a distribution-free interval
+    and its round count, the pooled median of all runs and the permutation p; rows some run kept no rounds for are left
+    out. For a run pooled from fresh processes (`speed.py --processes`) the interval is taken over its processes'
+    medians, not its rounds (rounds of one process are not independent draws), and, when every run is such a run, the
+    test reassigns whole processes. The interval's coverage is printed (at least 95 % where the count allows).
+    """
+    header = (f"| setting | batch | {' | '.join(f'{label}: median (interval, coverage), rounds' for label in labels)} "
+              "| pooled median | p (one distribution) |")  # fmt: skip
     lines = [header, "|---" * (len(labels) + 4) + "|"]
     for name in names:
         if not all(name in run for run in rounds):
@@ -224,20 +257,37 @@ def rounds_table(names: list[str], rounds: list[dict], labels: list[str]) -> lis
             groups = [run[name][which] for run in rounds]
             if not all(groups):
                 continue
+            sizes = [run[name][2] if run[name][2] and len(run[name][2]) > 1 else None for run in rounds]
             cells = []
-            for group in groups:
-                low, high, coverage = median_interval(group)
-                note = "" if coverage >= 0.95 else f", {100 * coverage:.0f} %"
-                cells.append(f"{statistics.median(group):.2f}× ({low:.2f}–{high:.2f}{note}), {len(group)}")
+            for group, blocks in zip(groups, sizes):
+                units, count = [group], f"{len(group)}"
+                if blocks is not None:
+                    bounds = [sum(blocks[:i]) for i in range(len(blocks) + 1)]
+                    units = [group[bounds[i] : bounds[i + 1]] for i in range(len(blocks))]
+                    count = f"{len(group)} in {len(blocks)} processes"
+                low, high, coverage = median_interval(
+                    group if blocks is None else [statistics.median(unit) for unit in units]
+                )
+                cells.append(f"{statistics.median(group):.2f}× ({low:.2f}–{high:.2f}, {100 * coverage:.0f} %), {count}")
             pooled = statistics.median(v for group in groups for v in group)
-            lines.append(f"| {name} | {batch} | {' | '.join(cells)} | {pooled:.2f}× | {permutation_p(groups):.3f} |")
+            by_process = sizes if all(blocks is not None for blocks in sizes) else None
+            p = permutation_p(groups, blocks=by_process)
+            lines.append(f"| {name} | {batch} | {' | '.join(cells)} | {pooled:.2f}× | {p:.3f} |")
     return lines if len(lines) > 2 else []
 
 
 def split_into_blocks(rounds: dict, blocks: int) -> list[dict]:
-    """One run's per-round speed-ups (`rounds_of`) cut into `blocks` consecutive blocks of rounds (sizes differing by
-    at most one), each shaped like a run: testing the blocks of one run against each other asks whether the speed-up
-    drifts within a run, as testing runs against each other asks whether it differs between runs.
+    """One run's per-round speed-ups cut into `blocks` consecutive blocks of rounds (sizes differing by at most one),
+    each shaped like a run: testing the blocks of one run against each other asks whether the speed-up drifts within a
+    run (or, for a run pooled from `blocks` fresh processes with equal rounds, whether its processes differ), as
+    testing runs against each other asks whether it differs between runs.
+
+    Args:
+        rounds (`dict`): a run's `rounds_of`: `{name: (batch speed-ups, batch-1 speed-ups, rounds per process)}`.
+        blocks (`int`): how many blocks.
+
+    Returns:
+        `list[dict]`: `blocks` dicts shaped like `rounds` (rounds within a block counted as independent draws).
 
     Raises:
         ValueError: if `blocks` < 2 or a row has fewer rounds than blocks.
@@ -246,12 +296,12 @@ def split_into_blocks(rounds: dict, blocks: int) -> list[dict]:
         raise ValueError(f"blocks must be at least 2, got {blocks}.")
     out = [{} for _ in range(blocks)]
     for name, series in rounds.items():
-        for which, values in enumerate(series):
+        for which, values in enumerate(series[:2]):
             if values and len(values) < blocks:
                 raise ValueError(f"{name}: {len(values)} rounds cannot make {blocks} blocks.")
             bounds = [round(i * len(values) / blocks) for i in range(blocks + 1)]
             for block in range(blocks):
-                out[block].setdefault(name, ([], []))[which].extend(values[bounds[block] : bounds[block + 1]])
+                out[block].setdefault(name, ([], [], None))[which].extend(values[bounds[block] : bounds[block + 1]])
     return out
 
 
@@ -270,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         "(does the speed-up drift within a run?); with one run, only that table is printed",
     )
     args = parser.parse_args(argv)
+    if args.blocks < 1:
+        parser.error(f"--blocks must be at least 1 (1: no cutting), got {args.blocks}.")
     if len(args.runs) < 2 and args.blocks < 2:
         parser.error(f"give at least two runs to compare (or one with --blocks N), got {len(args.runs)}.")
     labels = [chr(ord("A") + i) if i < 26 else f"run {i + 1}" for i in range(len(args.runs))]
@@ -277,7 +329,10 @@ def main(argv: list[str] | None = None) -> int:
     rounds = [rounds_of(path, args.model) for path in args.runs]
     round_labels = labels
     if args.blocks > 1:
-        rounds = [block for run in rounds for block in split_into_blocks(run, args.blocks)]
+        try:
+            rounds = [block for run in rounds for block in split_into_blocks(run, args.blocks)]
+        except ValueError as error:
+            parser.error(f"--blocks {args.blocks}: {error}")
         round_labels = [f"{label}{block + 1}" for label in labels for block in range(args.blocks)]
     if len(args.runs) == 1:
         names = [name for name in speedups[0] if name != "unpruned"]

@@ -157,7 +157,11 @@ def device_name(device: torch.device) -> str:
 
 def _last_level_cache(root: str = "/sys/devices/system/cpu/cpu0/cache") -> str | None:
     """The largest cache level of CPU 0 as `"<MiB> MiB L<level>"` from Linux sysfs (`index*/level`, `index*/size`,
-    sizes like `491520K`), or `None` where sysfs does not say."""
+    sizes like `491520K`), or `None` where sysfs does not say.
+
+    Args:
+        root (`str`): the sysfs folder of CPU 0's caches (a test points it elsewhere).
+    """
     from pathlib import Path
 
     best, units = None, {"K": 1, "M": 1024, "G": 1024**2}

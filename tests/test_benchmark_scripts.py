@@ -268,6 +268,9 @@ def test_median_interval_and_permutation_test_hand_computed():
     # n = 5: even (min, max) covers only 1 - 2 / 32 = 93.75 %
     assert speed_agreement.median_interval([3.0, 1.0, 2.0, 5.0, 4.0]) == (1.0, 5.0, 0.9375)
     assert speed_agreement.median_interval([1.5]) == (1.5, 1.5, 0.0)
+    # n = 18: P(B <= 4) = (1 + 18 + 153 + 816 + 3060) / 2^18 = 4048 / 262144, so k = 5 covers 96.9 %; k = 6 would
+    # cover 1 - 2 (4048 + 8568) / 262144 = 90.4 %
+    assert speed_agreement.median_interval([float(v) for v in range(1, 19)]) == (5.0, 14.0, 1 - 2 * 4048 / 262144)
     with pytest.raises(ValueError, match="no values"):
         speed_agreement.median_interval([])
     with pytest.raises(ValueError, match="confidence"):
@@ -327,9 +330,11 @@ def test_speed_agreement_reads_per_round_speedups_of_three_runs(tmp_path, capsys
         {"name": "tome(r=13)", "speedup": 1.60, "latency_speedup": 1.1},
     ]}))  # fmt: skip
     assert speed_agreement.rounds_of(str(tmp_path / "a.md"), "deit-tiny") == {
-        "variance@0.7+fusion": (rounds["a"], [1.2, 1.1, 1.3])
+        "variance@0.7+fusion": (rounds["a"], [1.2, 1.1, 1.3], None)
     }
-    assert speed_agreement.rounds_of(str(evaluate)) == {"variance@0.7+fusion": ([1.58] * 6, [])}
+    with pytest.raises(ValueError, match="pass --model"):  # the per-round file holds two models
+        speed_agreement.rounds_of(str(tmp_path / "a.md"))
+    assert speed_agreement.rounds_of(str(evaluate)) == {"variance@0.7+fusion": ([1.58] * 6, [], None)}
     assert speed_agreement.rounds_of(str(tmp_path / "no_sidecar.md")) == {}
     paths = [str(tmp_path / "a.md"), str(tmp_path / "b.md"), str(evaluate)]
     assert speed_agreement.main([*paths, "--model", "deit-tiny"]) == 1  # 1.50 against 1.58: 5.1 %
@@ -339,7 +344,7 @@ def test_speed_agreement_reads_per_round_speedups_of_three_runs(tmp_path, capsys
     # n = 5: (min, max) at 94 %; n = 6: (x_(1), x_(6)) covers 1 - 2 / 64 = 96.9 %; batch 1: evaluate kept none
     assert (
         "| variance@0.7+fusion | batch | 1.50× (1.45–1.55, 94 %), 5 | 1.50× (1.45–1.55, 94 %), 5 | "
-        "1.58× (1.58–1.58), 6 | 1.54× |" in out  # pooled: the median of 16 rounds, (1.52 + 1.55) / 2
+        "1.58× (1.58–1.58, 97 %), 6 | 1.54× |" in out  # pooled: the median of 16 rounds, (1.52 + 1.55) / 2
     )
     assert "batch 1 |" not in out and "| tome(r=13) | batch" not in out
     assert speed_agreement.main(paths[:2] + ["--model", "deit-tiny"]) == 0
@@ -356,10 +361,10 @@ def test_speed_agreement_cuts_one_run_into_blocks(tmp_path, capsys):
     """`--blocks N`: a run's rounds in N consecutive blocks, tested against each other like runs (drift within a
     run); one run is enough then."""
     speed_agreement = _load("speed_agreement")
-    blocks = speed_agreement.split_into_blocks({"v": ([1.0, 2.0, 3.0, 4.0, 5.0], [])}, 2)
-    assert blocks == [{"v": ([1.0, 2.0], [])}, {"v": ([3.0, 4.0, 5.0], [])}]  # bounds round(0), round(2.5), round(5)
+    blocks = speed_agreement.split_into_blocks({"v": ([1.0, 2.0, 3.0, 4.0, 5.0], [], None)}, 2)
+    assert blocks == [{"v": ([1.0, 2.0], [], None)}, {"v": ([3.0, 4.0, 5.0], [], None)}]  # bounds 0, round(2.5), 5
     with pytest.raises(ValueError, match="2 rounds cannot make 3 blocks"):
-        speed_agreement.split_into_blocks({"v": ([1.0, 2.0], [])}, 3)
+        speed_agreement.split_into_blocks({"v": ([1.0, 2.0], [], None)}, 3)
     with pytest.raises(ValueError, match="at least 2"):
         speed_agreement.split_into_blocks({}, 1)
     evaluate = tmp_path / "results.json"
@@ -381,3 +386,40 @@ def test_speed_agreement_cuts_one_run_into_blocks(tmp_path, capsys):
     with pytest.raises(SystemExit):
         speed_agreement.main([str(evaluate)])
     assert "or one with --blocks N" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # four rounds cannot make five blocks: a usage error, not a traceback
+        speed_agreement.main([str(evaluate), "--blocks", "5"])
+    assert "--blocks 5: unpruned: 4 rounds cannot make 5 blocks" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        speed_agreement.main([str(evaluate), str(evaluate), "--blocks", "0"])
+    assert "--blocks must be at least 1" in capsys.readouterr().err
+
+
+def test_speed_agreement_tests_pooled_runs_process_by_process(tmp_path, capsys):
+    """Runs pooled from fresh processes (`speed.py --processes`): rounds of one process are not independent draws, so
+    the interval is taken over the processes' medians and the test reassigns whole processes."""
+    speed_agreement = _load("speed_agreement")
+    a, b = [1.0, 1.02, 1.1, 1.12], [2.0, 2.02, 2.1, 2.12]
+    # reassigning rounds: 4 of the C(8, 4) = 70 splits put the medians as far apart (counted by enumeration: p about
+    # 0.057); reassigning the four processes (two rounds each): 2 of the C(4, 2) = 6 splits (p about 1 / 3)
+    assert abs(speed_agreement.permutation_p([a, b]) - 4 / 70) < 0.01
+    assert abs(speed_agreement.permutation_p([a, b], blocks=[[2, 2], [2, 2]]) - 1 / 3) < 0.02
+    with pytest.raises(ValueError, match="do not add up"):
+        speed_agreement.permutation_p([a, b], blocks=[[2, 1], [2, 2]])
+    header = (
+        "| model | method | GMACs | GMACs ratio | images/s (batch 64) | speed-up (min–max) | realisation | "
+        "batch-1 ms (p90) | batch-1 speed-up | batch-1 realisation |"
+    )
+    for run, values in {"a": a, "b": b}.items():
+        median = statistics.median(values)
+        row = f"| deit-tiny | evit 0.7 | 0.824 | 1.53× | 60.0 | {median:.2f}× (1.00–2.10) | 1.0 | — | — | — |"
+        (tmp_path / f"{run}.md").write_text("\n".join(["### 1. Speed-up", "", header, "|---|", row, ""]))
+        (tmp_path / f"{run}.rounds.json").write_text(json.dumps({"rows": [
+            {"table": "speed", "model": "deit-tiny", "method": "evit 0.7", "speedups": values, "latency_speedups": [],
+             "rounds_per_process": [2, 2]},
+        ]}))  # fmt: skip
+    assert speed_agreement.speedups_of(str(tmp_path / "a.md")) == {"evit@0.7+fusion": (1.06, None)}  # "—": no batch 1
+    assert speed_agreement.main([str(tmp_path / "a.md"), str(tmp_path / "b.md")]) == 1
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| evit@0.7+fusion | batch |"))
+    # the interval over the two process medians (1.01, 1.11) covers 1 - 2 / 4 = 50 %
+    assert line.startswith("| evit@0.7+fusion | batch | 1.06× (1.01–1.11, 50 %), 4 in 2 processes | 2.06× (2.01–2.11")
+    assert 0.31 < float(line.split(" | ")[-1].rstrip(" |")) < 0.36

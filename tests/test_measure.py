@@ -198,15 +198,19 @@ def test_speed_benchmark_pools_fresh_processes(tmp_path):
     spec = importlib.util.spec_from_file_location("speed", REPO / "benchmarks" / "speed.py")
     speed = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(speed)
-    argv = ["--shapes", "deit-tiny", "--methods", "variance", "--keep_rates", "0.5", "--tome_r", "--no_ceiling",
+    argv = ["--shapes", "deit-tiny", "--methods", "variance", "--keep_rates", "0.5", "0.7", "--tome_r", "--no_ceiling",
             "--rounds", "1", "--runs", "1", "--latency_runs", "1", "--batch_size", "2", "--tables", "speed",
-            "--threads", "1", "--processes", "2", "--seed", "5", "--output", str(tmp_path / "b.md")]  # fmt: skip
+            "--threads", "1", "--bracket", "1", "--processes", "2", "--seed", "5", "--output",
+            str(tmp_path / "b.md")]  # fmt: skip
     text = speed.main(argv)
-    assert "; all of it in each of 2 fresh processes one after another (shuffling seeds 5-6)" in text
-    assert "(variants in shuffled order) of 1 timed batch passes" in text  # no single seed named
+    protocol = next(line for line in text.splitlines() if line.startswith("Protocol: "))  # written by the processes
+    assert "; all of it in each of 2 fresh processes one after another (shuffling seeds 5-6)" in protocol
+    assert "(variants in shuffled order) of 1 timed batch passes" in protocol  # no single seed named
+    assert ", 1 threads, " in protocol and "unpruned timed before and after every variant," in protocol  # flags reached
     rows = json.loads((tmp_path / "b.rounds.json").read_text())["rows"]
     assert [(row["method"], row["rounds_per_process"], len(row["latency_speedups"])) for row in rows] == [
-        ("unpruned", [1, 1], 2), ("variance 0.5", [1, 1], 2)]  # fmt: skip
+        ("unpruned", [2, 2], 4), ("variance 0.5", [1, 1], 2), ("variance 0.7", [1, 1], 2)]  # fmt: skip
+    # (the reference: 1.0 per group of variants, two groups per round with --bracket 1)
     pooled = rows[1]["speedups"]
     low, high = sorted(pooled)
     assert f"| deit-tiny | variance 0.5 | 0.632 | 1.99× | {rows[1]['images_per_s']:.1f} | " in text
@@ -265,6 +269,10 @@ def test_speed_benchmark_never_replaces_an_output_file(tmp_path):
     with pytest.raises(SystemExit, match="c.rounds.json already exists: pass --overwrite"):
         speed.main(["--tables", "layer", "--output", str(tmp_path / "c.md")])
     assert not (tmp_path / "c.md").exists() and (tmp_path / "c.rounds.json").read_text() == "a user's rounds"
+    # with --overwrite, a run without table 1 replaces the pair: the Markdown, and no per-round file
+    speed.main(["--tables", "layer", "--shapes", "deit-tiny", "--batch_size", "1", "--layer_tokens", "28", "--output",
+                str(tmp_path / "c.md"), "--overwrite"])  # fmt: skip
+    assert "### 5. One ViT layer" in (tmp_path / "c.md").read_text() and not (tmp_path / "c.rounds.json").exists()
 
 
 def test_the_machine_line_names_the_last_level_cache(tmp_path):
@@ -282,3 +290,12 @@ def test_the_machine_line_names_the_last_level_cache(tmp_path):
     (tmp_path / "index5" / "size").write_text("1M")
     assert _last_level_cache(str(tmp_path)) == "1 MiB L4"
     assert _last_level_cache(str(tmp_path / "absent")) is None
+
+
+def test_the_machine_line_of_a_cpu(monkeypatch):
+    from hf_vitprune import measure
+
+    monkeypatch.setattr(measure, "_last_level_cache", lambda: "480 MiB L3")
+    assert measure.device_name(torch.device("cpu")).endswith(" cores, 480 MiB L3)")
+    monkeypatch.setattr(measure, "_last_level_cache", lambda: None)  # sysfs does not say: the line without it
+    assert measure.device_name(torch.device("cpu")).endswith(" cores)")
