@@ -82,3 +82,22 @@ def run_fresh_process(tmp_path: Path, script: str, model_dir, inputs):
                             env=env, cwd=tmp_path, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def load_benchmark(name: str):
+    """The module `benchmarks/<name>.py` (the benchmark scripts are not a package), freshly executed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def speed_benchmark():
+    """`benchmarks/speed.py` as a module; torch's thread count is restored afterwards, since its `--threads` sets it for
+    the whole process (later tests would otherwise run on one thread)."""
+    threads = torch.get_num_threads()
+    yield load_benchmark("speed")
+    torch.set_num_threads(threads)

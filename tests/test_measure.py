@@ -147,25 +147,15 @@ def test_interleaved_timing_reports_every_variant_against_the_first():
 
 
 @pytest.mark.slow
-def test_speed_benchmark_runs_its_tables(tmp_path):
-    import importlib.util
-
-    from conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("speed", REPO / "benchmarks" / "speed.py")
-    speed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(speed)
+def test_speed_benchmark_runs_its_tables(tmp_path, speed_benchmark):
+    speed = speed_benchmark
     argv = ["--shapes", "deit-tiny", "--methods", "variance", "--keep_rates", "0.5", "--tome_r", "--rounds", "1",
             "--runs", "1", "--latency_runs", "2", "--batch_size", "2", "--layer_tokens", "99", "--tables", "speed",
             "overhead", "training", "layer", "profile", "memory", "--train_batch_size", "2", "--bracket", "1",
             "--threads", "1", "--output", str(tmp_path / "b.md")]  # fmt: skip
     calls = []  # the "+ teacher" step computes the distillation loss from the teacher's logits
     speed.distillation_loss = lambda student, teacher, tau: calls.append(teacher.shape) or student.sum(-1) * 0
-    threads = torch.get_num_threads()
-    try:
-        text = speed.main(argv)
-    finally:
-        torch.set_num_threads(threads)  # --threads 1 set it for this whole process
+    text = speed.main(argv)  # --threads 1: the fixture restores the process's thread count
     assert calls and set(calls) == {torch.Size([2, 1000])}
     training = text.split("### 4. Training step")[1].split("###")[0]
     assert [line.split(" | ")[1] for line in training.splitlines() if line.startswith("| deit-tiny")] == [
@@ -188,16 +178,10 @@ def test_speed_benchmark_runs_its_tables(tmp_path):
 
 
 @pytest.mark.slow
-def test_speed_benchmark_pools_fresh_processes(tmp_path):
+def test_speed_benchmark_pools_fresh_processes(tmp_path, speed_benchmark):
     """`--processes 2`: table 1 timed in two fresh processes (seeds 5 and 6), their rounds pooled in the table, the
     per-round file and the protocol line; a failing process stops the run with its command."""
-    import importlib.util
-
-    from conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("speed", REPO / "benchmarks" / "speed.py")
-    speed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(speed)
+    speed = speed_benchmark
     argv = ["--shapes", "deit-tiny", "--methods", "variance", "--keep_rates", "0.5", "0.7", "--tome_r", "--no_ceiling",
             "--rounds", "1", "--runs", "1", "--latency_runs", "1", "--batch_size", "2", "--tables", "speed",
             "--threads", "1", "--bracket", "1", "--processes", "2", "--seed", "5", "--output",
@@ -253,14 +237,8 @@ def test_compile_where_the_compiler_cannot_run(tmp_path, monkeypatch, capsys):
     assert "torch.compile could not run here: eager" in protocol and "torch.compile(mode" not in protocol
 
 
-def test_speed_benchmark_never_replaces_an_output_file(tmp_path):
-    import importlib.util
-
-    from conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("speed", REPO / "benchmarks" / "speed.py")
-    speed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(speed)
+def test_speed_benchmark_never_replaces_an_output_file(tmp_path, speed_benchmark):
+    speed = speed_benchmark
     (tmp_path / "b.md").write_text("a user's notes")
     with pytest.raises(SystemExit, match="already exists: pass --overwrite"):
         speed.main(["--tables", "layer", "--output", str(tmp_path / "b.md")])
