@@ -219,7 +219,17 @@ def speed_table(args, device, dtype: str) -> list[str]:
                 row += "— | — | — |"
             rows.append(row)
             args.per_round.append({"table": "speed", "model": shape, **r})
+        args.speed_protocol = protocol
     return lines + [f"Protocol: {protocol}.", ""] + rows
+
+
+def gmacs_of(model, settings: list[tuple[str, dict]]) -> list[float]:
+    """GMACs (fvcore, `count_gmacs`) of `model` under each `(label, pruning fields)` setting, in order."""
+    out = []
+    for _, fields in settings:
+        with model.pruning(**fields):
+            out.append(count_gmacs(model))
+    return out
 
 
 def speed_rows(args, device, dtype: str, shape: str) -> tuple[list[dict], str]:
@@ -227,10 +237,7 @@ def speed_rows(args, device, dtype: str, shape: str) -> tuple[list[dict], str]:
     `latency_ms`, `latency_p90_ms`, per-round `speedups` and `latency_speedups`), and the protocol line."""
     model = build(shape, device)
     settings = variants(args)
-    gmacs = []
-    for _, fields in settings:
-        with model.pruning(**fields):
-            gmacs.append(count_gmacs(model))
+    gmacs = gmacs_of(model, settings)
     timings, protocol = time_interleaved(model, settings, batch_size=args.batch_size, rounds=args.rounds,
                                          runs=args.runs, warmup=2, latency_runs=args.latency_runs, dtype=dtype,
                                          device=device, seed=args.seed, bracket=args.bracket)  # fmt: skip
@@ -269,11 +276,10 @@ def speed_rows_of_processes(args, shape: str) -> tuple[list[dict], str]:
                 raise SystemExit(
                     f"process {k + 1} of --processes failed (exit {done.returncode}): {shlex.join(command)}"
                 )
-            protocol = next(line for line in output.read_text().splitlines() if line.startswith("Protocol: "))
-            runs.append((protocol.removeprefix("Protocol: ").rstrip("."), json.loads(rounds_path(output).read_text())))
+            runs.append(json.loads(rounds_path(output).read_text()))
     results = []
-    for index, first in enumerate(runs[0][1]["rows"]):
-        rows = [record["rows"][index] for _, record in runs]
+    for index, first in enumerate(runs[0]["rows"]):
+        rows = [record["rows"][index] for record in runs]
         latency = [row["latency_ms"] for row in rows if row["latency_ms"] is not None]
         latency_p90 = [row["latency_p90_ms"] for row in rows if row["latency_p90_ms"] is not None]
         results.append({"method": first["method"], "gmacs": first["gmacs"],
@@ -283,7 +289,7 @@ def speed_rows_of_processes(args, shape: str) -> tuple[list[dict], str]:
                         "speedups": [v for row in rows for v in row["speedups"]],
                         "latency_speedups": [v for row in rows for v in row["latency_speedups"]],
                         "rounds_per_process": [len(row["speedups"]) for row in rows]})  # fmt: skip
-    one = runs[0][0].replace(f"(variants in shuffled order, seed {args.seed})", "(variants in shuffled order)")
+    one = runs[0]["protocol"].replace(f"(variants in shuffled order, seed {args.seed})", "(variants in shuffled order)")
     protocol = (f"{one}; all of it in each of {args.processes} fresh processes one after another (shuffling seeds "
                 f"{args.seed}-{args.seed + args.processes - 1}), the speed-ups' median and min-max over all their "
                 "rounds pooled, images/s and batch-1 ms (p90) the medians of the processes' own")  # fmt: skip
@@ -507,11 +513,8 @@ def compile_table(args, device, dtype: str) -> list[str]:
     for shape in args.shapes:
         model = build(shape, device)
         settings = variants(args)[: 1 + len(args.keep_rates)]
-        ratios = []
-        for _, fields in settings:
-            with model.pruning(**fields):
-                ratios.append(count_gmacs(model))
-        ratios = [ratios[0] / macs for macs in ratios]
+        gmacs = gmacs_of(model, settings)
+        ratios = [gmacs[0] / macs for macs in gmacs]
         eager, _ = time_interleaved(model, settings, batch_size=args.batch_size, rounds=args.rounds, runs=1,
                                     latency_runs=args.latency_runs, dtype=dtype, device=device, seed=args.seed,
                                     bracket=args.bracket)  # fmt: skip
@@ -693,12 +696,14 @@ def rounds_path(output: str) -> Path:
 def write_rounds(args, machine: str, command: str | None) -> None:
     """Write table 1's per-round speed-ups (batch `--batch_size` and batch 1, in the order measured) beside
     `--output`, for `benchmarks/speed_agreement.py` (intervals on the medians, a test of whether two runs differ by more
-    than their rounds do). `command` is `None` while the run is still going."""
+    than their rounds do), with the machine line, the command and table 1's protocol line. `command` is `None` while
+    the run is still going."""
     path = rounds_path(args.output)
     if not args.per_round:  # table 1 not (yet) run: no file; one from an earlier run goes, as --overwrite asked
         path.unlink(missing_ok=True)
         return
-    record = {"machine": machine, "command": command, "batch_size": args.batch_size, "rows": args.per_round}
+    record = {"machine": machine, "command": command, "batch_size": args.batch_size,
+              "protocol": args.speed_protocol, "rows": args.per_round}  # fmt: skip
     path.write_text(json.dumps(record, indent=1) + "\n")
 
 

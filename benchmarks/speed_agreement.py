@@ -166,6 +166,13 @@ def median_interval(values: list[float], confidence: float = 0.95) -> tuple[floa
     return ordered[k - 1], ordered[n - k], coverage(k)
 
 
+def cut(values: list, sizes: list[int]) -> list[list]:
+    """`values` cut into consecutive blocks of the given sizes (e.g. a pooled run's rounds into its processes'):
+    `cut([1, 2, 3], [1, 2]) == [[1], [2, 3]]`. Sizes that do not add up to `len(values)` are the caller's to check."""
+    starts = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+    return [values[starts[i] : starts[i + 1]] for i in range(len(sizes))]
+
+
 def permutation_p(
     groups: list[list[float]], permutations: int = 9999, seed: int = 0, blocks: list[list[int]] | None = None
 ) -> float:
@@ -198,8 +205,7 @@ def permutation_p(
         raise ValueError(f"block sizes {blocks} do not add up to the group sizes {[len(g) for g in groups]}.")
     units, counts = [], []  # every block as a list, and how many blocks each group holds
     for group, sizes in zip(groups, blocks):
-        bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
-        units += [group[bounds[i] : bounds[i + 1]] for i in range(len(sizes))]
+        units += cut(group, sizes)
         counts.append(len(sizes))
 
     def statistic(split: list[list[float]]) -> float:
@@ -260,13 +266,9 @@ def rounds_table(names: list[str], rounds: list[dict], labels: list[str]) -> lis
             sizes = [run[name][2] if run[name][2] and len(run[name][2]) > 1 else None for run in rounds]
             cells = []
             for group, blocks in zip(groups, sizes):
-                units, count = [group], f"{len(group)}"
-                if blocks is not None:
-                    bounds = [sum(blocks[:i]) for i in range(len(blocks) + 1)]
-                    units = [group[bounds[i] : bounds[i + 1]] for i in range(len(blocks))]
-                    count = f"{len(group)} in {len(blocks)} processes"
+                count = f"{len(group)}" if blocks is None else f"{len(group)} in {len(blocks)} processes"
                 low, high, coverage = median_interval(
-                    group if blocks is None else [statistics.median(unit) for unit in units]
+                    group if blocks is None else [statistics.median(unit) for unit in cut(group, blocks)]
                 )
                 cells.append(f"{statistics.median(group):.2f}× ({low:.2f}–{high:.2f}, {100 * coverage:.0f} %), {count}")
             pooled = statistics.median(v for group in groups for v in group)

@@ -1,19 +1,11 @@
 """The scripts under benchmarks/ that turn run outputs into the README's tables."""
 
-import importlib.util
 import itertools
 import json
 import statistics
 
 import pytest
-from conftest import REPO
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_benchmark
 
 
 def _run(folder, method, top1, ips, train_ips):
@@ -27,7 +19,7 @@ def _run(folder, method, top1, ips, train_ips):
 
 
 def test_finetune_table_computes_speedups_against_the_reference(tmp_path):
-    finetune_table = _load("finetune_table")
+    finetune_table = load_benchmark("finetune_table")
     _run(tmp_path / "base", None, 90.0, 50.0, 10.0)
     _run(tmp_path / "pruned", "variance", 89.5, 75.0, 14.0)
     text = finetune_table.main([str(tmp_path / "base"), str(tmp_path / "pruned"), "--output", str(tmp_path / "t.md")])
@@ -45,7 +37,7 @@ def test_finetune_table_computes_speedups_against_the_reference(tmp_path):
 
 
 def test_finetune_table_without_speed_with_distillation_seeds_and_json_files(tmp_path):
-    finetune_table = _load("finetune_table")
+    finetune_table = load_benchmark("finetune_table")
     _run(tmp_path / "a", "variance", 89.0, 75.0, 14.0)
     _run(tmp_path / "b", "variance", 90.0, 75.0, 14.0)
     _run(tmp_path / "c", "variance", 92.0, 75.0, 14.0)
@@ -67,7 +59,7 @@ def test_finetune_table_without_speed_with_distillation_seeds_and_json_files(tmp
 
 
 def test_finetune_table_grid_of_pruning_settings_by_recipe(tmp_path):
-    finetune_table = _load("finetune_table")
+    finetune_table = load_benchmark("finetune_table")
     runs = [("u0", None, 90.0, 0, {}), ("u1", None, 92.0, 1, {}), ("v", "variance", 89.0, 0, {}),
             ("vw0", "variance", 89.5, 0, {"keep-rate warm-up epochs": 1.0}),
             ("vw1", "variance", 90.5, 1, {"keep-rate warm-up epochs": 1.0}),
@@ -104,7 +96,7 @@ def test_finetune_table_grid_of_pruning_settings_by_recipe(tmp_path):
 
 
 def test_finetune_table_in_run_speedups_and_method_labels(tmp_path):
-    finetune_table = _load("finetune_table")
+    finetune_table = load_benchmark("finetune_table")
     _run(tmp_path / "base", None, 90.0, 50.0, 10.0)
     _run(tmp_path / "bspf", "bspf", 89.0, 60.0, 12.0)
     results = json.loads((tmp_path / "bspf" / "pruning_results.json").read_text())
@@ -124,7 +116,7 @@ def test_finetune_table_in_run_speedups_and_method_labels(tmp_path):
 def test_render_model_cards_writes_the_card_with_the_note_and_never_overwrites(tmp_path):
     from test_model_card import RESULTS
 
-    render_model_cards = _load("render_model_cards")
+    render_model_cards = load_benchmark("render_model_cards")
     run = tmp_path / "deit-tiny-imagenette-variance-0.7"
     run.mkdir()
     (run / "pruning_results.json").write_text(json.dumps(RESULTS))
@@ -142,7 +134,7 @@ def test_render_model_cards_writes_the_card_with_the_note_and_never_overwrites(t
 
 
 def test_readings_table_puts_each_reading_against_random(tmp_path):
-    readings_table = _load("readings_table")
+    readings_table = load_benchmark("readings_table")
 
     def row(method, keep, top1, **fields):
         return {"pruning_method": method, "keep_rate": keep, "top1": top1, "renyi_alpha": 1.0, "entropy_axis": "query",
@@ -174,7 +166,7 @@ def test_remote_code_check_compares_the_shipped_code_with_the_package(tmp_path):
 
     from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification
 
-    remote_code_check = _load("remote_code_check")
+    remote_code_check = load_benchmark("remote_code_check")
     torch.manual_seed(0)
     model = PrunedViTForImageClassification(PrunedViTConfig(**tiny_config_kwargs(pruning_method="bspf")))
     model.save_pretrained(tmp_path / "model")
@@ -193,7 +185,7 @@ def test_remote_code_check_compares_the_shipped_code_with_the_package(tmp_path):
 
 def test_finetune_table_labels_warmup_pretrained_teacher_and_token_mse(tmp_path):
     """Runs that differ only in their recipe get different labels, so the seed summary never pools them."""
-    finetune_table = _load("finetune_table")
+    finetune_table = load_benchmark("finetune_table")
     recipes = {
         "warm": {"keep-rate warm-up epochs": 1.0},
         "in1k": {"distillation": {"teacher": "ckpt with pruning off", "class_token_mse_weight": 0.0}},
@@ -215,7 +207,7 @@ def test_finetune_table_labels_warmup_pretrained_teacher_and_token_mse(tmp_path)
 
 
 def test_speed_agreement_matches_speed_tables_with_evaluate_rows(tmp_path, capsys):
-    speed_agreement = _load("speed_agreement")
+    speed_agreement = load_benchmark("speed_agreement")
     header = (
         "| model | method | GMACs | GMACs ratio | images/s (batch 64) | speed-up (min–max) | realisation | "
         "batch-1 ms (p90) | batch-1 speed-up | batch-1 realisation |"
@@ -262,7 +254,7 @@ def test_speed_agreement_matches_speed_tables_with_evaluate_rows(tmp_path, capsy
 
 
 def test_median_interval_and_permutation_test_hand_computed():
-    speed_agreement = _load("speed_agreement")
+    speed_agreement = load_benchmark("speed_agreement")
     # n = 10: coverage of (x_(2), x_(9)) is 1 - 2 (1 + 10) / 1024 = 0.9785; (x_(3), x_(8)) would be 0.8906
     assert speed_agreement.median_interval([float(v) for v in range(10, 0, -1)]) == (2.0, 9.0, 1 - 22 / 1024)
     # n = 5: even (min, max) covers only 1 - 2 / 32 = 93.75 %
@@ -302,7 +294,7 @@ def test_median_interval_and_permutation_test_hand_computed():
 def test_speed_agreement_reads_per_round_speedups_of_three_runs(tmp_path, capsys):
     """speed.py's `A.rounds.json` beside `A.md` and evaluate's `speedups`: each run's median with its interval, the
     pooled median and the permutation p; rows without rounds in some run are left out of that table."""
-    speed_agreement = _load("speed_agreement")
+    speed_agreement = load_benchmark("speed_agreement")
     header = (
         "| model | method | GMACs | GMACs ratio | images/s (batch 64) | speed-up (min–max) | realisation | "
         "batch-1 ms (p90) | batch-1 speed-up | batch-1 realisation |"
@@ -360,7 +352,7 @@ def test_speed_agreement_reads_per_round_speedups_of_three_runs(tmp_path, capsys
 def test_speed_agreement_cuts_one_run_into_blocks(tmp_path, capsys):
     """`--blocks N`: a run's rounds in N consecutive blocks, tested against each other like runs (drift within a
     run); one run is enough then."""
-    speed_agreement = _load("speed_agreement")
+    speed_agreement = load_benchmark("speed_agreement")
     blocks = speed_agreement.split_into_blocks({"v": ([1.0, 2.0, 3.0, 4.0, 5.0], [], None)}, 2)
     assert blocks == [{"v": ([1.0, 2.0], [], None)}, {"v": ([3.0, 4.0, 5.0], [], None)}]  # bounds 0, round(2.5), 5
     with pytest.raises(ValueError, match="2 rounds cannot make 3 blocks"):
@@ -397,12 +389,13 @@ def test_speed_agreement_cuts_one_run_into_blocks(tmp_path, capsys):
 def test_speed_agreement_tests_pooled_runs_process_by_process(tmp_path, capsys):
     """Runs pooled from fresh processes (`speed.py --processes`): rounds of one process are not independent draws, so
     the interval is taken over the processes' medians and the test reassigns whole processes."""
-    speed_agreement = _load("speed_agreement")
+    speed_agreement = load_benchmark("speed_agreement")
     a, b = [1.0, 1.02, 1.1, 1.12], [2.0, 2.02, 2.1, 2.12]
     # reassigning rounds: 4 of the C(8, 4) = 70 splits put the medians as far apart (counted by enumeration: p about
     # 0.057); reassigning the four processes (two rounds each): 2 of the C(4, 2) = 6 splits (p about 1 / 3)
     assert abs(speed_agreement.permutation_p([a, b]) - 4 / 70) < 0.01
     assert abs(speed_agreement.permutation_p([a, b], blocks=[[2, 2], [2, 2]]) - 1 / 3) < 0.02
+    assert speed_agreement.cut([1, 2, 3], [1, 2]) == [[1], [2, 3]]
     with pytest.raises(ValueError, match="do not add up"):
         speed_agreement.permutation_p([a, b], blocks=[[2, 1], [2, 2]])
     header = (
