@@ -18,7 +18,8 @@ COMMANDS = {
 def parse_arguments(dataclass_types, argv: list[str] | None, prog: str, description: str | None = None) -> tuple:
     """Parse `argv` into instances of `dataclass_types` with `transformers.HfArgumentParser`.
 
-    `argv` is either flags (`--name value`) or one `.json` / `.yaml` / `.yml` file holding the same names.
+    `argv` is either flags (`--name value`; a flag must be spelled out, abbreviations are refused) or one
+    `.json` / `.yaml` / `.yml` file holding the same names.
 
     Returns:
         One instance per dataclass type, in order.
@@ -29,7 +30,8 @@ def parse_arguments(dataclass_types, argv: list[str] | None, prog: str, descript
     """
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(dataclass_types, prog=prog, description=description)
+    # no abbreviations: `--hub_tok X` must not quietly mean `--hub_token X` (nor a later flag's prefix an earlier one)
+    parser = HfArgumentParser(dataclass_types, prog=prog, description=description, allow_abbrev=False)
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0].endswith(".json"):
         return parser.parse_json_file(os.path.abspath(argv[0]))

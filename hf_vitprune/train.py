@@ -529,14 +529,26 @@ def load_model_for_training(model_args: ModelArguments, class_names: list[str]):
     return model, list(range(len(class_names)))
 
 
-SECRET_FLAGS = ("--hub_token", "--token")
-_TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{20,}")
+SECRET_FLAGS = ("--hub_token", "--hub-token", "--token")
+_TOKEN_PATTERN = re.compile(r"hf_(?:oauth_)?[A-Za-z0-9]{20,}")
 
 
-def redact_command(argv: list[str]) -> list[str]:
-    """`argv` with secrets replaced by `REDACTED`: the value of `--hub_token` / `--token` (as `--flag value` or
-    `--flag=value`) and anything shaped like a Hugging Face access token (`hf_` followed by 20 or more letters or
-    digits), so that a command line can be recorded in results and model cards."""
+def redact_command(argv: list[str], secrets: tuple[str | None, ...] = ()) -> list[str]:
+    """`argv` with secrets replaced by `REDACTED`, so that a command line can be recorded in results and model cards.
+
+    Redacted: every occurrence of each value in `secrets` (the token as it was *parsed*, so every spelling that
+    reaches it, `--hub_token X`, `--hub-token=X`, ..., is covered, whatever the flag looks like); the value after a
+    flag of `SECRET_FLAGS`; and anything shaped like a Hugging Face access token (`hf_` or `hf_oauth_` followed by 20
+    or more letters or digits).
+
+    Args:
+        argv (`list[str]`): the command line's arguments.
+        secrets (`tuple[str | None, ...]`): values that must not be recorded (`None` / empty ones are ignored).
+
+    Returns:
+        `list[str]` of the same length as `argv`.
+    """
+    values = sorted({s for s in secrets if s}, key=len, reverse=True)  # longest first: no partial leftovers
     redacted, hide_next = [], False
     for arg in argv:
         if hide_next:
@@ -548,6 +560,8 @@ def redact_command(argv: list[str]) -> list[str]:
             redacted.append(f"{flag}=REDACTED" if equals else arg)
             hide_next = not equals
             continue
+        for value in values:
+            arg = arg.replace(value, "REDACTED")
         redacted.append(_TOKEN_PATTERN.sub("REDACTED", arg))
     return redacted
 
@@ -858,6 +872,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     args = (model_args, data_args, training_args, preprocessing)
     results = pruning_results(model, measured, train_result, eval_metrics, eval_data, train_data, args, command)
     results["training"]["distillation"] = distillation.describe() if distillation is not None else None
+    if hub_token:  # wherever the token might have reached the record (a repo id, a path), it goes
+        results = json.loads(json.dumps(results, default=str).replace(json.dumps(hub_token)[1:-1], "REDACTED"))
     output_dir = training_args.output_dir
     with open(os.path.join(output_dir, "pruning_results.json"), "w") as f:
         json.dump(results, f, indent=2, default=str)
@@ -958,8 +974,9 @@ def main(argv: list[str] | None = None):
     """Entry point of `hf-vitprune train` / `python -m hf_vitprune.train` / `accelerate launch -m hf_vitprune.train`."""
     model_args, data_args, training_args = parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
+    secrets = (training_args.hub_token,)  # the parsed value: redacted however the flag was spelled
     return run_training(
-        model_args, data_args, training_args, command="hf-vitprune train " + shlex.join(redact_command(argv))
+        model_args, data_args, training_args, command="hf-vitprune train " + shlex.join(redact_command(argv, secrets))
     )
 
 
