@@ -65,16 +65,18 @@ def pruning_text(run: dict) -> str:
     Raises:
         KeyError: for a `pruning_method` this version of hf_vitprune does not know.
     """
-    from hf_vitprune.token_reduction import REDUCERS, PruningSettings
+    from hf_vitprune import methods
+    from hf_vitprune.token_reduction import PRUNING_FIELDS, REDUCERS, PruningSettings
 
     pruning = run["pruning"]
     method = pruning.get("pruning_method") or "none"
     if method == "none":
         return "unpruned"
-    reducer = REDUCERS[method]
-    settings = PruningSettings(**{k: v for k, v in pruning.items() if k in PruningSettings.names()})
-    fusion = reducer.table_cells(settings)[1]
-    return f"{reducer.label(settings)}, {reducer.setting_text(settings)}" + {
+    if method not in REDUCERS:
+        raise KeyError(f"pruning_method {method!r} is not known to this version of hf_vitprune")
+    settings = PruningSettings(**{k: v for k, v in pruning.items() if k in PRUNING_FIELDS})
+    fusion = methods.table_cells(settings)[1]
+    return f"{methods.label(settings)}, {methods.setting_text(settings)}" + {
         "yes": ", fusion", "similarity": ", similarity fusion"
     }.get(fusion, "")  # fmt: skip
 

@@ -4,7 +4,10 @@
   DINOv2, DINOv2 with registers, CLIP vision), in place.
 - `PrunedViTConfig` / `PrunedViTForImageClassification` (and the distilled-DeiT classes): the HF-native model family
   for Hub checkpoints, loadable anywhere with `trust_remote_code=True`.
-- `token_reduction`: the backbone-free methods (`REDUCERS`), their settings and per-forward state.
+- `PruningSettings` (every setting declared once in `token_reduction.PruningFields`) and `REDUCERS` (the methods by
+  `pruning_method` name); `BACKBONES` (the stock families `prune` knows).
+- Below the surface: `token_ops` (the tensor operations: scores, selection, fusion, merging), `token_reduction` (the
+  methods and one forward pass), `methods` (names, sources, BibTeX), and the commands (`hf-vitprune --help`).
 
 Importing the package registers the model family with the Auto classes (`AutoConfig`, `AutoModel`,
 `AutoModelForImageClassification`) and marks it for `auto_map`, so `save_pretrained`, `push_to_hub` and Trainer
@@ -13,18 +16,16 @@ checkpoints carry the code needed to load them anywhere with `trust_remote_code=
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
-from .backbones import BACKBONES, prune, pruning, set_pruning
-from .configuration_pruned_vit import PRUNING_METHODS, PrunedDeiTConfig, PrunedViTConfig
+from .backbones import BACKBONES, prune
+from .configuration_pruned_vit import PrunedDeiTConfig, PrunedViTConfig
 from .modeling_pruned_vit import (
     PrunedDeiTForImageClassification,
     PrunedDeiTForImageClassificationWithTeacher,
     PrunedDeiTModel,
-    PrunedDeiTPreTrainedModel,
     PrunedViTForImageClassification,
     PrunedViTModel,
-    PrunedViTPreTrainedModel,
 )
-from .token_reduction import REDUCERS, PruningSettings, TokenReducer, exact_keep_count, prune_tokens
+from .token_reduction import REDUCERS, PruningSettings
 
 __version__ = "0.1.0"
 
@@ -45,22 +46,14 @@ PrunedDeiTForImageClassificationWithTeacher.register_for_auto_class("AutoModelFo
 
 __all__ = [
     "BACKBONES",
-    "PRUNING_METHODS",
     "REDUCERS",
     "PrunedDeiTConfig",
     "PrunedDeiTForImageClassification",
     "PrunedDeiTForImageClassificationWithTeacher",
     "PrunedDeiTModel",
-    "PrunedDeiTPreTrainedModel",
     "PrunedViTConfig",
     "PrunedViTForImageClassification",
     "PrunedViTModel",
-    "PrunedViTPreTrainedModel",
     "PruningSettings",
-    "TokenReducer",
-    "exact_keep_count",
     "prune",
-    "prune_tokens",
-    "pruning",
-    "set_pruning",
 ]

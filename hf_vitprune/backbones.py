@@ -16,11 +16,9 @@ adds `kept_patch_indices` to the output.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import inspect
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -40,16 +38,12 @@ from .modeling_pruned_vit import (
     PrunedViTAttention,
     PrunedViTLayer,
     PrunedViTPreTrainedModel,
+    PruningControlMixin,
     check_pixel_values,
-    layer_attention_mask,
+    start_token_reduction,
 )
-from .token_reduction import (
-    PruningSettings,
-    TokenReduction,
-    attention_with_statistic,
-    temporary_pruning,
-    update_pruning,
-)
+from .token_ops import attention_with_statistic
+from .token_reduction import PRUNING_FIELDS, PruningSettings, TokenReduction, update_pruning
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Layers of the families other than ViT (the ViT ones are modeling_pruned_vit.PrunedViTLayer / PrunedViTAttention)
@@ -323,13 +317,11 @@ def _start_reduction(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tupl
     """Forward pre-hook: check the images, then start the forward pass's token reduction from `module.config` (unless
     an outer module did)."""
     if kwargs.get("token_reduction") is None:
-        check_pixel_values(args[0] if args else kwargs.get("pixel_values"), module.config)
+        pixel_values = args[0] if args else kwargs.get("pixel_values")
+        check_pixel_values(pixel_values, module.config)
         config = module.config
-        reduction = TokenReduction.from_config(
-            config,
-            backbone_of(module).num_prefix_tokens(config),
-            key_mask=kwargs.get("attention_mask"),
-            mask_builder=functools.partial(layer_attention_mask, config),
+        reduction = start_token_reduction(
+            config, backbone_of(module).num_prefix_tokens(config), pixel_values, kwargs.get("attention_mask")
         )
         if reduction is not None:
             kwargs["token_reduction"] = reduction
@@ -370,19 +362,8 @@ def _swap_layers(model: nn.Module, backbone: Backbone) -> None:
 # The public entry
 # ---------------------------------------------------------------------------------------------------------------------
 
-_UNSET = object()
 
-
-def prune(
-    model: nn.Module,
-    pruning_method=_UNSET,
-    keep_rate=_UNSET,
-    prune_layers=_UNSET,
-    fuse_pruned=_UNSET,
-    fusion_temperature=_UNSET,
-    renyi_alpha=_UNSET,
-    tome_r=_UNSET,
-) -> nn.Module:
+def prune(model: nn.Module, **settings) -> nn.Module:
     """Switch token reduction on (or change or switch it off) in an already-loaded model, in place; return it.
 
     ```python
@@ -402,91 +383,46 @@ def prune(
 
     The settings are recorded in `model.config` (one attribute per field, as `PrunedViTConfig` holds them), so they
     are saved with `save_pretrained`. A stock class loading that folder gives the stock model again; `prune(model)`
-    without settings then restores the recorded ones. Fields not given keep the value recorded on the config, or
+    without settings then restores the recorded ones. Settings not given keep the value recorded on the config, or
     else the default (the paper's setting: variance, keep 0.7, fusion, temperature 0.1, at a quarter, half and three
     quarters of the depth: layers 3, 6, 9 of 12). `pruning_method=None` leaves every output bit-identical to the stock
-    model. After `prune`, `model.set_pruning(**fields)` changes fields for good and `with model.pruning(**fields):`
-    for one block; both validate first.
+    model. After `prune`, `model.set_pruning(**settings)` changes settings for good and
+    `with model.pruning(**settings):` for one block; both validate first.
 
     Args:
         model (`nn.Module`): a transformers model of a supported family, or a PrunedViT model.
-        pruning_method (`str` or `None`): a name of `token_reduction.REDUCERS` (`"variance"`, `"medad"`, `"evit"`,
-            `"entropy"`, `"random"`, `"tome"`), or `None` for no pruning.
-        keep_rate, prune_layers, fuse_pruned, fusion_temperature, renyi_alpha, tome_r: see
-            [`~token_reduction.PruningSettings`].
+        **settings: fields of [`~token_reduction.PruningFields`] (`pruning_method`: a name of
+            `token_reduction.REDUCERS`, or `None` for no pruning; `keep_rate`, `prune_layers`, ...); each must be read
+            by the resulting method (`REDUCERS[method].settings_used`).
 
     Returns:
         `model`, changed in place.
 
     Raises:
-        ValueError: for a model family no adapter knows (naming the supported ones), a method not in the registry
-            (listing them), or settings that do not fit the model (e.g. a pruning layer beyond its depth); the model
-            is then left unchanged.
+        ValueError: for a model family no adapter knows (naming the supported ones), an unknown setting (listing the
+            known ones), a method not in the registry (listing them), or settings that do not fit the model (e.g. a
+            pruning layer beyond its depth); the model is then left unchanged.
     """
-    changes = {
-        name: value
-        for name, value in zip(
-            PruningSettings.names(),
-            (pruning_method, keep_rate, prune_layers, fuse_pruned, fusion_temperature, renyi_alpha, tome_r),
-        )
-        if value is not _UNSET
-    }
     if isinstance(model, PrunedViTPreTrainedModel):
-        model.set_pruning(**changes)
+        model.set_pruning(**settings)
         return model
     backbone = backbone_of(model)
     config = model.config
-    settings = PruningSettings.from_config(config)
-    for name, value in changes.items():
-        setattr(settings, name, value)
-    settings = settings.with_defaults(config.num_hidden_layers)
-    settings.validate(config.num_hidden_layers)
+    recorded = {name: getattr(config, name) for name in PRUNING_FIELDS if hasattr(config, name)}
+    if not recorded:  # start from the defaults: write them all, then the changes
+        update_pruning(types.SimpleNamespace(num_hidden_layers=config.num_hidden_layers), **settings)
+        PruningSettings().write_to(config)
+    update_pruning(config, **settings)
     _swap_layers(model, backbone)
-    settings.write_to(config)
     targets = [model] if model.base_model is model else [model, model.base_model]
     for target in targets:
         if getattr(target, _INSTALLED, None) is None:
             target.register_forward_pre_hook(_start_reduction, with_kwargs=True)
             target.register_forward_hook(_report_reduction, with_kwargs=True)
             setattr(target, _INSTALLED, backbone.family)
-    model.set_pruning = types.MethodType(set_pruning, model)
-    model.pruning = types.MethodType(pruning, model)
+    model.set_pruning = types.MethodType(PruningControlMixin.set_pruning, model)
+    model.pruning = types.MethodType(PruningControlMixin.pruning, model)
     return model
-
-
-def _check_prunable(model: nn.Module) -> None:
-    if getattr(model, _INSTALLED, None) is None:
-        raise ValueError(
-            f"{type(model).__name__} has no token reduction installed: call hf_vitprune.prune(model, ...) first "
-            "(or load a PrunedViT class)."
-        )
-
-
-def set_pruning(model: nn.Module, **fields) -> None:
-    """Change pruning fields of a pruned model for good (`model.set_pruning(keep_rate=0.5)` is the same).
-
-    Raises:
-        ValueError: for an unknown field, a rejected value (nothing is changed), or a stock model that `prune` has
-            not been applied to.
-    """
-    if isinstance(model, PrunedViTPreTrainedModel):
-        return model.set_pruning(**fields)
-    _check_prunable(model)
-    update_pruning(model.config, **fields)
-
-
-@contextlib.contextmanager
-def pruning(model: nn.Module, **fields) -> Iterator[nn.Module]:
-    """Change pruning fields of a pruned model for one `with` block; every field is restored on exit, also on
-    exceptions (`with model.pruning(keep_rate=0.5):` is the same). Yields the model.
-
-    Raises:
-        ValueError: as [`set_pruning`], before the block runs.
-    """
-    if not isinstance(model, PrunedViTPreTrainedModel):
-        _check_prunable(model)
-    with temporary_pruning(model.config, **fields):
-        yield model
 
 
 def num_prefix_tokens(model: nn.Module) -> int:
@@ -510,6 +446,4 @@ __all__ = [
     "backbone_of",
     "num_prefix_tokens",
     "prune",
-    "pruning",
-    "set_pruning",
 ]

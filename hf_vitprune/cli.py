@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import sys
+from pathlib import Path
 
 COMMANDS = {
     "evaluate": ("hf_vitprune.evaluation", "top-1, GMACs and images/s of pruning variants of a model on images"),
@@ -19,7 +21,8 @@ def parse_arguments(dataclass_types, argv: list[str] | None, prog: str, descript
     """Parse `argv` into instances of `dataclass_types` with `transformers.HfArgumentParser`.
 
     `argv` is either flags (`--name value`; a flag must be spelled out, abbreviations are refused) or one
-    `.json` / `.yaml` / `.yml` file holding the same names.
+    `.json` / `.yaml` / `.yml` file holding the same names (a flag's aliases, e.g. `dataset` for `dataset_name`, are
+    accepted as keys too).
 
     Returns:
         One instance per dataclass type, in order.
@@ -33,10 +36,23 @@ def parse_arguments(dataclass_types, argv: list[str] | None, prog: str, descript
     # no abbreviations: `--hub_tok X` must not quietly mean `--hub_token X` (nor a later flag's prefix an earlier one)
     parser = HfArgumentParser(dataclass_types, prog=prog, description=description, allow_abbrev=False)
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(os.path.abspath(argv[0]))
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(os.path.abspath(argv[0]))
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        import json
+
+        import yaml
+
+        text = Path(argv[0]).read_text()
+        values = json.loads(text) if argv[0].endswith(".json") else yaml.safe_load(text)
+        if not isinstance(values, dict):
+            raise ValueError(f"{argv[0]} must hold one mapping of argument names to values.")
+        types = dataclass_types if isinstance(dataclass_types, (list, tuple)) else [dataclass_types]
+        aliases = {
+            alias.lstrip("-").replace("-", "_"): spec.name
+            for cls in types
+            for spec in dataclasses.fields(cls)
+            for alias in spec.metadata.get("aliases", [])
+        }
+        return parser.parse_dict({aliases.get(key, key): value for key, value in values.items()})
     return parser.parse_args_into_dataclasses(argv)
 
 
@@ -63,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[argv[0]][0])
     try:
         module.main(argv[1:])
+    except SystemExit as exit:  # argparse: --help (0) or a flag it could not read (2, already printed)
+        return exit.code if isinstance(exit.code, int) else 2
     except (ValueError, OSError, ImportError, StrictDataclassError, CompilerUnavailableError) as error:  # bad input
         if os.environ.get("HF_VITPRUNE_TRACEBACK"):
             raise

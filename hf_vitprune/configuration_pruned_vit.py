@@ -15,20 +15,7 @@ require_version(
 from huggingface_hub.dataclasses import strict  # noqa: E402
 from transformers import ViTConfig  # noqa: E402
 
-from .token_reduction import (  # noqa: E402
-    REDUCERS,
-    PruningSettings,
-    default_prune_layers,
-    exact_keep_count,
-    tome_merge_limit,
-)
-
-PRUNING_METHODS = tuple(REDUCERS)
-"""Token-reduction methods known to `PrunedViTConfig.pruning_method` (`None` switches pruning off); read from the
-registry `token_reduction.REDUCERS`."""
-
-PRUNING_FIELDS = PruningSettings.names()
-"""The config fields that describe pruning (what `set_pruning` and `pruning` may change)."""
+from .token_reduction import PRUNING_FIELDS, PruningFields, PruningSettings, check_setting_names  # noqa: E402
 
 
 def _pair(value) -> tuple[int, int]:
@@ -36,7 +23,7 @@ def _pair(value) -> tuple[int, int]:
 
 
 @strict
-class PrunedViTConfig(ViTConfig):
+class PrunedViTConfig(ViTConfig, PruningFields):
     r"""
     Configuration of a [`PrunedViTModel`]: a ViT / DeiT whose pruning layers drop the least important patch tokens
     after attention and (optionally) fuse them into one extra token.
@@ -50,35 +37,13 @@ class PrunedViTConfig(ViTConfig):
     attention entropy (Igaue & Aizawa, "Renyi Attention Entropy for Patch Pruning", 2026).
 
     Args:
-        pruning_method (`str` or `None`, *optional*, defaults to `"variance"`):
-            The token-reduction method, a name in the registry `token_reduction.REDUCERS` (one `TokenReducer` class
-            each). The pruning criteria score each candidate token (higher = more important, kept):
-            `"variance"` (variance over heads of the class token's attention to the token, paper eq. 6),
-            `"medad"` (median absolute deviation over heads, paper eq. 7), `"evit"` (mean over heads, EViT,
-            paper eq. 5), `"entropy"` (minus the Renyi entropy of the token's own attention row, averaged over
-            heads), `"random"` (uniform random scores). `None` switches pruning off: the model is then exactly the
-            stock ViT. `"tome"` is not a pruning criterion but the token-merging baseline (ToMe, Bolya et al., ICLR
-            2023): every layer merges `tome_r` tokens into their most similar ones, and `keep_rate`,
-            `prune_layers`, `fuse_pruned` and `fusion_temperature` are not used.
-        keep_rate (`float` or `list[float]`, *optional*, defaults to 0.7):
-            Fraction of the candidate tokens a pruning layer keeps, in (0, 1]; a list gives one rate per entry of
-            `prune_layers`. A layer keeps `ceil(keep_rate * candidates)` tokens (computed exactly, so at least one),
-            where the candidates are all non-prefix tokens present at that layer, a fused token made by an earlier
-            pruning layer included. `1.0` keeps everything (the layer is then an ordinary ViT layer).
-        prune_layers (`list[int]`, *optional*, defaults to `[3, 6, 9]` for 12 layers):
-            0-indexed layers that prune, strictly increasing, each `< num_hidden_layers` (the paper's blocks 4, 7
-            and 10 of a 12-layer model; for other depths the same fractions of the depth, `default_prune_layers`).
-        fuse_pruned (`bool`, *optional*, defaults to `True`):
-            Whether each pruning layer appends one fused token: the pruned tokens averaged with weights
-            `softmax(s / (std(s) * fusion_temperature))`, `s` their criterion scores and `std(s)` the standard
-            deviation of the scores over that image's candidates (paper eq. 8 with a scale-free normalisation).
-        fusion_temperature (`float`, *optional*, defaults to 0.1):
-            Temperature of the fusion softmax, > 0. Small values approach "take the best pruned token", large
-            values a plain mean of the pruned tokens. The default was chosen by measurement: best mean top-1 of the
-            paper's criteria on real images (docs/fusion_temperature.md).
-        renyi_alpha (`float`, *optional*, defaults to 1.0):
-            Order alpha > 0 of the Renyi entropy used by `pruning_method="entropy"`; 1.0 is the Shannon entropy,
-            `float("inf")` the min-entropy. Computed in log space: every order gives finite scores.
+        pruning_method, keep_rate, prune_layers, fuse_pruned, fusion_temperature, renyi_alpha, tome_r, entropy_axis,
+        bspf_block, bspf_joint:
+            The pruning settings, inherited from [`~token_reduction.PruningFields`], where each is declared once
+            (type, default, help; `hf-vitprune train --help` prints them). The paper's setting is the default:
+            `"variance"`, keep 0.7 at layers 3, 6, 9 (of 12; other depths the same fractions), one fused token per
+            pruning layer at temperature 0.1 (chosen by measurement, docs/fusion_temperature.md). `pruning_method=None`
+            is the stock ViT exactly. Which settings each method reads: `token_reduction.REDUCERS[m].settings_used`.
         patch_stride (`int`, *optional*):
             Stride of the patch embedding, in pixels, 1 <= stride <= `patch_size`; `None` (the default) means the
             patch size, i.e. no overlap. With 16 px patches and stride 12 (patches overlap by a quarter) a 224 px image
@@ -87,15 +52,6 @@ class PrunedViTConfig(ViTConfig):
             last stride step is not seen (as `Conv2d` without padding), e.g. 8 px for 224 px, 16 px patches, stride 10.
             Changing it changes the number of position embeddings: load a checkpoint with another stride through
             `from_pretrained(..., patch_stride=...)`, which resizes them (and then needs fine-tuning).
-        entropy_axis (`str`, *optional*, defaults to `"query"`):
-            The distribution whose entropy `pruning_method="entropy"` measures (the abstract of arXiv:2604.03803 does
-            not say): `"query"` the token's own attention row, `"key"` the attention the token receives (its column,
-            normalised), `"heads"` the class token's attention to it normalised over heads. docs/entropy.md measures
-            each.
-        bspf_block (`int`, *optional*, defaults to 3), bspf_joint (`str`, *optional*, defaults to `"mean"`):
-            `pruning_method="bspf"` (BSPF-ViT, reconstructed from the abstract of arXiv:2507.12125): the odd size of
-            the patch-grid neighbourhood its scores are smoothed over, and how a token's key and query roles are
-            combined (`"mean"` or `"product"`). See docs/bspf.md.
         tie_query_key (`bool`, *optional*, defaults to `False`):
             One projection for queries and keys (BSPF-ViT's shared Q/K weights): the attention logits are symmetric
             and each layer has no `k_proj`. Load an untied checkpoint with `from_pretrained(...,
@@ -103,9 +59,6 @@ class PrunedViTConfig(ViTConfig):
             or as the query projection (such a model needs fine-tuning).
         tied_qk_init (`str`, *optional*): how a tied model's projection was initialised (recorded, `"mean"` or
             `"query"`).
-        tome_r (`int` or `list[int]`, *optional*, defaults to 8):
-            Tokens merged per layer by `pruning_method="tome"` (ToMe's `r`), >= 0; a list gives one value per layer
-            (`num_hidden_layers` values). A layer merges at most half of its non-prefix tokens.
 
     Raises:
         ValueError: when a pruning field is out of range or the fields do not fit together or with the depth; the
@@ -119,18 +72,9 @@ class PrunedViTConfig(ViTConfig):
     num_prefix_tokens = 1
     keys_to_ignore_at_inference = ["hidden_states", "attentions", "kept_patch_indices"]
 
-    # Typed for the strict dataclass (a value of the wrong type raises its StrictDataclassFieldValidationError naming
-    # the field); ranges and how the fields fit together are checked by `check_pruning_fields`.
-    pruning_method: str | None = "variance"
-    keep_rate: int | float | list[int | float] = 0.7
-    prune_layers: list[int] | None = None
-    fuse_pruned: bool = True
-    fusion_temperature: int | float = 0.1
-    renyi_alpha: int | float = 1.0
-    tome_r: int | list[int] = 8
-    entropy_axis: str = "query"
-    bspf_block: int = 3
-    bspf_joint: str = "mean"
+    # The pruning fields come from `PruningFields` (typed there for the strict dataclass: a value of the wrong type
+    # raises its StrictDataclassFieldValidationError naming the field); ranges and how the fields fit together are
+    # checked by `check_pruning_fields`.
     patch_stride: int | None = None
     tie_query_key: bool = False
     tied_qk_init: str | None = None
@@ -208,6 +152,10 @@ class PrunedViTConfig(ViTConfig):
         other kwargs after construction, which would validate the file's `prune_layers` against a model that may
         have too few layers for them). `id2label` / `label2id` go in too, so a new head's labels agree with
         `num_labels` from the start."""
+        given = [name for name in PRUNING_FIELDS if name in kwargs]
+        if given:  # a setting the method does not read is recorded with a warning
+            method = kwargs.get("pruning_method", config_dict.get("pruning_method", PruningFields.pruning_method))
+            check_setting_names(given, method)
         config_dict = dict(config_dict)
         for name in (*PRUNING_FIELDS, "patch_stride", "tie_query_key", "tied_qk_init", "id2label", "label2id"):
             if name in kwargs:
@@ -259,12 +207,4 @@ class PrunedDeiTConfig(PrunedViTConfig):
     num_prefix_tokens = 2
 
 
-__all__ = [
-    "PRUNING_FIELDS",
-    "PRUNING_METHODS",
-    "PrunedDeiTConfig",
-    "PrunedViTConfig",
-    "default_prune_layers",
-    "exact_keep_count",
-    "tome_merge_limit",
-]
+__all__ = ["PrunedDeiTConfig", "PrunedViTConfig"]

@@ -6,114 +6,36 @@ import json
 import math
 import shlex
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from . import methods
+from .arguments import PruningGridArguments
 from .measure import DTYPES, CompilerUnavailableError, check_compiler, count_gmacs, device_name, time_interleaved
-from .token_reduction import REDUCERS, PruningSettings, TokenReducer
+from .token_reduction import PRUNING_FIELDS, PruningSettings
 
 
 @dataclass
 class Variant:
-    """One pruning setting to evaluate. `pruning_method=None` is the unpruned model.
+    """One pruning setting to evaluate: the settings it changes on the model (`{"pruning_method": None}` is the
+    unpruned model); every other setting keeps the model's value.
 
-    `fusion_temperature=None` keeps the model's configured temperature. Only the fields the method reads
-    (`TokenReducer.settings_used`) matter; the others keep their defaults here.
+    Attributes:
+        changes (`dict`): what `model.pruning(**changes)` takes ([`~arguments.PruningGridArguments.variants`]).
     """
 
-    pruning_method: str | None
-    keep_rate: float = 1.0
-    fuse_pruned: bool = True
-    renyi_alpha: float = 1.0
-    fusion_temperature: float | None = None
-    tome_r: int = 0
-    entropy_axis: str = "query"
-    bspf_block: int = 3
-    bspf_joint: str = "mean"
+    changes: dict
 
-    def pruning_fields(self) -> dict:
-        """Keyword arguments for `model.pruning(...)` / `model.set_pruning(...)`."""
-        fields = {
-            "pruning_method": self.pruning_method,
-            "keep_rate": self.keep_rate,
-            "fuse_pruned": self.fuse_pruned,
-            "renyi_alpha": self.renyi_alpha,
-            "tome_r": self.tome_r,
-            "entropy_axis": self.entropy_axis,
-            "bspf_block": self.bspf_block,
-            "bspf_joint": self.bspf_joint,
-        }
-        if self.fusion_temperature is not None:
-            fields["fusion_temperature"] = self.fusion_temperature
-        return fields
+    def settings(self, config) -> PruningSettings:
+        """The effective settings: `config`'s, with this variant's changes."""
+        return replace(PruningSettings.from_config(config), **self.changes)
 
-    @property
-    def reducer(self) -> type[TokenReducer] | None:
-        """The method's reducer class (`None` for the unpruned model)."""
-        return None if self.pruning_method is None else REDUCERS[self.pruning_method]
-
-    def settings(self) -> PruningSettings:
-        """These fields as [`PruningSettings`] (an unset fusion temperature shows as the default)."""
-        fields = self.pruning_fields()
-        return PruningSettings(**fields)
-
-    def explicit(self) -> tuple[str, ...]:
-        """Fields chosen for this variant rather than left at the model's value (shown in labels)."""
-        return ("fusion_temperature",) if self.fusion_temperature is not None else ()
-
-    def name(self) -> str:
+    def name(self, config) -> str:
         """Short label: `variance@0.7+fusion`, `entropy(a=2)@0.5`, `tome(r=8)`, `unpruned`."""
-        if self.reducer is None:
-            return "unpruned"
-        return self.reducer.short_name(self.settings(), self.explicit())
-
-
-def build_variants(
-    methods: list[str],
-    keep_rates: list[float],
-    fusion: list[bool],
-    renyi_alphas: list[float] = (1.0,),
-    fusion_temperatures: list[float] | None = None,
-    tome_rs: list[int] = (8,),
-    entropy_axes: list[str] = ("query",),
-    bspf_blocks: list[int] = (3,),
-    bspf_joints: list[str] = ("mean",),
-) -> list[Variant]:
-    """The unpruned baseline followed by every method crossed with the values of the settings it reads
-    (`TokenReducer.settings_used`): (axis x alpha, for entropy only) x keep rate x fusion (x temperature, with fusion
-    only) for the criteria, one variant per `tome_rs` value for ToMe.
-
-    Raises:
-        ValueError: for an unknown method (listing the registry's), an empty list, or a rejected value.
-    """
-    unknown = [m for m in methods if m not in REDUCERS]
-    if unknown:
-        raise ValueError(f"Unknown pruning method(s) {unknown}; known: {list(REDUCERS)}.")
-    if not methods or not keep_rates or not fusion:
-        raise ValueError("methods, keep_rates and fusion must each name at least one value.")
-    variants = [Variant(None)]
-    for method in methods:
-        used = REDUCERS[method].settings_used
-        if "tome_r" in used:
-            variants.extend(Variant(method, tome_r=r) for r in tome_rs)
-            continue
-        if "bspf_block" in used:  # no fusion token: its own similarity fusion
-            for block in bspf_blocks:
-                for joint in bspf_joints:
-                    variants += [Variant(method, k, True, bspf_block=block, bspf_joint=joint) for k in keep_rates]
-            continue
-        for axis in entropy_axes if "entropy_axis" in used else ["query"]:
-            for alpha in renyi_alphas if "renyi_alpha" in used else [1.0]:
-                for keep_rate in keep_rates:
-                    for fuse in fusion:
-                        for temperature in (fusion_temperatures or [None]) if fuse else [None]:
-                            variants.append(Variant(method, keep_rate, fuse, alpha, temperature, 0, axis))
-    for variant in variants[1:]:
-        variant.settings().with_defaults(12).validate(12)  # every value checked before any work starts
-    return variants
+        return methods.short_name(self.settings(config), tuple(self.changes))
 
 
 def evaluate_variants(
@@ -151,9 +73,9 @@ def evaluate_variants(
                 continue
             pixel_values, labels = pixel_values.to(device), labels.to(device)
             for variant, count in zip(variants, counts):
-                with model.pruning(**variant.pruning_fields()):
+                with model.pruning(**variant.changes):
                     logits = model(pixel_values=pixel_values).logits
-                check_finite(logits, variant, count["images"])
+                check_finite(logits, variant, count["images"], model.config)
                 top1, top5 = top_k_hits(logits, labels)
                 count["correct_top1"] += top1
                 count["correct_top5"] += top5
@@ -179,7 +101,7 @@ class NonFiniteLogitsError(ValueError):
     """A variant's logits hold NaN or infinity: its top-1 would be meaningless, so the run stops without results."""
 
 
-def check_finite(logits: torch.Tensor, variant: Variant, images_before: int) -> None:
+def check_finite(logits: torch.Tensor, variant: Variant, images_before: int, variant_config=None) -> None:
     """Stop with a message naming `variant` when `logits` `(batch, classes)` hold NaN or infinity.
 
     Raises:
@@ -189,7 +111,8 @@ def check_finite(logits: torch.Tensor, variant: Variant, images_before: int) -> 
     if bool(bad.any()):
         first = images_before + int(bad.nonzero()[0, 0])
         raise NonFiniteLogitsError(
-            f"variant {variant.name()} gave non-finite logits (NaN or inf) for {int(bad.sum())} image(s) of a batch, "
+            f"variant {variant.name(variant_config)} gave non-finite logits (NaN or inf) for {int(bad.sum())} "
+            "image(s) of a batch, "
             f"the first being image {first} of the data: no results are written for a run whose numbers would be "
             "wrong. Check the variant's settings (and the model's dtype), or leave the variant out."
         )
@@ -227,11 +150,9 @@ def markdown_table(rows: list[dict]) -> str:
         header += " images/s | speed-up (min–max) | realisation | batch-1 ms (p90) | batch-1 realisation |"
     lines = [header, markdown_delimiter(header)]
     for r in rows:
-        variant = variant_of(r)
-        method, keep, fusion = "unpruned", "—", "—"
-        if variant.reducer is not None:
-            method = variant.reducer.label(variant.settings())
-            keep, fusion = variant.reducer.table_cells(variant.settings(), variant.explicit())
+        settings, explicit = settings_of(r)
+        method = methods.label(settings)
+        keep, fusion = methods.table_cells(settings, explicit)
         line = (
             f"| {method} | {keep} | {fusion} | {r['tokens']} | {r['top1']:.2f} | {r['top1_delta']:+.2f} | "
             f"{r['gmacs']:.3f} |"
@@ -249,35 +170,28 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def variant_of(row: dict) -> Variant:
-    """The [`Variant`] a results row describes (its fields are the row's; an explicit temperature is flagged by
-    `fusion_temperature_set`)."""
-    temperature = row.get("fusion_temperature") if row.get("fusion_temperature_set") else None
-    return Variant(
-        row["pruning_method"],
-        row["keep_rate"],
-        row["fuse_pruned"],
-        row["renyi_alpha"],
-        temperature,
-        row["tome_r"],
-        row.get("entropy_axis", "query"),
-        row.get("bspf_block", 3),
-        row.get("bspf_joint", "mean"),
-    )
+def settings_of(row: dict) -> tuple[PruningSettings, tuple[str, ...]]:
+    """`(settings, explicit)` of a results row (as `run_evaluation` writes it, this version or an earlier one): its
+    pruning settings, and the ones chosen for the variant rather than left at the model's value that labels show (an
+    explicit temperature is flagged by `fusion_temperature_set`)."""
+    settings = PruningSettings(**{name: row[name] for name in PRUNING_FIELDS if name in row})
+    return settings, ("fusion_temperature",) if row.get("fusion_temperature_set") else ()
 
 
 @dataclass
-class EvaluateArguments:
-    """Arguments of `hf-vitprune evaluate` (every one is a command-line flag of the same name)."""
+class EvaluateArguments(PruningGridArguments):
+    """Arguments of `hf-vitprune evaluate` (every one is a command-line flag of the same name): the pruning settings
+    to compare ([`~arguments.PruningGridArguments`], one or more values each), then the model, data and protocol."""
 
-    model: str = field(
+    model_name_or_path: str = field(
         default="facebook/deit-small-patch16-224",
-        metadata={"help": "Hub id or local folder of a ViT / DeiT / PrunedViT checkpoint."},
+        metadata={"help": "Hub id or local folder of a ViT / DeiT / PrunedViT checkpoint.", "aliases": ["--model"]},
     )
-    data: str = field(
+    dataset_name: str = field(
         default="clane9/imagenet-100",
-        metadata={"help": "Local folder with one sub-folder of images per class, or a Hub dataset id (with --split)."},
-    )
+        metadata={"help": "Local folder with one sub-folder of images per class, or a Hub dataset id (with --split).",
+                  "aliases": ["--data", "--dataset"]},
+    )  # fmt: skip
     split: str | None = field(default="validation", metadata={"help": "Split of a Hub dataset (ignored for folders)."})
     data_dir: str | None = field(
         default=None, metadata={"help": "Folder of the Hub dataset's repository to read (e.g. 320px)."}
@@ -296,43 +210,11 @@ class EvaluateArguments:
             "Without it, class names must match the model's id2label (or one of its comma-separated names)."
         },
     )
-    methods: list[str] = field(
-        default_factory=lambda: ["evit", "variance", "medad", "entropy", "random"],
-        metadata={"help": f"Pruning methods, from the registry: {', '.join(REDUCERS)}."},
-    )
-    keep_rates: list[float] = field(default_factory=lambda: [0.9, 0.7, 0.5], metadata={"help": "Keep rates."})
-    fusion: list[str] = field(
-        default_factory=lambda: ["on", "off"], metadata={"help": "Fusion settings to evaluate: on, off, or both."}
-    )
-    renyi_alphas: list[float] = field(
-        default_factory=lambda: [1.0],
-        metadata={"help": "Renyi orders for the entropy method (1 = Shannon, inf = min-entropy)."},
-    )
-    entropy_axes: list[str] = field(
-        default_factory=lambda: ["query"],
-        metadata={"help": "Entropy readings: query (the token's attention row), key (the attention it receives), "
-                  "heads (the class token's attention to it across heads)."},
-    )  # fmt: skip
-    fusion_temperatures: list[float] | None = field(
-        default=None, metadata={"help": "Fusion temperatures to compare (default: the model's configured one)."}
-    )
-    tome_r: list[int] = field(
-        default_factory=lambda: [8], metadata={"help": "ToMe's tokens merged per layer, for the tome method."}
-    )
-    bspf_blocks: list[int] = field(
-        default_factory=lambda: [3], metadata={"help": "BSPF's smoothing block sizes (odd; 1: none)."}
-    )
-    bspf_joints: list[str] = field(
-        default_factory=lambda: ["mean"], metadata={"help": "BSPF's joint importance: mean and / or product."}
-    )
     tie_query_key: str | None = field(
         default=None,
         metadata={"help": "Tie the query and key projections of a checkpoint that has them apart (BSPF's symmetric "
                   "attention): mean or query, how the shared projection starts."},
     )  # fmt: skip
-    prune_layers: list[int] | None = field(
-        default=None, metadata={"help": "0-indexed pruning layers (default: the model's, [3, 6, 9] for a plain ViT)."}
-    )
     patch_stride: int | None = field(
         default=None,
         metadata={"help": "Patch-embedding stride (e.g. 12 for overlapping 16 px patches); a checkpoint with "
@@ -364,7 +246,10 @@ class EvaluateArguments:
     )
     skip_throughput: bool = field(default=False, metadata={"help": "Do not measure images/s and latency."})
     output_dir: str = field(default="outputs/evaluate", metadata={"help": "Where results.json / results.md go."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace results already in --output_dir."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace results already in --output_dir.", "aliases": ["--overwrite", "--overwrite_output"]},
+    )
     seed: int = field(default=0, metadata={"help": "Seed (random criterion, --max_samples subset)."})
     skip_unreadable: bool = field(
         default=False,
@@ -421,34 +306,24 @@ def check_output_dir(output_dir: str, overwrite: bool, filenames: tuple[str, ...
     existing = [name for name in filenames if (Path(output_dir) / name).exists()]
     if existing and not overwrite:
         raise FileExistsError(
-            f"{output_dir} already holds {', '.join(existing)}: pass --overwrite to replace them, or another "
-            "--output_dir."
+            f"{output_dir} already holds {', '.join(existing)}: pass --overwrite_output_dir to replace them, or "
+            "another --output_dir."
         )
     return Path(output_dir) / filenames[0]
 
 
 def variants_from_args(args: EvaluateArguments) -> list[Variant]:
-    """The variants `args` asks for (validated).
+    """The variants `args` asks for, every value checked before any model or data is loaded.
 
     Raises:
-        ValueError: for a bad `--fusion`, `--dtype` or pruning value.
+        ValueError: for a bad `--dtype`, an unknown method, a setting no requested method reads, or a rejected value.
     """
-    bad_fusion = [f for f in args.fusion if f not in ("on", "off")]
-    if bad_fusion:
-        raise ValueError(f"--fusion takes 'on' and/or 'off', got {bad_fusion}.")
     if args.dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {list(DTYPES)}, got {args.dtype!r}.")
-    return build_variants(
-        args.methods,
-        args.keep_rates,
-        [f == "on" for f in args.fusion],
-        args.renyi_alphas,
-        args.fusion_temperatures,
-        args.tome_r,
-        args.entropy_axes,
-        args.bspf_blocks,
-        args.bspf_joints,
-    )
+    variants = [Variant(changes) for changes in args.variants()]
+    for variant in variants[1:]:
+        replace(PruningSettings(), **variant.changes).with_defaults(12).validate(12)
+    return variants
 
 
 def prepare_evaluation(args: EvaluateArguments) -> EvaluationSetup:
@@ -462,19 +337,23 @@ def prepare_evaluation(args: EvaluateArguments) -> EvaluationSetup:
 
     torch.manual_seed(args.seed)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    extra = {"prune_layers": args.prune_layers} if args.prune_layers is not None else {}
+    extra = args.model_settings()
     if args.patch_stride is not None:
         extra["patch_stride"] = args.patch_stride
     if args.tie_query_key is not None:
         extra.update(tie_query_key=True, tied_qk_init=args.tie_query_key)
-    model = load_pruned_model(args.model, attn_implementation=args.attn_implementation, **extra).to(device).eval()
+    model = (
+        load_pruned_model(args.model_name_or_path, attn_implementation=args.attn_implementation, **extra)
+        .to(device)
+        .eval()
+    )
     data = load_image_data(
-        args.data, args.split, args.image_column, args.label_column, max_samples=args.max_samples, seed=args.seed,
-        data_dir=args.data_dir, revision=args.data_revision,
+        args.dataset_name, args.split, args.image_column, args.label_column, max_samples=args.max_samples,
+        seed=args.seed, data_dir=args.data_dir, revision=args.data_revision,
     )  # fmt: skip
     label_ids = resolve_label_mapping(data.class_names, model.config.id2label, args.class_list)
     image_size = model.config.image_size
-    preprocessing = load_preprocessing(args.model, image_size)
+    preprocessing = load_preprocessing(args.model_name_or_path, image_size)
     loader = torch.utils.data.DataLoader(
         TransformedImages(data, preprocessing.eval_transform(), label_ids, skip_unreadable=args.skip_unreadable),
         batch_size=args.batch_size,
@@ -505,12 +384,15 @@ def measure_variants(
         measured).
     """
     model, device = setup.model, setup.device
-    print(f"Evaluating {len(variants)} variants of {args.model} on {len(setup.data)} images of {setup.data.source}")
+    print(
+        f"Evaluating {len(variants)} variants of {args.model_name_or_path} on {len(setup.data)} images of "
+        f"{setup.data.source}"
+    )
     torch.manual_seed(args.seed)  # the random criterion's draws do not depend on what ran before (e.g. GMACs counts)
     counts = evaluate_variants(model, setup.loader, variants, device, args.dtype)
     rows = []
     for variant, count in tqdm(list(zip(variants, counts)), desc="GMACs", unit="variant"):
-        with model.pruning(**variant.pruning_fields()):
+        with model.pruning(**variant.changes):
             rows.append(measure_variant(setup, variant, count))
     base = rows[0]
     for row in rows:
@@ -532,7 +414,7 @@ def measure_variants(
     print(f"Timing {len(variants)} variants in {args.throughput_rounds} interleaved rounds")
     timings, protocol = time_interleaved(
         model,
-        [(variant.name(), variant.pruning_fields()) for variant in variants],
+        [(variant.name(model.config), variant.changes) for variant in variants],
         batch_size=args.throughput_batch_size,
         rounds=args.throughput_rounds,
         runs=args.throughput_runs,
@@ -558,10 +440,10 @@ def measure_variant(setup: EvaluationSetup, variant: Variant, count: dict) -> di
     """The results row of the variant the model is set to now: its fields, tokens, top-1 / top-5 from `count` and
     GMACs (fvcore, [`count_gmacs`])."""
     model = setup.model
-    row = asdict(variant)
-    row["fusion_temperature_set"] = variant.fusion_temperature is not None
-    row["fusion_temperature"] = model.config.fusion_temperature
-    row["name"] = variant.name()
+    settings = PruningSettings.from_config(model.config)
+    row = {name: value for name, value in settings.as_dict().items() if name != "prune_layers"}
+    row["fusion_temperature_set"] = "fusion_temperature" in variant.changes
+    row["name"] = methods.short_name(settings, tuple(variant.changes))
     row["tokens"] = tokens_text(model.config, setup.num_patches)
     row["images"] = count["images"]
     row["unreadable_skipped"] = count["skipped"]
@@ -579,7 +461,7 @@ def evaluation_protocol(
 
     return {
         "command": command,
-        "model": args.model,
+        "model": args.model_name_or_path,
         "data": setup.data.source,
         "images": len(setup.data),
         "class_list": args.class_list,
@@ -615,7 +497,7 @@ def run_evaluation(args: EvaluateArguments, command: str | None = None) -> dict:
         FileExistsError: if `output_dir` already holds results and `overwrite` is not set (nothing is replaced).
         ValueError / OSError: for bad data, class lists, models or settings, before any evaluation starts.
     """
-    results_file = check_output_dir(args.output_dir, args.overwrite)
+    results_file = check_output_dir(args.output_dir, args.overwrite_output_dir)
     variants = variants_from_args(args)
     setup = prepare_evaluation(args)
     rows, throughput_protocol = measure_variants(setup, variants, args)

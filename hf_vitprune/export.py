@@ -1,6 +1,6 @@
 """`hf-vitprune export`: a pruned model as an ONNX file (onnxruntime) or a `torch.export` program, any batch size.
 
-    hf-vitprune export --model facebook/deit-small-patch16-224 --pruning_method variance --keep_rate 0.7 \
+    hf-vitprune export --model_name_or_path facebook/deit-small-patch16-224 --pruning_method variance --keep_rate 0.7 \
         --output deit-small-variance-0.7.onnx
 
 The model is exported with torch's dynamo-based exporter (`torch.onnx.export(..., dynamo=True)`, opset 18 by default;
@@ -22,57 +22,31 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .arguments import PruningArguments
 from .measure import LogitsOnly, _model_image_size
-from .token_reduction import REDUCERS
 
 FORMATS = ("onnx", "pt2")
 
 
-@dataclass
-class ExportArguments:
-    """Arguments of `hf-vitprune export` (each is a flag of the same name)."""
+@dataclass(kw_only=True)
+class ExportArguments(PruningArguments):
+    """Arguments of `hf-vitprune export` (each is a flag of the same name): the pruning settings
+    ([`~arguments.PruningArguments`]; a flag left out keeps the checkpoint's value), then what to export where."""
 
     output: str = field(metadata={"help": "File to write (.onnx for --format onnx, .pt2 for --format pt2)."})
-    model: str = field(
+    model_name_or_path: str = field(
         default="facebook/deit-small-patch16-224",
-        metadata={"help": "Hub id or local folder of a ViT / DeiT / PrunedViT checkpoint."},
+        metadata={"help": "Hub id or local folder of a ViT / DeiT / PrunedViT checkpoint.", "aliases": ["--model"]},
     )
     format: str = field(default="onnx", metadata={"help": f"One of {', '.join(FORMATS)}."})
-    pruning_method: str | None = field(
-        default=None,
-        metadata={"help": f"Method ({', '.join(REDUCERS)}, or none); default: the checkpoint's own setting."},
-    )
-    keep_rate: list[float] | None = field(default=None, metadata={"help": "Keep rate(s); default: the checkpoint's."})
-    prune_layers: list[int] | None = field(default=None, metadata={"help": "0-indexed pruning layers."})
-    fusion: str | None = field(default=None, metadata={"help": "on / off: fuse the pruned tokens."})
-    tome_r: list[int] | None = field(default=None, metadata={"help": "ToMe's r (one, or one per layer)."})
-    renyi_alpha: float | None = field(default=None, metadata={"help": "Renyi order of the entropy method."})
     opset: int = field(default=18, metadata={"help": "ONNX opset (the dynamo exporter needs >= 18)."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace --output if it exists."})
-
-
-def pruning_overrides(args: ExportArguments) -> dict:
-    """The pruning fields the arguments set (others keep the checkpoint's values).
-
-    Raises:
-        ValueError: for `--fusion` other than on / off.
-    """
-    fields = {}
-    if args.pruning_method is not None:
-        fields["pruning_method"] = None if args.pruning_method.lower() == "none" else args.pruning_method
-    if args.keep_rate is not None:
-        fields["keep_rate"] = args.keep_rate[0] if len(args.keep_rate) == 1 else list(args.keep_rate)
-    if args.prune_layers is not None:
-        fields["prune_layers"] = list(args.prune_layers)
-    if args.fusion is not None:
-        if args.fusion not in ("on", "off"):
-            raise ValueError(f"--fusion takes on or off, got {args.fusion!r}.")
-        fields["fuse_pruned"] = args.fusion == "on"
-    if args.tome_r is not None:
-        fields["tome_r"] = args.tome_r[0] if len(args.tome_r) == 1 else list(args.tome_r)
-    if args.renyi_alpha is not None:
-        fields["renyi_alpha"] = args.renyi_alpha
-    return fields
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace --output if it exists.",
+            "aliases": ["--overwrite_output_dir", "--overwrite_output"],
+        },  # fmt: skip
+    )
 
 
 def check_export_arguments(args: ExportArguments) -> Path:
@@ -166,7 +140,7 @@ def run_export(args: ExportArguments, command: str | None = None) -> dict:
     from .loading import load_pruned_model
 
     output = check_export_arguments(args)
-    model = load_pruned_model(args.model, attn_implementation="sdpa", **pruning_overrides(args)).eval()
+    model = load_pruned_model(args.model_name_or_path, attn_implementation="sdpa", **args.settings()).eval()
     output.parent.mkdir(parents=True, exist_ok=True)
     export_model(model, output, args.format, args.opset)
     size = model.config.image_size if isinstance(model.config.image_size, int) else model.config.image_size[0]

@@ -19,16 +19,15 @@ TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card_template.md"
 
 
 def method_source(method: str | None) -> tuple[str, str]:
-    """`(one-line source, BibTeX)` of a pruning method's paper: its reducer's `source` / `bibtex`. The unpruned
-    reference (`None`) gets the project's paper, the variance method's (Igaue & Aizawa, arXiv:2507.19175).
+    """`(one-line source, BibTeX)` of a pruning method's paper ([`methods.source`]). The unpruned reference (`None`)
+    gets the project's paper, the variance method's (Igaue & Aizawa, arXiv:2507.19175).
 
     Raises:
-        KeyError: for a method name that is not in `REDUCERS`.
+        ValueError: for a method name that has no recorded source.
     """
-    from .token_reduction import REDUCERS
+    from .methods import source
 
-    reducer = REDUCERS[method or "variance"]
-    return reducer.source, reducer.bibtex
+    return source(method or "variance")
 
 
 def _fmt(value, digits: int | None = 2) -> str:
@@ -59,10 +58,10 @@ def _uses(method: str | None, field: str) -> bool:
 def _relevant_pruning_rows(pruning: dict) -> list[tuple[str, str]]:
     """The pruning settings that act under `pruning["pruning_method"]` (no `tome_r` for variance, and so on): the
     fields its reducer reads, plus what is not a pruning field (`tokens`, `patch_stride`, ...)."""
-    from .token_reduction import PruningSettings
+    from .token_reduction import PRUNING_FIELDS
 
     method = pruning.get("pruning_method")
-    unused = {f for f in PruningSettings.names() if f != "pruning_method" and not _uses(method, f)}
+    unused = {f for f in PRUNING_FIELDS if f != "pruning_method" and not _uses(method, f)}
     if not pruning.get("fuse_pruned"):
         unused.add("fusion_temperature")
     return [(k, _fmt(v, None)) for k, v in pruning.items() if k not in unused]

@@ -43,7 +43,8 @@ from transformers.utils.generic import can_return_tuple, merge_with_config_defau
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_pruned_vit import PrunedDeiTConfig, PrunedViTConfig
-from .token_reduction import TokenReduction, attention_with_statistic, temporary_pruning, update_pruning
+from .token_ops import attention_with_statistic
+from .token_reduction import TokenReduction, temporary_pruning, update_pruning
 
 logger = logging.get_logger(__name__)
 
@@ -90,6 +91,66 @@ def check_pixel_values(pixel_values, config) -> None:
             f"pixel_values has images of {shape[2]}x{shape[3]} px, smaller than one {patch}x{patch} px patch; "
             f"expected {expected} (this model was trained at {config.image_size} px: resize the images to that)."
         )
+
+
+def start_token_reduction(
+    config, num_prefix_tokens: int, pixel_values: torch.Tensor, attention_mask=None, grid=None
+) -> TokenReduction | None:
+    """The token reduction of one forward pass, as `config`'s pruning settings describe it (`None` when pruning is
+    off): the one way every model starts it, PrunedViT models in their `forward` and `prune()`d stock models in a
+    forward pre-hook.
+
+    Args:
+        config: the model's config, holding the pruning settings.
+        num_prefix_tokens (`int`): class, distillation and register tokens (never reduced).
+        pixel_values (`torch.Tensor` of shape `(batch, channels, height, width)`): the images (for the patch grid).
+        attention_mask (`torch.Tensor` of shape `(batch, tokens)`, *optional*): the model's key mask, 1 = attended.
+        grid (`(rows, cols)`, *optional*): the patch grid; default `(height // patch, width // patch)`, as a
+            convolution with kernel = stride = patch size gives it.
+
+    Raises:
+        ValueError: for an attention mask of another shape or values ([`~token_ops.check_key_mask`], at the first
+            layer).
+    """
+    if grid is None:
+        patch = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
+        grid = (int(pixel_values.shape[-2]) // patch, int(pixel_values.shape[-1]) // patch)
+    return TokenReduction.from_config(
+        config, num_prefix_tokens, attention_mask, functools.partial(layer_attention_mask, config), grid=grid
+    )
+
+
+class PruningControlMixin:
+    """`set_pruning` and `pruning()`: the one way to change a model's pruning settings, for PrunedViT models (a base
+    class) and for stock models after `hf_vitprune.prune` (bound to the model)."""
+
+    def set_pruning(self, **settings) -> None:
+        """Change pruning settings of this model for good, e.g. `model.set_pruning(keep_rate=0.5, fuse_pruned=False)`.
+
+        The settings live in `model.config` (saved with the model); every forward pass builds its reducer from them.
+        For a change that must not outlive a block of code use [`pruning`].
+
+        Args:
+            **settings: fields of [`~token_reduction.PruningFields`]; one the resulting method does not read is
+                recorded with an `UnreadSettingWarning` (no effect).
+
+        Raises:
+            ValueError: for an unknown setting (listing the known ones) or a rejected value; the config is then left
+                unchanged.
+        """
+        update_pruning(self.config, **settings)
+
+    @contextlib.contextmanager
+    def pruning(self, **settings) -> Iterator[nn.Module]:
+        """Change pruning settings for the duration of a `with` block: `with model.pruning(keep_rate=0.5): ...`.
+
+        Every changed setting is restored on exit, also when the block raises. Yields the model.
+
+        Raises:
+            ValueError: as [`set_pruning`], before the block runs (nothing is changed).
+        """
+        with temporary_pruning(self.config, **settings):
+            yield self
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -375,7 +436,7 @@ class PrunedDeiTForImageClassificationWithTeacherOutput(PrunedViTImageClassifier
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class PrunedViTPreTrainedModel(ViTPreTrainedModel):
+class PrunedViTPreTrainedModel(PruningControlMixin, ViTPreTrainedModel):
     """Base class of the PrunedViT models: ViT weights, init and loading, with `PrunedViTConfig`.
 
     Loads any ViT checkpoint, including the Hub's legacy-named `facebook/deit-*` and `google/vit-*` ones:
@@ -498,33 +559,6 @@ class PrunedViTPreTrainedModel(ViTPreTrainedModel):
         """
         return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
 
-    def set_pruning(self, **fields) -> None:
-        """Change pruning fields of this model for good, e.g. `model.set_pruning(keep_rate=0.5, fuse_pruned=False)`.
-
-        For a change that must not outlive a block of code use [`pruning`]. Both are the one way to change pruning:
-        the fields live in `model.config` (saved with the model) and every forward pass builds its reducer from them.
-
-        Args:
-            **fields: any of `pruning_method`, `keep_rate`, `prune_layers`, `fuse_pruned`, `fusion_temperature`,
-                `renyi_alpha`, `tome_r`.
-
-        Raises:
-            ValueError: for an unknown field or a value `PrunedViTConfig` rejects; the config is then left unchanged.
-        """
-        update_pruning(self.config, **fields)
-
-    @contextlib.contextmanager
-    def pruning(self, **fields) -> Iterator["PrunedViTPreTrainedModel"]:
-        """Change pruning fields for the duration of a `with` block: `with model.pruning(keep_rate=0.5): ...`.
-
-        Every changed field is restored on exit, also when the block raises. Yields the model.
-
-        Raises:
-            ValueError: for an unknown field or a rejected value, before the block runs (nothing is changed).
-        """
-        with temporary_pruning(self.config, **fields):
-            yield self
-
 
 class PrunedViTModel(PrunedViTPreTrainedModel):
     """The bare PrunedViT encoder: [`~transformers.ViTModel`] whose `config.prune_layers` prune patch tokens.
@@ -601,11 +635,11 @@ class PrunedViTModel(PrunedViTPreTrainedModel):
             inputs_embeds=embedding_output,
             attention_mask=attention_mask,
         )
-        token_reduction = TokenReduction.from_config(
+        token_reduction = start_token_reduction(
             self.config,
             self.config.num_prefix_tokens,
+            pixel_values,
             key_mask,
-            functools.partial(layer_attention_mask, self.config),
             grid=self.config.patch_grid(int(pixel_values.shape[-2]), int(pixel_values.shape[-1])),
         )
         hidden_states = embedding_output
@@ -792,6 +826,7 @@ class PrunedDeiTForImageClassificationWithTeacher(PrunedDeiTPreTrainedModel):
 __all__ = [
     "check_pixel_values",
     "layer_attention_mask",
+    "PruningControlMixin",
     "PrunedDeiTForImageClassification",
     "PrunedDeiTForImageClassificationWithTeacher",
     "PrunedDeiTModel",
@@ -800,4 +835,5 @@ __all__ = [
     "PrunedViTModel",
     "PrunedViTPreTrainedModel",
     "resize_position_embeddings",
+    "start_token_reduction",
 ]

@@ -11,8 +11,10 @@ import csv
 import json
 import shlex
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
+from . import methods
+from .arguments import with_grid_defaults
 from .evaluation import (
     EvaluateArguments,
     Variant,
@@ -21,8 +23,8 @@ from .evaluation import (
     markdown_table,
     measure_variants,
     prepare_evaluation,
+    settings_of,
     table_footer,
-    variant_of,
     variants_from_args,
 )
 from .measure import count_gmacs
@@ -33,21 +35,20 @@ SWEEP_OUTPUTS = ("sweep.json", "sweep.csv", "sweep.md", "top1_vs_gmacs.png", "to
 """The files `hf-vitprune sweep` writes into its `--output_dir`."""
 
 
+SWEEP_DEFAULTS = {
+    "pruning_method": ["evit", "variance", "medad", "entropy", "random", "tome"],
+    "keep_rate": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3],
+    "fuse_pruned": [True],
+    "tome_r": [2, 4, 6, 8, 10, 12, 14, 16],
+}
+"""What `hf-vitprune sweep` compares when a flag is left out: every criterion along keep rates with fusion, ToMe
+along `r`."""
+
+
 @dataclass
-class SweepArguments(EvaluateArguments):
+class SweepArguments(with_grid_defaults(EvaluateArguments, SWEEP_DEFAULTS)):
     """Arguments of `hf-vitprune sweep`: those of `evaluate`, with sweep defaults, plus the matched-GMACs targets."""
 
-    methods: list[str] = field(
-        default_factory=lambda: ["evit", "variance", "medad", "entropy", "random", "tome"],
-        metadata={"help": f"Methods, from the registry: {', '.join(REDUCERS)}."},
-    )
-    keep_rates: list[float] = field(
-        default_factory=lambda: [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], metadata={"help": "Keep rates."}
-    )
-    fusion: list[str] = field(default_factory=lambda: ["on"], metadata={"help": "Fusion settings: on, off, or both."})
-    tome_r: list[int] = field(
-        default_factory=lambda: [2, 4, 6, 8, 10, 12, 14, 16], metadata={"help": "ToMe's r values."}
-    )
     match_gmacs: list[float] | None = field(
         default=None,
         metadata={"help": "GMACs targets: for each, every method's setting with the closest GMACs is evaluated."},
@@ -55,9 +56,9 @@ class SweepArguments(EvaluateArguments):
     output_dir: str = field(default="outputs/sweep", metadata={"help": "Where the tables and plots go."})
 
 
-def series_name(variant: Variant) -> str:
-    """The line a variant belongs to in the plots (its reducer's `series`: method, alpha, fusion; or ToMe)."""
-    return "unpruned" if variant.reducer is None else variant.reducer.series(variant.settings())
+def series_name(variant: Variant, config) -> str:
+    """The line a variant belongs to in the plots ([`methods.series`]: method, alpha, fusion; or ToMe)."""
+    return methods.series(variant.settings(config))
 
 
 def match_gmacs(model, target: float, template: Variant, max_tome_r: int = 64) -> tuple[Variant, float]:
@@ -103,9 +104,9 @@ def match_gmacs(model, target: float, template: Variant, max_tome_r: int = 64) -
 def matching_candidates(template: Variant, max_tome_r: int = 64) -> list[Variant]:
     """The settings [`match_gmacs`] searches, in order of falling token counts: keep rates 1.00, 0.99, ..., 0.01 when
     the method reads `keep_rate`, else ToMe's `r` 0, 1, ..., `max_tome_r`."""
-    if "tome_r" in template.reducer.settings_used:
-        return [replace(template, tome_r=r) for r in range(max_tome_r + 1)]
-    return [replace(template, keep_rate=round(k / 100, 2)) for k in range(100, 0, -1)]
+    if "tome_r" in REDUCERS[template.changes["pruning_method"]].settings_used:
+        return [Variant({**template.changes, "tome_r": r}) for r in range(max_tome_r + 1)]
+    return [Variant({**template.changes, "keep_rate": round(k / 100, 2)}) for k in range(100, 0, -1)]
 
 
 class _GMACsCounter:
@@ -117,7 +118,7 @@ class _GMACsCounter:
         self.by_schedule: dict[tuple, float] = {}
 
     def __call__(self, index: int) -> float:
-        with self.model.pruning(**self.candidates[index].pruning_fields()):
+        with self.model.pruning(**self.candidates[index].changes):
             schedule = tuple(self.model.config.token_schedule(self.num_patches))
             if schedule not in self.by_schedule:
                 self.by_schedule[schedule] = count_gmacs(self.model)
@@ -154,8 +155,7 @@ def matched_table(rows: list[dict]) -> str:
     """Markdown table of the matched-GMACs rows, one block per target."""
     lines = ["| target GMACs | method | setting | GMACs | top-1 (%) | images/s |", "|---|---|---|---|---|---|"]
     for row in sorted((r for r in rows if r.get("matched_target") is not None), key=lambda r: -r["matched_target"]):
-        variant = variant_of(row)
-        setting = variant.reducer.setting_text(variant.settings())
+        setting = methods.setting_text(settings_of(row)[0])
         lines.append(
             f"| {row['matched_target']:g} | {row['series']} | {setting} | {row['gmacs']:.3f} | {row['top1']:.2f} | "
             f"{row['images_per_s']:.1f} |"
@@ -173,19 +173,19 @@ def run_sweep(args: SweepArguments, command: str | None = None) -> dict:
         FileExistsError: if `output_dir` already holds a sweep and `overwrite` is not set.
         ValueError / OSError: for bad settings, data or models, before any evaluation.
     """
-    results_file = check_output_dir(args.output_dir, args.overwrite, SWEEP_OUTPUTS)
+    results_file = check_output_dir(args.output_dir, args.overwrite_output_dir, SWEEP_OUTPUTS)
     variants = variants_from_args(args)
     setup = prepare_evaluation(args)
     matched: list[tuple[float, Variant]] = []
     for target in args.match_gmacs or []:
-        templates = {series_name(v): v for v in variants[1:]}
+        templates = {series_name(v, setup.model.config): v for v in variants[1:]}
         for template in templates.values():
             variant, _ = match_gmacs(setup.model, target, template)
             matched.append((target, variant))
     all_variants = variants + [v for _, v in matched]
     rows, throughput_protocol = measure_variants(setup, all_variants, args)
     for row, variant in zip(rows, all_variants):
-        row["series"] = series_name(variant)
+        row["series"] = series_name(variant, setup.model.config)
         row["matched_target"] = None
     for row, (target, _) in zip(rows[len(variants) :], matched):
         row["matched_target"] = target
@@ -206,7 +206,8 @@ def run_sweep(args: SweepArguments, command: str | None = None) -> dict:
     text = markdown_table([r for r in rows if r["matched_target"] is None]) + footer
     (out / "sweep.md").write_text(text)
     print(text)
-    title = f"{args.model.rstrip('/').split('/')[-1]} on {report['protocol']['data']} ({len(setup.data)} images)"
+    name = args.model_name_or_path.rstrip("/").split("/")[-1]
+    title = f"{name} on {report['protocol']['data']} ({len(setup.data)} images)"
     plot_tradeoff(rows, "gmacs", "GMACs per image (fvcore)", out / "top1_vs_gmacs.png", title)
     if not args.skip_throughput:
         plot_tradeoff(rows, "images_per_s", "images/s", out / "top1_vs_images_per_s.png", title)

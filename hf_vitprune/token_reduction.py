@@ -1,14 +1,19 @@
 # Copyright 2026 The hf_vitprune Authors. Licensed under the Apache License, Version 2.0.
-"""Token reduction for Vision Transformers, independent of any backbone.
+"""Token reduction for Vision Transformers, independent of any backbone: the settings, the methods and one forward
+pass.
 
 A *token reducer* is one method of removing tokens inside a ViT: it names the attention statistic it needs, scores
 the candidate tokens and keeps the best ones (optionally fusing the rest into one extra token), or merges tokens
 (ToMe). A backbone (ViT, DeiT, DINOv2, CLIP, ...) only has to compute that statistic at its layers and call
-[`TokenReduction.enter`] / [`TokenReduction.exit`] around the attention residual: it holds no method logic.
+[`TokenReduction.enter`] / [`TokenReduction.exit`] around the attention residual: it holds no method logic. The tensor
+operations the methods are made of are in [`token_ops`].
 
-- [`PruningSettings`]: the pruning fields of a config, validated together.
-- [`TokenReducer`] and one subclass per method; [`REDUCERS`] is the registry by name that config validation, the
-  command line, the sweep and the docs read. A new method is one class plus one line in `REDUCERS`.
+- [`PruningFields`]: every pruning setting, declared once (type, default, help). The config fields, `prune(model,
+  **settings)`, `set_pruning` / `pruning()`, `from_pretrained(..., **settings)` and every command's flags derive from
+  it. [`PruningSettings`] adds validation.
+- [`TokenReducer`] and one subclass per method, each naming the settings it reads (`settings_used`); [`REDUCERS`] is
+  the registry by name. A new method is one class plus one line in `REDUCERS`; a new setting is one field of
+  `PruningFields` plus its check in [`PruningSettings.validate`].
 - [`ReductionState`]: what travels between layers during one forward pass (which patch each token stands for, ToMe's
   token sizes, the kept indices).
 - [`TokenReduction`]: one forward pass of a reducer, handed to every layer.
@@ -16,736 +21,48 @@ the candidate tokens and keeps the best ones (optionally fusing the rest into on
 Methods: Igaue & Aizawa, "Patch Pruning Strategy Based on Robust Statistical Measures of Attention Weight Diversity in
 Vision Transformers", arXiv:2507.19175 (2025) (variance, MedAD, fusion); EViT (Liang et al., ICLR 2022); attention
 entropy (Igaue & Aizawa, "Renyi Attention Entropy for Patch Pruning", arXiv:2604.03803, 2026); ToMe (Bolya et al.,
-ICLR 2023).
+ICLR 2023); BSPF-ViT (Hsieh et al., arXiv:2507.12125, 2025).
 
-This file is shipped to the Hugging Face Hub with `trust_remote_code`: it stays flat and imports only torch.
+This file is shipped to the Hugging Face Hub with `trust_remote_code`: it stays flat and imports only torch and its
+sibling `token_ops.py`.
 """
 
 import contextlib
 import math
+import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from fractions import Fraction
-from typing import Any, ClassVar, NamedTuple
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, ClassVar
 
 import torch
-from torch import nn
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Attention statistics a reducer can ask a backbone for
-# ---------------------------------------------------------------------------------------------------------------------
-
-CLASS_ATTENTION = "class_attention"
-"""The class token's softmax attention to each candidate token, per head: `(batch, heads, candidates)`, float32."""
-ATTENTION = "attention"
-"""The layer's full softmax attention matrix: `(batch, heads, tokens, tokens)` (query rows, key columns), float32."""
-KEYS = "keys"
-"""The keys averaged over heads: `(batch, tokens, head_dim)`, float32 (ToMe's similarity)."""
-ATTENTION_AND_KEYS = "attention_and_keys"
-"""Both: `(attention (batch, heads, tokens, tokens), keys (batch, tokens, head_dim))` (BSPF-ViT)."""
-
-
-def class_attention_row(
-    query_states: torch.Tensor,
-    key_states: torch.Tensor,
-    scaling: float,
-    num_prefix_tokens: int,
-    attention_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The class token's attention to the candidate tokens, per head: `softmax(q_cls k^T * scaling)` in float32.
-
-    Computed beside SDPA (which does not return attention weights) at about 1/N of the cost of the full attention
-    matrix; it equals row 0 of eager attention's weights (before dropout). Source: the statistic of EViT and of
-    arXiv:2507.19175 (eqs. 5-7); computing it on the side is this project's.
-
-    Args:
-        query_states (`torch.Tensor` of shape `(batch, heads, tokens, head_dim)`).
-        key_states (`torch.Tensor` of shape `(batch, heads, tokens, head_dim)`).
-        scaling (`float`): `head_dim ** -0.5`.
-        num_prefix_tokens (`int`): leading tokens that are not candidates (their columns are dropped after the
-            softmax, which runs over all tokens); the class token is token 0.
-        attention_mask (`torch.Tensor`, *optional*): the layer's additive float mask or boolean mask (True = attend),
-            broadcastable to `(batch, heads, tokens, tokens)`; its first query row is applied.
-
-    Returns:
-        `torch.FloatTensor` of shape `(batch, heads, tokens - num_prefix_tokens)`.
-    """
-    logits = torch.matmul(query_states[:, :, :1].float(), key_states.float().transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        row = attention_mask[..., :1, :]
-        logits = logits.masked_fill(~row, float("-inf")) if row.dtype == torch.bool else logits + row.float()
-    return logits.softmax(dim=-1)[:, :, 0, num_prefix_tokens:]
-
-
-def attention_with_statistic(
-    module: nn.Module,
-    attention_interface,
-    query_states: torch.Tensor,
-    key_states: torch.Tensor,
-    value_states: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float,
-    statistic: str | None,
-    num_prefix_tokens: int,
-    **kwargs,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Multi-head attention that also returns the statistic a reducer asked for, keeping SDPA where it can.
-
-    - `statistic=None`, [`CLASS_ATTENTION`] or [`KEYS`]: the attention runs through `attention_interface` (the
-      model's configured implementation, SDPA by default) and the statistic is computed on the side.
-    - [`ATTENTION`] (and [`ATTENTION_AND_KEYS`]): the full attention matrix is needed, so it is computed once, in
-      float32, and used for the layer's own output too (eager attention at this layer only, as transformers'
-      `eager_attention_forward`).
-
-    Args:
-        module (`nn.Module`): the attention module (passed on to `attention_interface`).
-        attention_interface: a transformers attention function (`ALL_ATTENTION_FUNCTIONS` entry).
-        query_states, key_states, value_states (`torch.Tensor` of shape `(batch, heads, tokens, head_dim)`).
-        attention_mask (`torch.Tensor`, *optional*): as the attention interface takes it.
-        scaling (`float`), dropout (`float`): as the interface takes them.
-        statistic (`str`, *optional*): what to compute on the side.
-        num_prefix_tokens (`int`): leading tokens that are never candidates.
-
-    Returns:
-        `(attn_output, attn_weights, statistic)`: `attn_output` of shape `(batch, tokens, heads, head_dim)` (before
-        the output projection), the interface's attention weights (or `None`), and the statistic (see the constants
-        of this module), float32 whatever the input dtype.
-
-    Raises:
-        ValueError: for an unknown `statistic`.
-    """
-    if statistic in (ATTENTION, ATTENTION_AND_KEYS):
-        logits = torch.matmul(query_states, key_states.transpose(2, 3)) * scaling
-        if attention_mask is not None:
-            logits = (
-                logits.masked_fill(~attention_mask, float("-inf"))
-                if attention_mask.dtype == torch.bool
-                else logits + attention_mask
-            )
-        probabilities = nn.functional.softmax(logits, dim=-1, dtype=torch.float32)
-        attn_weights = probabilities.to(query_states.dtype)
-        dropped = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
-        attn_output = torch.matmul(dropped, value_states).transpose(1, 2).contiguous()
-        if statistic == ATTENTION_AND_KEYS:
-            return attn_output, attn_weights, (probabilities, key_states.float().mean(dim=1))
-        return attn_output, attn_weights, probabilities
-    attn_output, attn_weights = attention_interface(
-        module, query_states, key_states, value_states, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-    )
-    if statistic is None:
-        return attn_output, attn_weights, None
-    if statistic == CLASS_ATTENTION:
-        return (
-            attn_output,
-            attn_weights,
-            class_attention_row(query_states, key_states, scaling, num_prefix_tokens, attention_mask),
-        )
-    if statistic == KEYS:
-        return attn_output, attn_weights, key_states.float().mean(dim=1)
-    known = [CLASS_ATTENTION, ATTENTION, KEYS, ATTENTION_AND_KEYS]
-    raise ValueError(f"Unknown attention statistic {statistic!r}; known: {known}.")
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Criteria: one importance score per candidate token, higher = more important (kept)
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def evit_scores(class_attention: torch.Tensor) -> torch.Tensor:
-    """EViT's attentiveness: the class token's attention to each token, averaged over heads.
-
-    Source: Liang et al., "Not All Patches are What You Need" (EViT), ICLR 2022; eq. 5 of arXiv:2507.19175.
-
-    Args:
-        class_attention (`torch.FloatTensor` of shape `(batch, heads, candidates)`): softmax attention of the class
-            token to each candidate token, per head.
-
-    Returns:
-        `torch.FloatTensor` of shape `(batch, candidates)`.
-    """
-    return class_attention.mean(dim=1)
-
-
-def variance_scores(class_attention: torch.Tensor) -> torch.Tensor:
-    """Variance over heads of the class token's attention to each token (eq. 6 of arXiv:2507.19175).
-
-    The biased (population) variance, `mean_h (a_h - mean_h a)^2`, dividing by the number of heads `H`. The unbiased
-    one differs by the constant factor `H / (H - 1)`, which changes neither the ranking nor the fusion weights (these
-    are normalised by the scores' spread, see `prune_tokens`).
-
-    Args:
-        class_attention (`torch.FloatTensor` of shape `(batch, heads, candidates)`).
-
-    Returns:
-        `torch.FloatTensor` of shape `(batch, candidates)`.
-    """
-    # written out: torch.var over the head dimension of this strided slice is much slower on CPU (torch 2.14)
-    centered = class_attention - class_attention.mean(dim=1, keepdim=True)
-    return centered.square().mean(dim=1)
-
-
-def true_median(values: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:
-    """The statistical median along `dim`: the middle value, or the mean of the two middle values for an even count.
-
-    `torch.median` returns the lower of the two middle values instead; this matches `torch.quantile(values, 0.5)`
-    (and `numpy.median`) without quantile's size limits.
-
-    Args:
-        values (`torch.Tensor`): any shape, floating point.
-        dim (`int`): dimension to reduce.
-        keepdim (`bool`): keep `dim` with size 1.
-
-    Returns:
-        `torch.Tensor` with `dim` reduced.
-    """
-    ordered = values.sort(dim=dim).values
-    n = values.shape[dim]
-    low = ordered.narrow(dim, (n - 1) // 2, 1)
-    high = ordered.narrow(dim, n // 2, 1)
-    median = (low + high) / 2
-    return median if keepdim else median.squeeze(dim)
-
-
-def medad_scores(class_attention: torch.Tensor) -> torch.Tensor:
-    """Median absolute deviation over heads of the class token's attention (eq. 7 of arXiv:2507.19175).
-
-    `median_h |a_h - median_h a|`, both medians the true median (`true_median`: mean of the two middle values for an
-    even head count, e.g. DeiT-S's 6 heads).
-
-    Args:
-        class_attention (`torch.FloatTensor` of shape `(batch, heads, candidates)`).
-
-    Returns:
-        `torch.FloatTensor` of shape `(batch, candidates)`.
-    """
-    center = true_median(class_attention, dim=1, keepdim=True)
-    return true_median((class_attention - center).abs(), dim=1)
-
-
-def renyi_entropy(probabilities: torch.Tensor, alpha: float, dim: int = -1) -> torch.Tensor:
-    """Renyi entropy of order `alpha` (in nats) of the distributions along `dim`, computed in log space.
-
-    `H_alpha(p) = log(sum_i p_i^alpha) / (1 - alpha)`, evaluated as `logsumexp(alpha * log p) / (1 - alpha)` so that
-    no finite order under- or overflows (`p ** 30` of attention probabilities underflows to 0 in float32 and gives
-    `log 0`); `alpha == 1` is its limit, the Shannon entropy `-sum_i p_i log p_i` (with `0 log 0 = 0`), and
-    `alpha == inf` the min-entropy `-log max_i p_i`. Zero probabilities are read as the smallest normal float (their
-    terms then vanish), so the value and its gradient stay finite. Source: Renyi (1961); the criterion of
-    arXiv:2604.03803.
-
-    Args:
-        probabilities (`torch.FloatTensor`): non-negative, summing to 1 along `dim`.
-        alpha (`float`): order, > 0 (`float("inf")` allowed).
-        dim (`int`): the distribution's dimension.
-
-    Returns:
-        `torch.FloatTensor` with `dim` reduced, finite.
-
-    Raises:
-        ValueError: if `alpha` is not > 0 (or is NaN).
-    """
-    if not alpha > 0:
-        raise ValueError(f"alpha must be > 0 for the Renyi entropy, got {alpha}.")
-    if alpha == 1:
-        return -torch.special.xlogy(probabilities, probabilities).sum(dim=dim)
-    log_p = probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny).log()
-    if alpha == float("inf"):
-        return -log_p.amax(dim=dim)
-    return torch.logsumexp(alpha * log_p, dim=dim) / (1 - alpha)
-
-
-def entropy_scores(token_attention: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
-    """Minus the Renyi entropy of each token's own attention distribution (its query row), averaged over heads.
-
-    A token whose attention is concentrated (low entropy) is more important. Source: Igaue & Aizawa, "Renyi Attention
-    Entropy for Patch Pruning" (arXiv:2604.03803, 2026; reconstructed from its abstract: "Low-entropy patches, which
-    receive selective and concentrated attention, are kept as important"); `alpha == 1` is the Shannon-entropy
-    criterion of the same authors. The reading `entropy_axis="query"`.
-
-    Args:
-        token_attention (`torch.FloatTensor` of shape `(batch, heads, candidates, tokens)`): each candidate token's
-            softmax attention over all tokens.
-        alpha (`float`): Renyi order, > 0 (1 = Shannon, inf = min-entropy).
-
-    Returns:
-        `torch.FloatTensor` of shape `(batch, candidates)`.
-    """
-    return -renyi_entropy(token_attention, alpha, dim=-1).mean(dim=1)
-
-
-def key_entropy_scores(attention: torch.Tensor, num_prefix_tokens: int, alpha: float = 1.0) -> torch.Tensor:
-    """Minus the Renyi entropy of the attention each token *receives* (its key column over all queries, class token
-    included, normalised to sum 1), averaged over heads: a token attended to by a few queries only scores high.
-
-    The reading `entropy_axis="key"` of arXiv:2604.03803's abstract ("patches, which receive selective and
-    concentrated attention"), reconstructed: the abstract does not say which distribution.
-
-    Args:
-        attention (`torch.FloatTensor` of shape `(batch, heads, tokens, tokens)`): the full softmax attention.
-        num_prefix_tokens (`int`): leading tokens that are not candidates (their columns are not scored; their rows,
-            the class token's among them, count as queries).
-        alpha (`float`): Renyi order.
-
-    Returns:
-        `torch.FloatTensor` of shape `(batch, candidates)`.
-    """
-    received = attention[..., num_prefix_tokens:]  # (batch, heads, queries, candidates)
-    distribution = received / received.sum(dim=2, keepdim=True).clamp_min(torch.finfo(received.dtype).tiny)
-    return -renyi_entropy(distribution, alpha, dim=2).mean(dim=1)
-
-
-def head_entropy_scores(class_attention: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
-    """Minus the Renyi entropy, across heads, of the class token's attention to each token (normalised over heads): a
-    token that one or two heads single out scores high. Cheap: it needs only the class-attention row.
-
-    The reading `entropy_axis="heads"` of arXiv:2604.03803 (reconstructed; close to the variance / MedAD criteria of
-    arXiv:2507.19175, which also measure diversity across heads).
-
-    Args:
-        class_attention (`torch.FloatTensor` of shape `(batch, heads, candidates)`).
-        alpha (`float`): Renyi order.
-
-    Returns:
-        `torch.FloatTensor` of shape `(batch, candidates)`.
-    """
-    distribution = class_attention / class_attention.sum(dim=1, keepdim=True).clamp_min(
-        torch.finfo(class_attention.dtype).tiny
-    )
-    return -renyi_entropy(distribution, alpha, dim=1)
-
-
-ENTROPY_AXES = ("query", "key", "heads")
-"""The readings of "the entropy of the attention distribution": the token's own row, the column it receives, or the
-class token's attention to it across heads."""
-
-
-def random_scores(batch_size: int, num_candidates: int, device: torch.device | str) -> torch.Tensor:
-    """Uniform random scores in [0, 1): the sanity floor every criterion must beat.
-
-    Drawn from torch's global generator (seed it with `torch.manual_seed` for repeatable runs). Under gradient
-    checkpointing the recomputation replays the same draws (torch preserves the RNG state).
-
-    Returns:
-        `torch.FloatTensor` of shape `(batch_size, num_candidates)`.
-    """
-    return torch.rand(batch_size, num_candidates, device=device)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Selection, fusion and merging
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def exact_keep_count(keep_rate: float, num_candidates: int) -> int:
-    """Number of tokens a pruning layer keeps: `ceil(keep_rate * num_candidates)`, without float error.
-
-    The rate is read as the decimal it prints as (`0.07` is 7/100, so `0.07 * 100` gives 7, where float
-    arithmetic gives 8). Because of the ceiling, at least one token is kept whenever there is one.
-
-    Args:
-        keep_rate (`float`): in (0, 1].
-        num_candidates (`int`): non-prefix tokens present at the layer, >= 0.
-
-    Returns:
-        `int` in [min(1, num_candidates), num_candidates].
-
-    Raises:
-        ValueError: if `keep_rate` is not in (0, 1] or `num_candidates` is negative.
-    """
-    if not _is_number(keep_rate) or not 0 < keep_rate <= 1:
-        raise ValueError(f"keep_rate must be a number in (0, 1], got {keep_rate!r}.")
-    if num_candidates < 0:
-        raise ValueError(f"num_candidates must be >= 0, got {num_candidates}.")
-    product = Fraction(repr(float(keep_rate))) * num_candidates
-    return min(num_candidates, -(-product.numerator // product.denominator))
-
-
-def tome_merge_limit(num_candidates: int, num_prefix_tokens: int) -> int:
-    """Most tokens ToMe can merge in one layer: the size of the bipartite side "A" among `num_candidates` tokens.
-
-    The non-prefix tokens alternate between sides A and B by their position in the sequence (position `p` is in A
-    when `p` is even, as in ToMe, where the class token at position 0 is the protected first member of A); each A
-    token can merge into B, so at most `|A|` merges happen. Source: Bolya et al., ICLR 2023, sec. 3.
-    """
-    first_a = num_prefix_tokens % 2  # candidate index c sits at position c + num_prefix_tokens
-    size_a = max(num_candidates - first_a + 1, 0) // 2
-    return size_a if num_candidates - size_a > 0 else 0  # B must not be empty
-
-
-def gather_tokens(hidden_states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """The tokens `index[b]` of each sequence `b`, in that order.
-
-    Equal to `hidden_states.gather(1, index[..., None].expand(-1, -1, hidden))` (values and gradients), computed as
-    one `index_select` over the flattened batch, which copies whole rows instead of reading an expanded index per
-    element (faster on CPU; the pruning-overhead table of `benchmarks/speed.py` times the whole pruning step). Our
-    helper, not from a paper.
-
-    Args:
-        hidden_states (`torch.Tensor` of shape `(batch, tokens, hidden)`).
-        index (`torch.LongTensor` of shape `(batch, k)`): token positions in [0, tokens).
-
-    Returns:
-        `torch.Tensor` of shape `(batch, k, hidden)`.
-
-    Raises:
-        IndexError / RuntimeError (from `index_select`): for a position outside [0, tokens) that lands outside the
-        flattened batch; positions are not range-checked per sequence (the callers build them from `argsort`).
-    """
-    batch_size, num_tokens, hidden_size = hidden_states.shape
-    offsets = torch.arange(batch_size, device=index.device).unsqueeze(1) * num_tokens
-    flat = hidden_states.reshape(batch_size * num_tokens, hidden_size)
-    return flat.index_select(0, (index + offsets).reshape(-1)).view(batch_size, index.shape[1], hidden_size)
-
-
-class PrunedTokens(NamedTuple):
-    """What [`prune_tokens`] returns."""
-
-    hidden_states: torch.Tensor
-    """`(batch, prefix + num_keep [+ 1], hidden)`: prefix, kept tokens (in sequence order), the fused token."""
-    patch_ids: torch.Tensor
-    """`(batch, num_keep [+ 1])`: the new candidates' patch ids (-1 for the fused token)."""
-    kept_patch_ids: torch.Tensor
-    """`(batch, num_keep)`: the kept candidates' patch ids."""
-    key_mask: torch.Tensor | None
-    """`(batch, prefix + num_keep [+ 1])` bool, True = attended; `None` without a candidate mask."""
-
-
-def prune_tokens(
-    hidden_states: torch.Tensor,
-    scores: torch.Tensor,
-    num_keep: int,
-    num_prefix_tokens: int,
-    patch_ids: torch.Tensor,
-    fuse: bool = True,
-    fusion_temperature: float = 1.0,
-    key_mask: torch.Tensor | None = None,
-) -> PrunedTokens:
-    """Keep the `num_keep` best-scored candidate tokens and optionally fuse the rest into one appended token.
-
-    Prefix tokens (class, distillation, registers) are never candidates and stay first. Kept tokens follow in their
-    sequence order (EViT's code orders them by score; the set is the same, and sequence order makes an image's tokens
-    independent of how near-equal scores rank in different batches). With `fuse`, one token is appended: `sum_j w_j x_j`
-    over the pruned tokens `j`, with `w = softmax(s_j / (sigma * fusion_temperature))` and `sigma` the standard
-    deviation of the scores over all of the image's candidates (eq. 8 of arXiv:2507.19175). Raw criterion values are
-    tiny (~1e-5 for the variance of attention probabilities), so dividing by `sigma` makes the weights independent of
-    the criterion's scale; as softmax ignores shifts this is the same as z-scoring the scores per image. Equal scores
-    (`sigma == 0`) give a plain mean.
-
-    With a `key_mask` (an attention mask over the tokens), masked candidates are kept only when fewer unmasked ones than
-    `num_keep` are left, never enter the fused token (weight 0; `sigma` is taken over the unmasked candidates) and stay
-    masked; the fused token is masked when every pruned token is.
-
-    Args:
-        hidden_states (`torch.Tensor` of shape `(batch, prefix + candidates, hidden)`).
-        scores (`torch.FloatTensor` of shape `(batch, candidates)`): criterion values, higher = more important.
-        num_keep (`int`): candidates to keep, in [1, candidates].
-        num_prefix_tokens (`int`): leading tokens that are never pruned.
-        patch_ids (`torch.LongTensor` of shape `(batch, candidates)`): index in the original patch grid of each
-            candidate token, -1 for a fused token.
-        fuse (`bool`): append the fused token (only when something is pruned).
-        fusion_temperature (`float`): > 0.
-        key_mask (`torch.BoolTensor` of shape `(batch, prefix + candidates)`, *optional*): True = attended.
-
-    Returns:
-        [`PrunedTokens`]: `(hidden_states, patch_ids, kept_patch_ids, key_mask)`.
-
-    Raises:
-        ValueError: if `num_keep` is outside [1, candidates].
-    """
-    batch_size = hidden_states.shape[0]
-    num_candidates = scores.shape[1]
-    if not 1 <= num_keep <= num_candidates:
-        raise ValueError(f"num_keep must lie in [1, {num_candidates}], got {num_keep}.")
-    valid = None if key_mask is None else key_mask[:, num_prefix_tokens:]
-    ranking = scores if valid is None else scores.masked_fill(~valid, float("-inf"))
-    order = ranking.argsort(dim=1, descending=True)
-    # kept and pruned tokens each in sequence order: an image's output then depends on which tokens are kept, not on
-    # how near-equal scores happen to be ranked (which can differ with the batch the image is in)
-    kept = order[:, :num_keep].sort(dim=1).values
-    prefix = hidden_states[:, :num_prefix_tokens]
-    kept_patch_ids = patch_ids.gather(1, kept)
-    new_mask = None if valid is None else torch.cat([key_mask[:, :num_prefix_tokens], valid.gather(1, kept)], dim=1)
-    if not (fuse and num_keep < num_candidates):
-        output = torch.cat([prefix, gather_tokens(hidden_states, kept + num_prefix_tokens)], dim=1)
-        return PrunedTokens(output, kept_patch_ids, kept_patch_ids, new_mask)
-    # one gather of every candidate: the kept tokens lead, the pruned ones (fused) follow
-    pruned = order[:, num_keep:].sort(dim=1).values
-    selected = gather_tokens(hidden_states, torch.cat([kept, pruned], dim=1) + num_prefix_tokens)
-    weights = fusion_weights(scores, pruned, fusion_temperature, valid).to(hidden_states.dtype)
-    fused = torch.bmm(weights.unsqueeze(1), selected[:, num_keep:])
-    new_patch_ids = torch.cat([kept_patch_ids, kept_patch_ids.new_full((batch_size, 1), -1)], dim=1)
-    if new_mask is not None:
-        new_mask = torch.cat([new_mask, valid.gather(1, pruned).any(dim=1, keepdim=True)], dim=1)
-    output = torch.cat([prefix, selected[:, :num_keep], fused], dim=1)
-    return PrunedTokens(output, new_patch_ids, kept_patch_ids, new_mask)
-
-
-def fusion_weights(
-    scores: torch.Tensor, pruned: torch.Tensor, temperature: float, valid: torch.Tensor | None = None
-) -> torch.Tensor:
-    """The weights of the pruned tokens in the fused token: `softmax(s_j / (sigma * temperature))` over the pruned
-    tokens `j`, `sigma` the standard deviation of the scores over the image's candidates (eq. 8 of arXiv:2507.19175,
-    scale-free; see [`prune_tokens`]).
-
-    Args:
-        scores (`torch.FloatTensor` of shape `(batch, candidates)`).
-        pruned (`torch.LongTensor` of shape `(batch, pruned)`): the pruned candidates.
-        temperature (`float`): > 0.
-        valid (`torch.BoolTensor` of shape `(batch, candidates)`, *optional*): unmasked candidates; masked ones get
-            weight 0 and are left out of `sigma`, and a row whose pruned tokens are all masked gets all-zero weights.
-
-    Returns:
-        `torch.FloatTensor` of shape `(batch, pruned)`, each row summing to 1 (or 0, see `valid`).
-    """
-    if valid is None:
-        centered = scores - scores.mean(dim=1, keepdim=True)
-        spread = centered.square().mean(dim=1, keepdim=True).sqrt().clamp_min(torch.finfo(scores.dtype).tiny)
-        return (scores.gather(1, pruned) / (spread * temperature)).softmax(dim=1)
-    count = valid.sum(dim=1, keepdim=True).clamp_min(1)
-    mean = scores.where(valid, 0).sum(dim=1, keepdim=True) / count
-    spread = ((scores - mean).square().where(valid, 0).sum(dim=1, keepdim=True) / count).sqrt()
-    spread = spread.clamp_min(torch.finfo(scores.dtype).tiny)
-    logits = (scores.gather(1, pruned) / (spread * temperature)).masked_fill(~valid.gather(1, pruned), float("-inf"))
-    any_valid = valid.gather(1, pruned).any(dim=1, keepdim=True)
-    return logits.where(any_valid, 0).softmax(dim=1).where(any_valid, 0)
-
-
-class MergedTokens(NamedTuple):
-    """What [`merge_tokens`] returns."""
-
-    hidden_states: torch.Tensor
-    """`(batch, prefix + candidates - r, hidden)`: prefix, unmerged A tokens in order, B tokens."""
-    token_sizes: torch.Tensor
-    """`(batch, prefix + candidates - r)`: patches each token stands for."""
-    patch_ids: torch.Tensor
-    """`(batch, candidates - r)`: a merged B token keeps its own patch id."""
-    key_mask: torch.Tensor | None
-    """`(batch, prefix + candidates - r)` bool, True = attended; `None` without a mask."""
-
-
-def merge_tokens(
-    hidden_states: torch.Tensor,
-    token_sizes: torch.Tensor,
-    keys: torch.Tensor,
-    num_merge: int,
-    num_prefix_tokens: int,
-    patch_ids: torch.Tensor,
-    key_mask: torch.Tensor | None = None,
-) -> MergedTokens:
-    """ToMe's bipartite soft matching: merge `num_merge` tokens into their most similar tokens.
-
-    Written from Bolya et al., "Token Merging: Your ViT but Faster", ICLR 2023 (sec. 3): the non-prefix tokens
-    alternate between sides A and B by sequence position (even positions are A, as in ToMe where the protected class
-    token opens A); each A token is linked to its most similar B token by the cosine similarity of the keys averaged
-    over heads; the `num_merge` A tokens with the most similar links are merged into their B tokens by size-weighted
-    average (a B token may absorb several). Prefix tokens never merge and never absorb. Unmerged A tokens keep their
-    order, followed by the B tokens. Sizes (how many patches a token stands for) are summed; the caller feeds
-    `log(size)` to the next layers' attention (proportional attention). Computed in float32, cast back.
-
-    With a `key_mask`, a masked token never merges with an unmasked one: links between them are impossible and links
-    between two masked tokens rank after every link between unmasked tokens (so masked tokens merge only among
-    themselves, once the unmasked pairs are used up, and stay masked).
-
-    Args:
-        hidden_states (`torch.Tensor` of shape `(batch, prefix + candidates, hidden)`).
-        token_sizes (`torch.FloatTensor` of shape `(batch, prefix + candidates)`): patches per token (1 at first).
-        keys (`torch.Tensor` of shape `(batch, prefix + candidates, head_dim)`): keys averaged over heads.
-        num_merge (`int`): `r`; capped at the size of side A (`tome_merge_limit`).
-        num_prefix_tokens (`int`).
-        patch_ids (`torch.LongTensor` of shape `(batch, candidates)`): original patch index of each candidate.
-        key_mask (`torch.BoolTensor` of shape `(batch, prefix + candidates)`, *optional*): True = attended.
-
-    Returns:
-        [`MergedTokens`]: `(hidden_states, token_sizes, patch_ids, key_mask)` with `candidates - r` candidates.
-    """
-    batch_size, _, hidden_size = hidden_states.shape
-    first_a = num_prefix_tokens % 2  # candidate c sits at position c + num_prefix_tokens; even positions are A
-    candidates = hidden_states[:, num_prefix_tokens:].float()
-    sizes = token_sizes[:, num_prefix_tokens:]
-    metric = keys[:, num_prefix_tokens:].float()
-    metric = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    side_a, side_b = slice(first_a, None, 2), slice(1 - first_a, None, 2)
-    num_merge = min(num_merge, tome_merge_limit(candidates.shape[1], num_prefix_tokens))
-    if num_merge <= 0:
-        return MergedTokens(hidden_states, token_sizes, patch_ids, key_mask)
-
-    similarity = metric[:, side_a] @ metric[:, side_b].transpose(1, 2)  # (batch, |A|, |B|)
-    if key_mask is not None:
-        valid = key_mask[:, num_prefix_tokens:]
-        valid_a, valid_b = valid[:, side_a, None], valid[:, None, side_b]
-        similarity = similarity.where(valid_a | valid_b, similarity - 4)  # masked-masked: after every real link
-        similarity = similarity.masked_fill(valid_a != valid_b, float("-inf"))
-    best_similarity, best_b = similarity.max(dim=-1)
-    order = best_similarity.argsort(dim=-1, descending=True)
-    merged_a = order[:, :num_merge]
-    unmerged_a = order[:, num_merge:].sort(dim=-1).values  # keep the sequence order
-    destination = best_b.gather(1, merged_a)
-
-    # A token i sits at position num_prefix_tokens + first_a + 2 i of hidden_states
-    def a_tokens(index: torch.Tensor) -> torch.Tensor:
-        return gather_tokens(hidden_states, num_prefix_tokens + first_a + 2 * index).float()
-
-    tokens_b = candidates[:, side_b]
-    sizes_a, sizes_b = sizes[:, side_a], sizes[:, side_b]
-    merged_sizes = sizes_a.gather(1, merged_a)
-    weighted_sum_b = (tokens_b * sizes_b.unsqueeze(-1)).scatter_add(
-        1,
-        destination.unsqueeze(-1).expand(-1, -1, hidden_size),
-        a_tokens(merged_a) * merged_sizes.unsqueeze(-1),
-    )
-    new_sizes_b = sizes_b.scatter_add(1, destination, merged_sizes)
-    merged = torch.cat([a_tokens(unmerged_a), weighted_sum_b / new_sizes_b.unsqueeze(-1)], dim=1)
-    hidden_states = torch.cat([hidden_states[:, :num_prefix_tokens], merged.to(hidden_states.dtype)], dim=1)
-    token_sizes = torch.cat([token_sizes[:, :num_prefix_tokens], sizes_a.gather(1, unmerged_a), new_sizes_b], dim=1)
-    patch_ids = torch.cat([patch_ids[:, side_a].gather(1, unmerged_a), patch_ids[:, side_b]], dim=1)
-    if key_mask is not None:
-        key_mask = torch.cat(
-            [key_mask[:, :num_prefix_tokens], valid[:, side_a].gather(1, unmerged_a), valid[:, side_b]], dim=1
-        )
-    return MergedTokens(hidden_states, token_sizes, patch_ids, key_mask)
-
-
-def joint_importance(
-    attention: torch.Tensor, num_prefix_tokens: int, joint: str = "mean", valid: torch.Tensor | None = None
-) -> torch.Tensor:
-    """BSPF-ViT's joint query / key importance of each candidate token, from its attention column and its row.
-
-    Reconstructed from the abstract of arXiv:2507.12125 ("Q and K tokens are pruned jointly"): a token is removed as a
-    query and as a key at once, so its score combines both roles. As a key: the attention it receives, averaged over
-    heads and queries (class token included). As a query: how concentrated its own attention row is (minus its
-    Shannon entropy, averaged over heads). `joint="mean"`: the mean of the two scores standardised over the image's
-    candidates; `joint="product"`: the attention received times `exp(-entropy)` (the row's effective
-    concentration). docs/bspf.md measures both.
-
-    Args:
-        attention (`torch.FloatTensor` of shape `(batch, heads, tokens, tokens)`): the full softmax attention.
-        num_prefix_tokens (`int`).
-        joint (`str`): `"mean"` or `"product"`.
-        valid (`torch.BoolTensor` of shape `(batch, candidates)`, *optional*): unmasked candidates; the attention
-            received is averaged over unmasked queries and `"mean"` standardises over unmasked candidates, so a
-            masked token does not change the others' scores.
-
-    Returns:
-        `torch.FloatTensor` of shape `(batch, candidates)`, higher = more important.
-
-    Raises:
-        ValueError: for another `joint`.
-    """
-    if valid is None:
-        received = attention[..., num_prefix_tokens:].mean(dim=(1, 2))  # as a key
-    else:  # averaged over the unmasked queries only: a masked token's own row does not vote
-        queries = torch.cat([valid.new_ones(valid.shape[0], num_prefix_tokens), valid], dim=1).to(attention.dtype)
-        per_query = attention[..., num_prefix_tokens:].mean(dim=1)  # (batch, queries, candidates)
-        received = (per_query * queries.unsqueeze(-1)).sum(dim=1) / queries.sum(dim=1, keepdim=True)
-    row_entropy = renyi_entropy(attention[:, :, num_prefix_tokens:], 1.0, dim=-1).mean(dim=1)  # as a query
-    if joint == "product":
-        return received * torch.exp(-row_entropy)
-    if joint == "mean":
-        weight = torch.ones_like(received) if valid is None else valid.to(received.dtype)
-        count = weight.sum(dim=1, keepdim=True)
-
-        def standardised(x):  # over the valid candidates; unbiased standard deviation, as torch.std
-            mean = (x * weight).sum(dim=1, keepdim=True) / count.clamp_min(1)
-            var = ((x - mean).square() * weight).sum(dim=1, keepdim=True) / (count - 1).clamp_min(1)
-            return (x - mean) / var.sqrt().clamp_min(1e-12)
-
-        return (standardised(received) + standardised(-row_entropy)) / 2
-    raise ValueError(f"joint must be 'mean' or 'product', got {joint!r}.")
-
-
-def block_smooth(scores: torch.Tensor, patch_ids: torch.Tensor, grid: tuple[int, int], block: int) -> torch.Tensor:
-    """Each candidate's score averaged with the scores of the candidates in its `block x block` neighbourhood of the
-    2-D patch grid (BSPF-ViT's "block-based" judgement, reconstructed from the abstract of arXiv:2507.12125).
-
-    Only tokens still present count: at the grid's border and next to removed patches the average is over fewer
-    neighbours. A token with no grid position (patch id -1, e.g. a fused token) keeps its own score. `block=1`
-    returns the scores unchanged.
-
-    Args:
-        scores (`torch.FloatTensor` of shape `(batch, candidates)`).
-        patch_ids (`torch.LongTensor` of shape `(batch, candidates)`): each candidate's patch in the row-major grid.
-        grid (`(rows, cols)`): the patch grid.
-        block (`int`): odd neighbourhood size, at most the smaller grid side.
-
-    Returns:
-        `torch.FloatTensor` of shape `(batch, candidates)`.
-
-    Raises:
-        ValueError: for an even block, or one larger than the grid.
-    """
-    rows, cols = grid
-    if block % 2 == 0 or block < 1 or block > min(rows, cols):
-        raise ValueError(
-            f"the block size must be an odd number from 1 to the smaller side of the {rows}x{cols} patch grid, "
-            f"got {block}."
-        )
-    if block == 1:
-        return scores
-    batch_size, cells = scores.shape[0], rows * cols
-    placed = patch_ids >= 0
-    index = patch_ids.where(placed, cells)  # tokens without a position go to a spare cell past the grid
-    values = scores.new_zeros(batch_size, cells + 1).scatter(1, index, scores)[:, :cells]
-    present = scores.new_zeros(batch_size, cells + 1).scatter(1, index, torch.ones_like(scores))[:, :cells]
-    kernel = scores.new_ones(1, 1, block, block)
-
-    def neighbourhood_sum(grid_values: torch.Tensor) -> torch.Tensor:
-        return nn.functional.conv2d(grid_values.view(batch_size, 1, rows, cols), kernel, padding=block // 2).flatten(1)
-
-    averaged = neighbourhood_sum(values) / neighbourhood_sum(present).clamp_min(1)
-    return averaged.gather(1, index.clamp_max(cells - 1)).where(placed, scores)
-
-
-def similarity_fusion(
-    hidden_states: torch.Tensor,
-    token_sizes: torch.Tensor,
-    keys: torch.Tensor,
-    kept: torch.Tensor,
-    pruned: torch.Tensor,
-    num_prefix_tokens: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Merge each pruned token into its most similar kept token: size-weighted average, sizes summed.
-
-    BSPF-ViT's "similarity fusion" (reconstructed from the abstract of arXiv:2507.12125), written as ToMe's merge
-    (Bolya et al., ICLR 2023): cosine similarity of the keys averaged over heads; a kept token may absorb several;
-    the caller feeds `log(size)` to later layers (proportional attention). Computed in float32, cast back.
-
-    Args:
-        hidden_states (`torch.Tensor` of shape `(batch, prefix + candidates, hidden)`).
-        token_sizes (`torch.FloatTensor` of shape `(batch, prefix + candidates)`).
-        keys (`torch.Tensor` of shape `(batch, prefix + candidates, head_dim)`).
-        kept (`torch.LongTensor` of shape `(batch, k)`), pruned (`(batch, p)`): candidate indices.
-        num_prefix_tokens (`int`).
-
-    Returns:
-        `(hidden_states (batch, prefix + k, hidden), token_sizes (batch, prefix + k))`: prefix tokens unchanged, the
-        kept tokens in the order of `kept`.
-    """
-    prefix = num_prefix_tokens
-    metric = keys[:, prefix:].float()
-    metric = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    kept_metric = gather_tokens(metric, kept)
-    pruned_metric = gather_tokens(metric, pruned)
-    destination = (pruned_metric @ kept_metric.transpose(1, 2)).argmax(dim=-1)  # (batch, p): index into kept
-    candidates = hidden_states[:, prefix:].float()
-    sizes = token_sizes[:, prefix:]
-    kept_sizes, pruned_sizes = sizes.gather(1, kept), sizes.gather(1, pruned)
-    hidden_size = hidden_states.shape[-1]
-    absorbed = gather_tokens(candidates, pruned) * pruned_sizes.unsqueeze(-1)
-    summed = (gather_tokens(candidates, kept) * kept_sizes.unsqueeze(-1)).scatter_add(
-        1, destination.unsqueeze(-1).expand(-1, -1, hidden_size), absorbed
-    )
-    new_sizes = kept_sizes.scatter_add(1, destination, pruned_sizes)
-    merged = (summed / new_sizes.unsqueeze(-1)).to(hidden_states.dtype)
-    return torch.cat([hidden_states[:, :prefix], merged], dim=1), torch.cat([token_sizes[:, :prefix], new_sizes], dim=1)
-
+from .token_ops import (
+    ATTENTION,
+    ATTENTION_AND_KEYS,
+    CLASS_ATTENTION,
+    ENTROPY_AXES,
+    KEYS,
+    _is_number,
+    block_smooth,
+    check_key_mask,
+    entropy_scores,
+    evit_scores,
+    exact_keep_count,
+    head_entropy_scores,
+    joint_importance,
+    key_entropy_scores,
+    medad_scores,
+    merge_tokens,
+    prune_tokens,
+    random_scores,
+    similarity_fusion,
+    tome_merge_limit,
+    variance_scores,
+)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Settings
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def default_prune_layers(num_hidden_layers: int) -> list[int]:
@@ -761,65 +78,95 @@ def default_prune_layers(num_hidden_layers: int) -> list[int]:
     return layers
 
 
-_PRUNING_FIELDS = (
-    "pruning_method",
-    "keep_rate",
-    "prune_layers",
-    "fuse_pruned",
-    "fusion_temperature",
-    "renyi_alpha",
-    "tome_r",
-    "entropy_axis",
-    "bspf_block",
-    "bspf_joint",
-)
+def _setting(default, help: str):
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
-class PruningSettings:
-    """The pruning fields of a config (`PrunedViTConfig`, or a stock config after `hf_vitprune.prune`).
+class PruningFields:
+    """Every pruning setting, declared once: name, type, default and help (`dataclasses.fields(PruningFields)`).
+
+    `PrunedViTConfig` inherits these fields (so they are config fields, saved in config.json and type-checked by the
+    strict dataclass), and `prune`, `set_pruning`, `pruning()`, `from_pretrained(..., **settings)` and the command
+    line flags are generated from them. Which methods read a setting is declared by each reducer
+    (`TokenReducer.settings_used`); [`PruningSettings.validate`] checks the values.
+    """
+
+    pruning_method: str | None = _setting(
+        "variance",
+        "The token-reduction method, a name in token_reduction.REDUCERS; None (none on the command line) switches "
+        "reduction off: the stock model, bit for bit.",
+    )
+    keep_rate: int | float | list[int | float] = _setting(
+        0.7,
+        "Fraction of the candidate tokens each pruning layer keeps, in (0, 1]; a list gives one rate per pruning "
+        "layer. A layer keeps ceil(keep_rate * candidates) tokens, a fused token of an earlier layer included.",
+    )
+    prune_layers: list[int] | None = _setting(
+        None,
+        "0-indexed pruning layers, strictly increasing; None: a quarter, half and three quarters of the depth "
+        "(3, 6, 9 of 12: the paper's blocks 4, 7, 10).",
+    )
+    fuse_pruned: bool = _setting(
+        True,
+        "Append one fused token per pruning layer: the pruned tokens averaged with weights "
+        "softmax(s / (std(s) * fusion_temperature)) of their scores s (arXiv:2507.19175, eq. 8).",
+    )
+    fusion_temperature: int | float = _setting(
+        0.1, "Temperature of the fusion softmax, > 0 (small: the best pruned token; large: their mean)."
+    )
+    renyi_alpha: int | float = _setting(
+        1.0, "Order of the Renyi entropy of the entropy method, > 0 (1: Shannon, inf: min-entropy)."
+    )
+    tome_r: int | list[int] = _setting(
+        8, "Tokens ToMe merges per layer, >= 0 (a list: one per layer); at most half of a layer's candidates."
+    )
+    entropy_axis: str = _setting(
+        "query",
+        "The distribution the entropy method measures: query (the token's own attention row), key (the attention it "
+        "receives) or heads (the class token's attention to it across heads); docs/entropy.md.",
+    )
+    bspf_block: int = _setting(
+        3, "Odd size of the patch-grid neighbourhood BSPF smooths its scores over (1: no smoothing); docs/bspf.md."
+    )
+    bspf_joint: str = _setting("mean", "How BSPF combines a token's key and query importance: mean or product.")
+
+
+PRUNING_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(PruningFields))
+"""The pruning settings' names, in order (computed once: torch.compile traces the code that reads them)."""
+
+
+@dataclass
+class PruningSettings(PruningFields):
+    """The pruning settings of one model (the fields of [`PruningFields`]), with their validation.
 
     Attributes:
         pruning_method (`str` or `None`): a name in [`REDUCERS`], or `None` (pruning off: the stock model).
-        keep_rate (`float` or `list[float]`): fraction of the candidate tokens each pruning layer keeps, in (0, 1];
-            a list gives one rate per entry of `prune_layers`.
-        prune_layers (`list[int]` or `None`): 0-indexed pruning layers, strictly increasing; `None` means
-            [`default_prune_layers`] of the model's depth.
-        fuse_pruned (`bool`): append one fused token made of the pruned ones (eq. 8 of arXiv:2507.19175).
-        fusion_temperature (`float`): > 0, temperature of the fusion softmax.
-        renyi_alpha (`float`): > 0, order of the Renyi entropy (1 = Shannon, inf = min-entropy) of `"entropy"`.
-        tome_r (`int` or `list[int]`): tokens ToMe merges per layer, >= 0 (a list: one per layer).
-        entropy_axis (`str`): which distribution `"entropy"` measures: `"query"` (the token's own attention row),
-            `"key"` (the attention it receives) or `"heads"` (the class token's attention to it across heads).
-        bspf_block (`int`): odd neighbourhood size on the patch grid over which `"bspf"` smooths the scores (1: none).
-        bspf_joint (`str`): how `"bspf"` combines a token's key and query roles: `"mean"` or `"product"`.
+        keep_rate (`float` or `list[float]`): in (0, 1]; a list gives one rate per entry of `prune_layers`.
+        prune_layers (`list[int]` or `None`): 0-indexed, strictly increasing; `None`: [`default_prune_layers`].
+        fuse_pruned (`bool`), fusion_temperature (`float` > 0), renyi_alpha (`float` > 0), tome_r (`int` >= 0 or one
+        per layer), entropy_axis (`"query"`, `"key"` or `"heads"`), bspf_block (odd `int` >= 1), bspf_joint
+        (`"mean"` or `"product"`): see each field's help in [`PruningFields`].
     """
-
-    pruning_method: str | None = "variance"
-    keep_rate: Any = 0.7
-    prune_layers: list[int] | None = None
-    fuse_pruned: bool = True
-    fusion_temperature: float = 0.1
-    renyi_alpha: float = 1.0
-    tome_r: Any = 8
-    entropy_axis: str = "query"
-    bspf_block: int = 3
-    bspf_joint: str = "mean"
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
-        """The field names, in order: what `set_pruning` may change."""
-        return _PRUNING_FIELDS  # spelled out (not dataclasses.fields): torch.compile traces this every forward pass
+        """The field names, in order: what `set_pruning` may change ([`PRUNING_FIELDS`])."""
+        return PRUNING_FIELDS
 
     @classmethod
     def from_config(cls, config) -> "PruningSettings":
         """The settings recorded on `config` (missing fields take their defaults)."""
-        defaults = cls()
-        return cls(**{name: getattr(config, name, getattr(defaults, name)) for name in cls.names()})
+        defaults = _DEFAULTS
+        return cls(**{name: getattr(config, name, getattr(defaults, name)) for name in PRUNING_FIELDS})
+
+    def as_dict(self) -> dict[str, Any]:
+        """`{name: value}` of every field, in order."""
+        return {name: getattr(self, name) for name in PRUNING_FIELDS}
 
     def write_to(self, config) -> None:
         """Record these settings on `config`, one attribute per field (as `PrunedViTConfig` holds them)."""
-        for name in self.names():
+        for name in PRUNING_FIELDS:
             setattr(config, name, getattr(self, name))
 
     def with_defaults(self, num_hidden_layers: int) -> "PruningSettings":
@@ -828,18 +175,7 @@ class PruningSettings:
         layers = default_prune_layers(num_hidden_layers) if layers is None else list(layers)
         keep_rate = list(self.keep_rate) if isinstance(self.keep_rate, tuple) else self.keep_rate
         tome_r = list(self.tome_r) if isinstance(self.tome_r, tuple) else self.tome_r
-        return PruningSettings(
-            self.pruning_method,
-            keep_rate,
-            layers,
-            self.fuse_pruned,
-            self.fusion_temperature,
-            self.renyi_alpha,
-            tome_r,
-            self.entropy_axis,
-            self.bspf_block,
-            self.bspf_joint,
-        )
+        return replace(self, keep_rate=keep_rate, prune_layers=layers, tome_r=tome_r)
 
     def validate(self, num_hidden_layers: int) -> None:
         """Check every field and how they fit together and with a model of `num_hidden_layers` layers.
@@ -911,8 +247,70 @@ class PruningSettings:
         return REDUCERS[self.pruning_method](self, num_prefix_tokens)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# The per-forward state and the reducers
+_DEFAULTS = PruningSettings()
+
+
+def settings_read_by(method: str | None) -> tuple[str, ...]:
+    """The settings `method` reads: `pruning_method` plus its reducer's `settings_used` (none for `None`).
+
+    Raises:
+        ValueError: for a method not in [`REDUCERS`], listing them.
+    """
+    if method is None:
+        return ("pruning_method",)
+    if method not in REDUCERS:
+        raise ValueError(
+            f"pruning_method={method!r} is not known. Use one of {list(REDUCERS)}, or None to switch pruning off."
+        )
+    return ("pruning_method", *REDUCERS[method].settings_used)
+
+
+_ANY = object()
+
+
+class UnreadSettingWarning(UserWarning):
+    """A pruning setting was given that the chosen method does not read: it is recorded on the config and has no
+    effect (e.g. `tome_r` with `pruning_method="variance"`)."""
+
+
+def check_setting_names(names, method: str | None = _ANY, context: str = "") -> None:
+    """Refuse setting names that are not pruning settings; warn about settings (given with `method`) that `method`
+    does not read.
+
+    The one check every entry point applies (`prune`, `set_pruning`, `pruning()`, `from_pretrained(..., **settings)`
+    and the command line). A setting the method does not read is a documented no-op, the same everywhere: the config
+    holds every setting (so one dict of settings serves every method, and switching methods later finds them), the
+    method ignores it, and an [`UnreadSettingWarning`] names it and the methods that do read it.
+
+    Args:
+        names (`Iterable[str]`): the settings a caller gave explicitly.
+        method (`str` or `None`, *optional*): the method they apply to; leave out to check the names only.
+        context (`str`): how the caller names the settings in the messages (e.g. `"--"` for flags).
+
+    Raises:
+        ValueError: listing the unknown names and every known one.
+    """
+    names = list(names)
+    unknown = [n for n in names if n not in PRUNING_FIELDS]
+    if unknown:
+        raise ValueError(
+            f"unknown pruning setting(s) {[context + n for n in unknown]}; the pruning settings are "
+            f"{[context + n for n in PRUNING_FIELDS]}."
+        )
+    if method is _ANY or (method is not None and method not in REDUCERS):
+        return  # an unknown method is reported by `PruningSettings.validate`
+    read = settings_read_by(method)
+    unused = [n for n in names if n not in read]
+    if unused:
+        readers = {n: [m for m in REDUCERS if n in REDUCERS[m].settings_used] for n in unused}
+        detail = "; ".join(f"{context}{n} is read by {', '.join(r) or 'no method'}" for n, r in readers.items())
+        warnings.warn(
+            f"pruning_method={method!r} does not read {[context + n for n in unused]} ({detail}): recorded, no effect.",
+            UnreadSettingWarning,
+            stacklevel=3,
+        )
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -988,34 +386,6 @@ class ReductionState:
         return self.token_sizes.log().to(dtype)[:, None, None, :]
 
 
-def check_key_mask(mask: torch.Tensor, batch_size: int, num_tokens: int, num_prefix_tokens: int) -> torch.Tensor:
-    """A `(batch, tokens)` attention mask as booleans (True = attended), checked.
-
-    Raises:
-        ValueError: naming the expected shape `(batch, tokens)` for a mask of another shape (a 4-D mask cannot follow
-            the tokens through pruning), for values other than 0 / 1, or for a mask that masks every patch token of an
-            image (nothing would be left to attend to).
-    """
-    if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (batch_size, num_tokens):
-        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise ValueError(
-            f"attention_mask has shape {shape}; expected (batch, tokens) = ({batch_size}, {num_tokens}): one entry per "
-            f"token ({num_prefix_tokens} prefix tokens, then the patches), 1 = attended, 0 = masked. A 4-D mask cannot "
-            "follow the tokens through pruning."
-        )
-    if mask.dtype != torch.bool:
-        if not bool(((mask == 0) | (mask == 1)).all()):
-            raise ValueError("attention_mask must hold 0 / 1 (or booleans): 1 = attended, 0 = masked.")
-        mask = mask != 0
-    empty = ~mask[:, num_prefix_tokens:].any(dim=1)
-    if bool(empty.any()):
-        image = int(empty.nonzero()[0, 0])
-        raise ValueError(
-            f"attention_mask masks every patch token of image {image}: nothing would be left to attend to or to keep."
-        )
-    return mask
-
-
 @dataclass(frozen=True)
 class LayerPlan:
     """What one layer does in one forward pass, decided before its attention runs.
@@ -1035,48 +405,14 @@ class LayerPlan:
     statistic: str | None
 
 
-BIBTEX_IGAUE2025 = """@article{igaue2025patch,
-  title   = {Patch Pruning Strategy Based on Robust Statistical Measures of Attention Weight Diversity in Vision
-             Transformers},
-  author  = {Igaue, Yuki and Aizawa, Hiroaki},
-  journal = {arXiv preprint arXiv:2507.19175},
-  year    = {2025}
-}"""
-BIBTEX_IGAUE2026 = """@article{igaue2026renyi,
-  title   = {R{\\'e}nyi Attention Entropy for Patch Pruning},
-  author  = {Igaue, Yuki and Aizawa, Hiroaki},
-  journal = {arXiv preprint arXiv:2604.03803},
-  year    = {2026}
-}"""
-BIBTEX_EVIT = """@inproceedings{liang2022evit,
-  title     = {Not All Patches are What You Need: Expediting Vision Transformers via Token Reorganizations},
-  author    = {Liang, Youwei and Ge, Chongjian and Tong, Zhan and Song, Yibing and Wang, Jue and Xie, Pengtao},
-  booktitle = {International Conference on Learning Representations},
-  year      = {2022}
-}"""
-BIBTEX_TOME = """@inproceedings{bolya2023tome,
-  title     = {Token Merging: Your {ViT} But Faster},
-  author    = {Bolya, Daniel and Fu, Cheng-Yang and Dai, Xiaoliang and Zhang, Peizhao and Feichtenhofer, Christoph and
-               Hoffman, Judy},
-  booktitle = {International Conference on Learning Representations},
-  year      = {2023}
-}"""
-BIBTEX_BSPF = """@article{hsieh2025block,
-  title   = {Block-based Symmetric Pruning and Fusion for Efficient Vision Transformers},
-  author  = {Hsieh, Jun-Wei and Li, Xin and Hsieh, Yi-Kuan and others},
-  journal = {arXiv preprint arXiv:2507.12125},
-  year    = {2025}
-}"""
-"""BibTeX of each method's paper (the reducers' `bibtex`), for model cards."""
-
-
 class TokenReducer:
     """A token-reduction method: which layers reduce, by how much, with which attention statistic, and how.
 
     Subclasses set `name` (the `pruning_method` string), `statistic` (one of [`CLASS_ATTENTION`], [`ATTENTION`],
-    [`KEYS`] or `None`), `settings_used` (the [`PruningSettings`] fields the method reads, for labels and docs) and
-    `source` / `bibtex` (the paper the method comes from, for model cards), and implement `amount` and `reduce`. They
-    hold no model and no per-forward state: one instance is built from the settings at the start of each forward pass.
+    [`KEYS`] or `None`) and `settings_used` (the [`PruningFields`] the method reads besides `pruning_method`; any other
+    given with it is recorded with a warning, [`check_setting_names`]), and implement `amount` and `reduce`. They hold
+    no model and no per-forward state: one instance is built from the settings at the start of each forward pass.
+    Their names in tables and their papers are in `hf_vitprune.methods` (not shipped).
 
     Args:
         settings ([`PruningSettings`]): validated settings.
@@ -1086,9 +422,6 @@ class TokenReducer:
     name: ClassVar[str]
     statistic: ClassVar[str | None] = None
     settings_used: ClassVar[tuple[str, ...]] = ()
-    source: ClassVar[str] = ""
-    """One line: authors, venue / arXiv id, and whether we reconstructed the method from an abstract."""
-    bibtex: ClassVar[str] = ""
 
     def __init__(self, settings: PruningSettings, num_prefix_tokens: int):
         self.settings = settings
@@ -1134,34 +467,6 @@ class TokenReducer:
 
     def _schedule_step(self, amount: int, num_candidates: int) -> tuple[int, int]:
         raise NotImplementedError
-
-    # Labels, read by the evaluation tables, the sweep, the model cards and the docs ---------------------------------
-
-    @classmethod
-    def label(cls, settings: PruningSettings) -> str:
-        """The method's name in tables, e.g. `variance`, `entropy (α=2)`, `ToMe (r=8)`."""
-        return cls.name
-
-    @classmethod
-    def short_name(cls, settings: PruningSettings, explicit: tuple[str, ...] = ()) -> str:
-        """A compact label of one setting, e.g. `variance@0.7+fusion`; fields in `explicit` (set by the user rather
-        than left at the model's value) are shown too, e.g. `+fusion(T=0.3)`."""
-        return cls.name
-
-    @classmethod
-    def series(cls, settings: PruningSettings) -> str:
-        """The line a setting belongs to in a trade-off plot (the setting's fixed part), e.g. `variance + fusion`."""
-        return cls.label(settings)
-
-    @classmethod
-    def setting_text(cls, settings: PruningSettings) -> str:
-        """The setting that moves along a trade-off line, e.g. `keep 0.7` or `r=8`."""
-        return ""
-
-    @classmethod
-    def table_cells(cls, settings: PruningSettings, explicit: tuple[str, ...] = ()) -> tuple[str, str]:
-        """The `keep rate` and `fusion` cells of a results table (`—` where the method has no such setting)."""
-        return "—", "—"
 
 
 class AttentionPruner(TokenReducer):
@@ -1219,42 +524,12 @@ class AttentionPruner(TokenReducer):
     def _schedule_step(self, amount, num_candidates):
         return amount, int(self.settings.fuse_pruned and amount < num_candidates)
 
-    @classmethod
-    def short_name(cls, settings, explicit=()):
-        fusion = ""
-        if settings.fuse_pruned:
-            shown = "fusion_temperature" in explicit
-            fusion = f"+fusion(T={settings.fusion_temperature:g})" if shown else "+fusion"
-        return f"{cls.name}@{_format_rate(settings.keep_rate)}{fusion}"
-
-    @classmethod
-    def series(cls, settings):
-        return cls.label(settings) + (" + fusion" if settings.fuse_pruned else "")
-
-    @classmethod
-    def setting_text(cls, settings):
-        return f"keep {_format_rate(settings.keep_rate)}"
-
-    @classmethod
-    def table_cells(cls, settings, explicit=()):
-        fusion = "no"
-        if settings.fuse_pruned:
-            shown = "fusion_temperature" in explicit
-            fusion = f"yes (T={settings.fusion_temperature:g})" if shown else "yes"
-        return _format_rate(settings.keep_rate), fusion
-
-
-def _format_rate(rate) -> str:
-    return "/".join(f"{r:g}" for r in rate) if isinstance(rate, list) else f"{rate:g}"
-
 
 class EViTPruner(AttentionPruner):
     """EViT: keep the tokens the class token attends to most, averaged over heads (Liang et al., ICLR 2022; eq. 5 of
     arXiv:2507.19175). Statistic: [`CLASS_ATTENTION`]."""
 
     name = "evit"
-    source = "EViT: Liang et al., ICLR 2022 (arXiv:2202.07800)"
-    bibtex = BIBTEX_EVIT
     statistic = CLASS_ATTENTION
 
     def score(self, statistic, batch_size, num_candidates, device):
@@ -1266,8 +541,6 @@ class VariancePruner(AttentionPruner):
     Statistic: [`CLASS_ATTENTION`]."""
 
     name = "variance"
-    source = "Igaue & Aizawa, arXiv:2507.19175 (2025)"
-    bibtex = BIBTEX_IGAUE2025
     statistic = CLASS_ATTENTION
 
     def score(self, statistic, batch_size, num_candidates, device):
@@ -1279,8 +552,6 @@ class MedADPruner(AttentionPruner):
     arXiv:2507.19175). Statistic: [`CLASS_ATTENTION`]."""
 
     name = "medad"
-    source = "Igaue & Aizawa, arXiv:2507.19175 (2025)"
-    bibtex = BIBTEX_IGAUE2025
     statistic = CLASS_ATTENTION
 
     def score(self, statistic, batch_size, num_candidates, device):
@@ -1295,8 +566,6 @@ class EntropyPruner(AttentionPruner):
     (statistic [`CLASS_ATTENTION`], SDPA stays on)."""
 
     name = "entropy"
-    source = "Igaue & Aizawa, arXiv:2604.03803 (2026), reconstructed from the abstract by hf_vitprune"
-    bibtex = BIBTEX_IGAUE2026
     statistic = ATTENTION
     settings_used = AttentionPruner.settings_used + ("renyi_alpha", "entropy_axis")
 
@@ -1312,25 +581,11 @@ class EntropyPruner(AttentionPruner):
             return key_entropy_scores(statistic, self.num_prefix_tokens, alpha)
         return entropy_scores(statistic[:, :, self.num_prefix_tokens :], alpha)
 
-    @classmethod
-    def label(cls, settings):
-        axis = "" if settings.entropy_axis == "query" else f", {settings.entropy_axis}"
-        return f"entropy (α={settings.renyi_alpha:g}{axis})"
-
-    @classmethod
-    def short_name(cls, settings, explicit=()):
-        axis = "" if settings.entropy_axis == "query" else f",{settings.entropy_axis}"
-        return (
-            super().short_name(settings, explicit).replace("entropy", f"entropy(a={settings.renyi_alpha:g}{axis})", 1)
-        )
-
 
 class RandomPruner(AttentionPruner):
     """Keep uniformly random tokens (torch's global generator): the floor every criterion must beat. No statistic."""
 
     name = "random"
-    source = "the random-pruning baseline of Igaue & Aizawa, arXiv:2507.19175 (2025)"
-    bibtex = BIBTEX_IGAUE2025
     statistic = None
 
     def score(self, statistic, batch_size, num_candidates, device):
@@ -1349,8 +604,6 @@ class BSPFPruner(AttentionPruner):
     sentence of each choice and what measured it."""
 
     name = "bspf"
-    source = "BSPF-ViT: Hsieh et al., arXiv:2507.12125 (2025), reconstructed from the abstract by hf_vitprune"
-    bibtex = BIBTEX_BSPF
     statistic = ATTENTION_AND_KEYS
     settings_used = ("keep_rate", "prune_layers", "bspf_block", "bspf_joint")
 
@@ -1394,22 +647,6 @@ class BSPFPruner(AttentionPruner):
     def _schedule_step(self, amount, num_candidates):
         return amount, 0
 
-    @classmethod
-    def label(cls, settings):
-        return f"BSPF (block {settings.bspf_block}, {settings.bspf_joint})"
-
-    @classmethod
-    def short_name(cls, settings, explicit=()):
-        return f"bspf(b={settings.bspf_block},{settings.bspf_joint})@{_format_rate(settings.keep_rate)}"
-
-    @classmethod
-    def series(cls, settings):
-        return cls.label(settings)
-
-    @classmethod
-    def table_cells(cls, settings, explicit=()):
-        return _format_rate(settings.keep_rate), "similarity"
-
 
 class ToMeMerger(TokenReducer):
     """ToMe: every layer merges `tome_r` tokens into their most similar ones (bipartite soft matching on the keys,
@@ -1417,8 +654,6 @@ class ToMeMerger(TokenReducer):
     `keep_rate`, `prune_layers`, `fuse_pruned` and `fusion_temperature` are not used. Statistic: [`KEYS`]."""
 
     name = "tome"
-    source = "ToMe: Bolya et al., ICLR 2023 (arXiv:2210.09461)"
-    bibtex = BIBTEX_TOME
     statistic = KEYS
     settings_used = ("tome_r",)
 
@@ -1442,22 +677,6 @@ class ToMeMerger(TokenReducer):
 
     def _schedule_step(self, amount, num_candidates):
         return num_candidates - amount, 0
-
-    @classmethod
-    def label(cls, settings):
-        return f"ToMe (r={_format_rate(settings.tome_r)})"
-
-    @classmethod
-    def short_name(cls, settings, explicit=()):
-        return f"tome(r={_format_rate(settings.tome_r)})"
-
-    @classmethod
-    def series(cls, settings):
-        return "ToMe"
-
-    @classmethod
-    def setting_text(cls, settings):
-        return f"r={_format_rate(settings.tome_r)}"
 
 
 REDUCERS: dict[str, type[TokenReducer]] = {
@@ -1627,21 +846,21 @@ def update_pruning(config, num_hidden_layers: int | None = None, **changes) -> d
     Args:
         config: any config carrying pruning fields (a `PrunedViTConfig`, or a stock config after `prune`).
         num_hidden_layers (`int`, *optional*): defaults to `config.num_hidden_layers`.
-        **changes: [`PruningSettings`] fields.
+        **changes: [`PruningFields`] settings (one the resulting method does not read is recorded with an
+            [`UnreadSettingWarning`], [`check_setting_names`]).
 
     Returns:
         `dict` of the changed fields' previous values (what restores them).
 
     Raises:
-        ValueError: for an unknown field or a value [`PruningSettings.validate`] rejects.
+        ValueError: for an unknown setting or a value [`PruningSettings.validate`] rejects.
     """
-    unknown = sorted(set(changes) - set(PruningSettings.names()))
-    if unknown:
-        raise ValueError(f"unknown pruning field(s) {unknown}; allowed: {list(PruningSettings.names())}.")
+    check_setting_names(changes)
     depth = num_hidden_layers if num_hidden_layers is not None else config.num_hidden_layers
     settings = replace(PruningSettings.from_config(config), **changes).with_defaults(depth)
     settings.validate(depth)
-    old = {name: getattr(config, name, getattr(PruningSettings(), name)) for name in changes}
+    check_setting_names(changes, settings.pruning_method)
+    old = {name: getattr(config, name, getattr(_DEFAULTS, name)) for name in changes}
     for name in changes:
         setattr(config, name, getattr(settings, name))
     if getattr(config, "prune_layers", None) is None:
@@ -1666,50 +885,27 @@ def temporary_pruning(config, **changes) -> Iterator[None]:
 
 
 __all__ = [
-    "ATTENTION",
-    "ATTENTION_AND_KEYS",
-    "BSPFPruner",
-    "CLASS_ATTENTION",
-    "KEYS",
+    "PRUNING_FIELDS",
     "REDUCERS",
     "AttentionPruner",
+    "BSPFPruner",
     "EViTPruner",
     "EntropyPruner",
     "LayerPlan",
     "MedADPruner",
+    "PruningFields",
     "PruningSettings",
     "RandomPruner",
-    "MergedTokens",
-    "PrunedTokens",
     "ReductionState",
     "ToMeMerger",
     "TokenReducer",
     "TokenReduction",
+    "UnreadSettingWarning",
     "VariancePruner",
-    "attention_with_statistic",
-    "block_smooth",
-    "joint_importance",
-    "similarity_fusion",
-    "check_key_mask",
-    "class_attention_row",
+    "check_setting_names",
     "default_prune_layers",
-    "ENTROPY_AXES",
-    "entropy_scores",
-    "evit_scores",
-    "head_entropy_scores",
-    "key_entropy_scores",
-    "exact_keep_count",
-    "fusion_weights",
-    "gather_tokens",
-    "medad_scores",
-    "merge_tokens",
-    "prune_tokens",
-    "random_scores",
     "reducer_from_config",
-    "renyi_entropy",
+    "settings_read_by",
     "temporary_pruning",
-    "tome_merge_limit",
-    "true_median",
     "update_pruning",
-    "variance_scores",
 ]

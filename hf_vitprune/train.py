@@ -24,38 +24,24 @@ import torch
 from torchvision.transforms import v2
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
+from .arguments import PruningArguments
+from .token_reduction import PruningSettings
+
 
 @dataclass
-class ModelArguments:
-    """Which checkpoint to start from and how it prunes."""
+class ModelArguments(PruningArguments):
+    """Which checkpoint to start from and how it prunes: the pruning settings ([`~arguments.PruningArguments`]; a flag
+    left out keeps the checkpoint's value, the paper's setting for a stock ViT / DeiT), then the model options."""
 
     model_name_or_path: str = field(
         default="facebook/deit-small-patch16-224",
         metadata={"help": "Hub id or local folder of a ViT / DeiT / PrunedViT checkpoint."},
     )
-    pruning_method: str = field(
-        default="variance", metadata={"help": "variance, medad, evit, entropy, random, tome, or none."}
-    )
-    keep_rate: list[float] = field(
-        default_factory=lambda: [0.7], metadata={"help": "One keep rate, or one per pruning layer."}
-    )
-    prune_layers: list[int] | None = field(
-        default=None, metadata={"help": "0-indexed pruning layers (default: 3 6 9)."}
-    )
-    fuse_pruned: bool = field(default=True, metadata={"help": "Fuse the pruned tokens into one extra token."})
-    fusion_temperature: float | None = field(default=None, metadata={"help": "Fusion softmax temperature."})
-    renyi_alpha: float = field(default=1.0, metadata={"help": "Renyi order of the entropy method (1 = Shannon)."})
-    entropy_axis: str = field(
-        default="query", metadata={"help": "Entropy reading: query, key or heads (see docs/entropy.md)."}
-    )
-    bspf_block: int = field(default=3, metadata={"help": "BSPF's smoothing block size (odd; 1: none)."})
-    bspf_joint: str = field(default="mean", metadata={"help": "BSPF's joint importance: mean or product."})
     tie_query_key: str | None = field(
         default=None,
         metadata={"help": "Tie the query and key projections (BSPF's symmetric attention) of a checkpoint that has "
                   "them apart: mean or query, how the shared projection starts."},
     )  # fmt: skip
-    tome_r: list[int] = field(default_factory=lambda: [8], metadata={"help": "ToMe's r (one, or one per layer)."})
     patch_stride: int | None = field(
         default=None,
         metadata={"help": "Patch-embedding stride (12 with 16 px patches: overlapping patches, 324 instead of 196). "
@@ -93,41 +79,22 @@ class ModelArguments:
         default=False, metadata={"help": "Allow --distill_from a model that is itself pruned (off by default)."}
     )
 
-    def pruning_fields(self) -> dict:
-        """The `PrunedViTConfig` fields these arguments set."""
-        keep_rate = self.keep_rate[0] if len(self.keep_rate) == 1 else list(self.keep_rate)
-        tome_r = self.tome_r[0] if len(self.tome_r) == 1 else list(self.tome_r)
-        fields = {
-            "pruning_method": None if self.pruning_method.lower() == "none" else self.pruning_method,
-            "keep_rate": keep_rate,
-            "fuse_pruned": self.fuse_pruned,
-            "renyi_alpha": self.renyi_alpha,
-            "tome_r": tome_r,
-            "entropy_axis": self.entropy_axis,
-            "bspf_block": self.bspf_block,
-            "bspf_joint": self.bspf_joint,
-        }
-        if self.prune_layers is not None:
-            fields["prune_layers"] = list(self.prune_layers)
-        if self.fusion_temperature is not None:
-            fields["fusion_temperature"] = self.fusion_temperature
-        return fields
-
 
 @dataclass
 class DataArguments:
     """What to train and evaluate on, and the augmentation recipe."""
 
-    dataset: str = field(
+    dataset_name: str = field(
         default="clane9/imagenet-100",
-        metadata={"help": "Hub dataset id (with --train_split / --eval_split), or a local folder with class folders."},
-    )
+        metadata={"help": "Hub dataset id (with --train_split / --eval_split), or a local folder with class folders.",
+                  "aliases": ["--dataset", "--data"]},
+    )  # fmt: skip
     train_split: str = field(default="train", metadata={"help": "Training split of a Hub dataset."})
     data_dir: str | None = field(default=None, metadata={"help": "Folder of the Hub dataset's repository to read."})
     data_revision: str | None = field(default=None, metadata={"help": "Branch or commit of the Hub dataset."})
     eval_split: str = field(default="validation", metadata={"help": "Evaluation split of a Hub dataset."})
     eval_dataset: str | None = field(
-        default=None, metadata={"help": "Separate evaluation data (local folder or Hub id); default: --dataset."}
+        default=None, metadata={"help": "Separate evaluation data (local folder or Hub id); default: --dataset_name."}
     )
     image_column: str = field(default="image", metadata={"help": "Image column of a Hub dataset."})
     label_column: str = field(default="label", metadata={"help": "Label column of a Hub dataset."})
@@ -172,9 +139,11 @@ class PruningTrainingArguments(TrainingArguments):
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: images are transformed lazily."})
     dataloader_num_workers: int = field(default=4, metadata={"help": "DataLoader worker processes."})
     seed: int = field(default=0, metadata={"help": "Random seed."})
-    overwrite_output: bool = field(
-        default=False, metadata={"help": "Replace a trained model or checkpoints already in --output_dir."}
-    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace a trained model or checkpoints already in --output_dir.",
+                  "aliases": ["--overwrite_output", "--overwrite"]},
+    )  # fmt: skip
     throughput_batch_size: int = field(
         default=64, metadata={"help": "Batch size of the images/s measurement after training (model card)."}
     )
@@ -504,7 +473,7 @@ def load_model_for_training(model_args: ModelArguments, class_names: list[str]):
         ) from error
     id2label = {int(k): v for k, v in (base.get("id2label") or {}).items()}
     label2id = {v: k for k, v in id2label.items()}
-    kwargs = dict(model_args.pruning_fields(), attn_implementation=model_args.attn_implementation)
+    kwargs = dict(model_args.settings(), attn_implementation=model_args.attn_implementation)
     if model_args.patch_stride is not None:
         kwargs["patch_stride"] = model_args.patch_stride
     if model_args.tie_query_key is not None:
@@ -614,7 +583,8 @@ def resolve_resume_checkpoint(training_args) -> str | None:
             warnings.warn(message, stacklevel=2)
         raise FileNotFoundError(
             f"--resume_from_checkpoint {value}: {output_dir} holds no complete checkpoint-N folder to resume from "
-            f"({len(found)} incomplete). Start the run again without --resume_from_checkpoint (add --overwrite_output)."
+            f"({len(found)} incomplete). Start the run again without --resume_from_checkpoint "
+            "(add --overwrite_output_dir)."
         )
     if not os.path.isdir(value):
         raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such checkpoint folder.")
@@ -635,7 +605,7 @@ def check_training_output_dir(training_args) -> None:
 
     Raises:
         FileExistsError: if `output_dir` holds `checkpoint-*`, `config.json`, `model.safetensors` or
-            `pruning_results.json` and neither `--resume_from_checkpoint` nor `--overwrite_output` is given.
+            `pruning_results.json` and neither `--resume_from_checkpoint` nor `--overwrite_output_dir` is given.
     """
     output_dir = training_args.output_dir
     existing = [
@@ -643,10 +613,10 @@ def check_training_output_dir(training_args) -> None:
         for name in (os.listdir(output_dir) if os.path.isdir(output_dir) else [])
         if name.startswith("checkpoint-") or name in ("config.json", "model.safetensors", "pruning_results.json")
     ]
-    if existing and not training_args.resume_from_checkpoint and not training_args.overwrite_output:
+    if existing and not training_args.resume_from_checkpoint and not training_args.overwrite_output_dir:
         raise FileExistsError(
             f"{output_dir} already holds {sorted(existing)[:3]}: pass --resume_from_checkpoint to continue that run, "
-            "--overwrite_output to replace it, or another --output_dir."
+            "--overwrite_output_dir to replace it, or another --output_dir."
         )
 
 
@@ -659,12 +629,12 @@ def load_training_data(data_args: DataArguments, seed: int):
     from .data import load_image_data
 
     train_data = load_image_data(
-        data_args.dataset, data_args.train_split, data_args.image_column, data_args.label_column,
+        data_args.dataset_name, data_args.train_split, data_args.image_column, data_args.label_column,
         max_samples=data_args.max_train_samples, seed=seed, data_dir=data_args.data_dir,
         revision=data_args.data_revision,
     )  # fmt: skip
     eval_data = load_image_data(
-        data_args.eval_dataset or data_args.dataset, data_args.eval_split, data_args.image_column,
+        data_args.eval_dataset or data_args.dataset_name, data_args.eval_split, data_args.image_column,
         data_args.label_column, max_samples=data_args.max_eval_samples, seed=seed,
         data_dir=None if data_args.eval_dataset else data_args.data_dir,
         revision=None if data_args.eval_dataset else data_args.data_revision,
@@ -768,14 +738,14 @@ def pruning_results(model, measured, train_result, eval_metrics, eval_data, trai
         "repo_id": training_args.hub_model_id or None,
         "base_model": model_args.model_name_or_path,
         "dataset": {
-            "id": data_args.dataset,
-            "name": data_args.eval_dataset or data_args.dataset,
+            "id": data_args.dataset_name,
+            "name": data_args.eval_dataset or data_args.dataset_name,
             "split": None if os.path.isdir(eval_data.source) else data_args.eval_split,
             "images": len(eval_data),
             "train_images": len(train_data),
         },
         "pruning": {
-            **{k: getattr(model.config, k) for k in model_args.pruning_fields()},
+            **PruningSettings.from_config(model.config).as_dict(),
             "prune_layers": model.config.prune_layers,
             "patch_stride": model.config.patch_stride or model.config.patch_size,
             "tie_query_key": model.config.tie_query_key,
@@ -836,7 +806,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     Raises:
         ValueError / OSError: for data, columns, labels or models that cannot be used, before training starts.
         FileExistsError: if `output_dir` already holds a trained model and neither `--resume_from_checkpoint` nor
-            `--overwrite_output` says what to do with it.
+            `--overwrite_output_dir` says what to do with it.
     """
     from .data import load_preprocessing
     from .model_card import build_model_card

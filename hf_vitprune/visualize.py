@@ -14,7 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .arguments import grid_arguments
 from .token_reduction import reducer_from_config
+
+VISUALIZE_DEFAULTS = {"pruning_method": ["variance", "medad", "evit"], "keep_rate": [0.7], "fuse_pruned": [True]}
+"""What `hf-vitprune visualize` draws when a flag is left out: the paper's criteria and EViT at keep 0.7."""
 
 
 def kept_pixel_mask(
@@ -141,22 +145,25 @@ def draw(rows: list[tuple[np.ndarray, KeptPatches]], title: str | None = None):
     return fig
 
 
-@dataclass
-class VisualizeArguments:
-    """Arguments of `hf-vitprune visualize` (each is a flag of the same name)."""
+@dataclass(kw_only=True)
+class VisualizeArguments(grid_arguments("VisualizePruningArguments", VISUALIZE_DEFAULTS)):
+    """Arguments of `hf-vitprune visualize` (each is a flag of the same name): the pruning settings to draw side by
+    side (one or more values each, [`~arguments.grid_arguments`]), then the model, images and output."""
 
     images: list[str] = field(metadata={"help": "Image files to draw."})
-    model: str = field(
-        default="facebook/deit-small-patch16-224", metadata={"help": "Hub id or local folder of a ViT / DeiT."}
+    model_name_or_path: str = field(
+        default="facebook/deit-small-patch16-224",
+        metadata={"help": "Hub id or local folder of a ViT / DeiT.", "aliases": ["--model"]},
     )
-    methods: list[str] = field(
-        default_factory=lambda: ["variance", "medad", "evit"], metadata={"help": "Pruning methods, side by side."}
-    )
-    keep_rate: float = field(default=0.7, metadata={"help": "Keep rate of every method."})
-    fuse_pruned: bool = field(default=True, metadata={"help": "Fuse pruned tokens (does not change what is kept)."})
     patch_stride: int | None = field(default=None, metadata={"help": "Patch-embedding stride (overlap)."})
     output: str = field(default="kept_patches.png", metadata={"help": "PNG file to write."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace --output if it exists."})
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace --output if it exists.",
+            "aliases": ["--overwrite_output_dir", "--overwrite_output"],
+        },  # fmt: skip
+    )
     dpi: int = field(default=110, metadata={"help": "Resolution of the PNG."})
 
 
@@ -171,16 +178,16 @@ def visualize(args: VisualizeArguments, command: str | None = None) -> Path:
         ValueError / OSError: for an unreadable image, an unknown method or a model that cannot be loaded.
     """
     from .data import load_preprocessing, open_rgb
-    from .evaluation import build_variants
     from .loading import load_pruned_model
 
     output = Path(args.output)
     if output.exists() and not args.overwrite:
         raise FileExistsError(f"{output} already exists: pass --overwrite to replace it, or another --output.")
-    build_variants(args.methods, [args.keep_rate], [args.fuse_pruned])  # validates methods and keep rate
+    variants = [v for v in args.variants() if v["pruning_method"] is not None]  # validates every setting
     extra = {"patch_stride": args.patch_stride} if args.patch_stride is not None else {}
-    model = load_pruned_model(args.model, **extra).eval()
-    preprocessing = load_preprocessing(args.model, model.config.image_size)
+    extra.update(args.model_settings())
+    model = load_pruned_model(args.model_name_or_path, **extra).eval()
+    preprocessing = load_preprocessing(args.model_name_or_path, model.config.image_size)
     mean, std = preprocessing.mean, preprocessing.std
     transform = preprocessing.eval_transform()
     images = [open_rgb({"path": path, "bytes": None}) for path in args.images]
@@ -189,12 +196,14 @@ def visualize(args: VisualizeArguments, command: str | None = None) -> Path:
     shown = shown.clamp(0, 1).permute(0, 2, 3, 1).numpy()
     rows = []
     for b in range(len(images)):
-        for method in args.methods:
-            with model.pruning(pruning_method=method, keep_rate=args.keep_rate, fuse_pruned=args.fuse_pruned):
+        for variant in variants:
+            with model.pruning(**variant):
                 torch.manual_seed(0)  # the random method draws the same scores every time
                 rows.append((shown[b], kept_patches(model, pixel_values[b : b + 1])[0]))
     stride = model.config.patch_stride or model.config.patch_size
-    title = f"{Path(args.model).name}, keep {args.keep_rate}, patches {model.config.patch_size} px, stride {stride} px"
+    keep = "/".join(f"{rate:g}" for rate in args.keep_rate)
+    name = Path(args.model_name_or_path).name
+    title = f"{name}, keep {keep}, patches {model.config.patch_size} px, stride {stride} px"
     fig = draw(rows, title)
     output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output, dpi=args.dpi)

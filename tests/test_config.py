@@ -5,7 +5,8 @@ import math
 import pytest
 from conftest import DEIT_TINY, needs_shared
 
-from hf_vitprune import PrunedDeiTConfig, PrunedViTConfig, exact_keep_count
+from hf_vitprune import PrunedDeiTConfig, PrunedViTConfig
+from hf_vitprune.token_ops import exact_keep_count
 
 
 def test_defaults_are_the_papers_setting():

@@ -314,8 +314,7 @@ def test_bad_input_names_what_is_wrong():
     with pytest.raises(ValueError, match=r"prune_layers=\[1, 7\] holds 7, which is not a layer"):
         prune(model, pruning_method="variance", prune_layers=[1, 7])
     assert not hasattr(model.config, "pruning_method")  # nothing was changed by the failed calls
-    with pytest.raises(ValueError, match=r"call hf_vitprune.prune\(model, \.\.\.\) first"):
-        hf_vitprune.set_pruning(model, keep_rate=0.5)
+    assert not hasattr(model, "set_pruning")  # a stock model gets set_pruning / pruning() from prune()
 
 
 def test_a_sequence_without_candidates_is_a_clear_error():

@@ -18,11 +18,7 @@ from transformers import (
     ViTImageProcessor,
 )
 
-from hf_vitprune import (
-    PrunedDeiTForImageClassificationWithTeacher,
-    PrunedViTConfig,
-    PrunedViTForImageClassification,
-)
+from hf_vitprune import PrunedDeiTForImageClassificationWithTeacher, PrunedViTConfig, PrunedViTForImageClassification
 from hf_vitprune.loading import load_pruned_model
 
 
@@ -136,7 +132,7 @@ def test_saved_weights_use_the_native_names_and_both_layouts_load(stock_vit_dir,
             assert torch.equal(reloaded.eval()(pixel_values=pixel_values).logits, expected)
 
 
-SHIPPED = {"configuration_pruned_vit.py", "modeling_pruned_vit.py", "token_reduction.py"}
+SHIPPED = {"configuration_pruned_vit.py", "modeling_pruned_vit.py", "token_ops.py", "token_reduction.py"}
 ALLOWED_IMPORTS = {"torch", "transformers", "huggingface_hub"}
 
 

@@ -17,7 +17,7 @@ from hf_vitprune import (
     PrunedViTForImageClassification,
     PrunedViTModel,
 )
-from hf_vitprune.token_reduction import ATTENTION, CLASS_ATTENTION
+from hf_vitprune.token_ops import ATTENTION, CLASS_ATTENTION
 
 
 def _stock_and_pruned(attn_implementation="sdpa", **pruning):
@@ -220,7 +220,7 @@ def test_set_pruning_validates_and_leaves_the_config_unchanged_on_error():
     _, model = _stock_and_pruned(keep_rate=0.5)
     with pytest.raises(ValueError, match="keep_rate"):
         model.set_pruning(keep_rate=0.0)
-    with pytest.raises(ValueError, match="unknown pruning field"):
+    with pytest.raises(ValueError, match="unknown pruning setting"):
         model.set_pruning(keep=0.3)
     with pytest.raises(ValueError, match="holds 7"):
         model.set_pruning(pruning_method="medad", prune_layers=[1, 7])

@@ -20,7 +20,7 @@ from transformers import ViTConfig, ViTForImageClassification
 
 from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification, prune
 from hf_vitprune.cli import main as cli_main
-from hf_vitprune.token_reduction import renyi_entropy
+from hf_vitprune.token_ops import renyi_entropy
 
 TOKEN = "hf_" + "SeCrEt0123456789abcdefGHIJ"
 

@@ -9,18 +9,16 @@ from conftest import run_fresh_process, tiny_config_kwargs
 from transformers import ViTConfig, ViTForImageClassification
 
 from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification
-from hf_vitprune.token_reduction import (
+from hf_vitprune.token_ops import (
     ATTENTION,
     CLASS_ATTENTION,
-    REDUCERS,
-    PruningSettings,
-    ReductionState,
     block_smooth,
     head_entropy_scores,
     joint_importance,
     key_entropy_scores,
     similarity_fusion,
 )
+from hf_vitprune.token_reduction import REDUCERS, PruningSettings, ReductionState
 
 # Entropy readings -----------------------------------------------------------------------------------------------------
 

@@ -17,7 +17,12 @@ def model():
     return PrunedViTForImageClassification(config).eval()
 
 
-@pytest.mark.parametrize("template", [Variant("variance", 0.7, True), Variant("tome", tome_r=4)], ids=["prune", "tome"])
+@pytest.mark.parametrize(
+    "template",
+    [Variant({"pruning_method": "variance", "keep_rate": 0.7, "fuse_pruned": True}),
+     Variant({"pruning_method": "tome", "tome_r": 4})],
+    ids=["prune", "tome"],
+)  # fmt: skip
 def test_bisection_finds_what_counting_every_setting_finds(model, template, monkeypatch):
     """Real fvcore counts of every setting (once per token schedule), then the search against the exhaustive rule
     (closest GMACs, ties: the first setting in order) for targets across the whole range and beyond it."""
@@ -33,7 +38,7 @@ def test_bisection_finds_what_counting_every_setting_finds(model, template, monk
     candidates = sweep.matching_candidates(template, max_tome_r=40)
     every = []
     for candidate in candidates:
-        with model.pruning(**candidate.pruning_fields()):
+        with model.pruning(**candidate.changes):
             every.append(count_once(model))
     unpruned = max(every)
     for fraction in (1.01, 1.0, 0.999, 0.97, 0.9, 0.8, 0.75, 0.6, 0.5, 0.45, 0.3, 0.2):

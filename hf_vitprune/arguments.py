@@ -1,0 +1,264 @@
+"""Command-line flags of the pruning settings, generated from their one declaration.
+
+Every command takes the same flag for the same setting, named as the setting (`--pruning_method`, `--keep_rate`,
+`--fuse_pruned`, ...), with the help text declared beside the field. Two forms:
+
+- [`PruningArguments`] (train, export, visualize): one value per setting; a flag left out keeps the model's own value.
+- [`PruningGridArguments`] (evaluate, sweep): one or more values per setting; each method is crossed with the values
+  of the settings it reads ([`PruningGridArguments.variants`]). `prune_layers` is one value for the whole run.
+
+Both are dataclasses for `transformers.HfArgumentParser`, so a command accepts them as flags or in a .json / .yaml
+file. The flags of earlier versions (`--methods`, `--keep_rates`, `--fusion on off`, `--renyi_alphas`, ...) are kept as
+aliases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import types
+import typing
+import warnings
+from dataclasses import field
+
+from .token_reduction import (
+    PRUNING_FIELDS,
+    REDUCERS,
+    PruningFields,
+    UnreadSettingWarning,
+    check_setting_names,
+    settings_read_by,
+)
+
+_TRUE, _FALSE = ("true", "yes", "on", "1", "t", "y"), ("false", "no", "off", "0", "f", "n")
+
+
+class OnOff:
+    """The argparse type of a boolean setting: `true` / `false` (also `yes` / `no`, `on` / `off`, `1` / `0`).
+
+    Calling it returns a `bool`, never an `OnOff`.
+
+    Raises:
+        ValueError: for any other string (argparse reports it as an invalid value of the flag).
+    """
+
+    def __new__(cls, value) -> bool:  # noqa: D102
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise ValueError(f"expected true or false (or on / off, yes / no, 1 / 0), got {value!r}")
+
+
+def _scalar_type(annotation) -> tuple[type, bool, bool]:
+    """`(scalar type, accepts a list, accepts a scalar)` of a [`PruningFields`] annotation, e.g.
+    `int | float | list[int | float]` -> `(float, True, True)`, `list[int] | None` -> `(int, True, False)`."""
+    members = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    scalars, listed = [], False
+    for member in members:
+        if member is type(None):
+            continue
+        if typing.get_origin(member) is list:
+            listed = True
+            inner = typing.get_args(member)[0]
+            scalars.extend(typing.get_args(inner) if isinstance(inner, types.UnionType) else (inner,))
+        else:
+            scalars.append(member)
+    accepts_scalar = any(typing.get_origin(m) is not list and m is not type(None) for m in members)
+    if bool in scalars:
+        return OnOff, listed, accepts_scalar
+    if float in scalars:
+        return float, listed, accepts_scalar
+    return scalars[0], listed, accepts_scalar
+
+
+ALIASES: dict[str, list[str]] = {
+    "pruning_method": ["--methods"],
+    "keep_rate": ["--keep_rates"],
+    "fuse_pruned": ["--fusion"],
+    "fusion_temperature": ["--fusion_temperatures"],
+    "renyi_alpha": ["--renyi_alphas"],
+    "entropy_axis": ["--entropy_axes"],
+    "bspf_block": ["--bspf_blocks"],
+    "bspf_joint": ["--bspf_joints"],
+}
+"""The flag names of earlier versions, still accepted (README: "Changes")."""
+
+
+def _help(name: str, grid: bool) -> str:
+    help = next(f for f in dataclasses.fields(PruningFields) if f.name == name).metadata["help"]
+    if name == "pruning_method":
+        help += f" Known: {', '.join(REDUCERS)}, none."
+    readers = [m for m in REDUCERS if name in REDUCERS[m].settings_used]
+    if name != "pruning_method":
+        help += f" Read by: {', '.join(readers)}."
+    return help + (" One or more values (each a variant)." if grid and name != "prune_layers" else "")
+
+
+def _build(grid: bool, defaults: dict) -> list[tuple]:
+    specs = []
+    for f in dataclasses.fields(PruningFields):
+        scalar, listed, accepts_scalar = _scalar_type(f.type)
+        if f.name == "pruning_method":
+            scalar = str
+        kind = list[scalar] | None if (grid and accepts_scalar) or listed else scalar | None
+        metadata = {"help": _help(f.name, grid), "aliases": ALIASES.get(f.name, []) if grid else []}
+        default = defaults.get(f.name)
+        spec = field(default_factory=lambda d=default: list(d)) if isinstance(default, list) else field(default=default)
+        spec.metadata = types.MappingProxyType(metadata)
+        specs.append((f.name, kind, spec))
+    return specs
+
+
+def _to_value(name: str, value):
+    """One setting's value as the config holds it: `none` -> `None`; a one-element list of a setting that also takes a
+    scalar -> that scalar."""
+    if name == "pruning_method" and isinstance(value, str) and value.lower() == "none":
+        return None
+    if isinstance(value, list):
+        _, _, accepts_scalar = _scalar_type(next(f.type for f in dataclasses.fields(PruningFields) if f.name == name))
+        if accepts_scalar and len(value) == 1:
+            return value[0]
+        return list(value)
+    return value
+
+
+def _settings(self) -> dict:
+    """The settings given on the command line (flags left out are not in the dict: the model keeps its own value),
+    as the config holds them (`--pruning_method none` -> `None`; one keep rate -> a float).
+
+    Warns:
+        UnreadSettingWarning: for a setting the given `--pruning_method` does not read (no effect).
+    """
+    given = {name: _to_value(name, getattr(self, name)) for name in PRUNING_FIELDS if getattr(self, name) is not None}
+    if "pruning_method" in given:
+        check_setting_names(given, given["pruning_method"], context="--")
+    return given
+
+
+PruningArguments = dataclasses.make_dataclass(
+    "PruningArguments", _build(grid=False, defaults={}), namespace={"settings": _settings}
+)
+PruningArguments.__doc__ = """One flag per pruning setting (generated from `token_reduction.PruningFields`); a flag
+left out keeps the model's own value. `settings()` gives the settings given, as the config holds them."""
+PruningArguments.__module__ = __name__
+
+
+GRID_DEFAULTS = {
+    "pruning_method": ["evit", "variance", "medad", "entropy", "random"],
+    "keep_rate": [0.9, 0.7, 0.5],
+    "fuse_pruned": [True, False],
+}
+"""What `hf-vitprune evaluate` compares when a flag is left out: the criteria at three keep rates, with and without
+fusion."""
+
+_GRID_ORDER = ("entropy_axis", "renyi_alpha", "bspf_block", "bspf_joint", "keep_rate", "fuse_pruned",
+               "fusion_temperature", "tome_r")  # fmt: skip
+"""How variants are nested (outermost first): one line of a trade-off plot varies the inner settings."""
+
+
+def _variants(self) -> list[dict]:
+    """The unpruned model (`{"pruning_method": None}`), then every method crossed with the values of the settings it
+    reads (its reducer's `settings_used`): a setting left out keeps the model's value; `fusion_temperature` only
+    with fusion on.
+
+    Returns:
+        `list[dict]`: the settings each variant changes (what `model.pruning(**variant)` takes).
+
+    Raises:
+        ValueError: for an unknown method (listing the registry's) or an empty list.
+
+    Warns:
+        UnreadSettingWarning: for a setting given (away from its default) that no requested method reads.
+    """
+    methods = [_to_value("pruning_method", m) for m in self.pruning_method]
+    unknown = [m for m in methods if m is not None and m not in REDUCERS]
+    if unknown:
+        raise ValueError(f"Unknown pruning method(s) {unknown}; known: {list(REDUCERS)}.")
+    for name in _GRID_ORDER:
+        values = getattr(self, name)
+        if values is not None and len(values) == 0:
+            raise ValueError(f"--{name} must name at least one value.")
+    read = {n for m in methods for n in settings_read_by(m)}
+    given = [n for n in _GRID_ORDER if getattr(self, n) is not None and getattr(self, n) != _default(self, n)]
+    unused = [n for n in given if n not in read]
+    if unused:  # the same documented no-op as everywhere: recorded nowhere here, so say so
+        readers = {n: [m for m in REDUCERS if n in REDUCERS[m].settings_used] for n in unused}
+        warnings.warn(
+            "; ".join(f"--{n} is read by {', '.join(r)} only" for n, r in readers.items())
+            + f", which --pruning_method {[m or 'none' for m in methods]} does not include: no effect.",
+            UnreadSettingWarning,
+            stacklevel=2,
+        )
+    variants = [{"pruning_method": None}]
+    for method in methods:
+        if method is None:
+            continue
+        axes = [n for n in _GRID_ORDER if n in settings_read_by(method) and getattr(self, n) is not None]
+        for values in itertools.product(*(getattr(self, n) for n in axes)):
+            variant = {"pruning_method": method, **dict(zip(axes, values))}
+            if not variant.get("fuse_pruned", True):
+                variant.pop("fusion_temperature", None)
+            if variant not in variants:
+                variants.append(variant)
+    return variants
+
+
+def _default(self, name: str):
+    spec = type(self).__dataclass_fields__[name]
+    return spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
+
+
+def with_grid_defaults(cls: type, defaults: dict) -> type:
+    """A subclass of the arguments dataclass `cls` whose pruning flags default to `defaults` (`{setting: [values]}`),
+    each flag keeping its type, help and aliases (e.g. `sweep`'s longer lists of keep rates).
+
+    Raises:
+        ValueError: for a name in `defaults` that is not a pruning setting.
+    """
+    check_setting_names(defaults)
+    specs = []
+    for name, values in defaults.items():
+        base = cls.__dataclass_fields__[name]
+        spec = field(default_factory=lambda v=values: list(v), metadata=base.metadata)
+        specs.append((name, base.type, spec))
+    return dataclasses.make_dataclass(cls.__name__, specs, bases=(cls,))
+
+
+def _layers(self) -> dict:
+    """`{"prune_layers": [...]}` when `--prune_layers` was given (one value for every variant of the run), else `{}`."""
+    return {} if self.prune_layers is None else {"prune_layers": list(self.prune_layers)}
+
+
+def grid_arguments(name: str, defaults: dict) -> type:
+    """A [`PruningGridArguments`]-like dataclass whose flags default to `defaults` (`{setting: [values]}`): what a
+    command compares when a flag is left out.
+
+    Raises:
+        ValueError: for a name in `defaults` that is not a pruning setting.
+    """
+    check_setting_names(defaults)
+    cls = dataclasses.make_dataclass(
+        name, _build(grid=True, defaults=defaults), namespace={"variants": _variants, "model_settings": _layers}
+    )
+    cls.__doc__ = """One flag per pruning setting taking one or more values (generated from
+    `token_reduction.PruningFields`); `variants()` crosses each method with the values of the settings it reads."""
+    cls.__module__ = __name__
+    return cls
+
+
+PruningGridArguments = grid_arguments("PruningGridArguments", GRID_DEFAULTS)
+
+
+__all__ = [
+    "ALIASES",
+    "GRID_DEFAULTS",
+    "OnOff",
+    "PruningArguments",
+    "PruningGridArguments",
+    "grid_arguments",
+    "with_grid_defaults",
+]

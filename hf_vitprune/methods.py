@@ -1,0 +1,178 @@
+"""How the token-reduction methods are presented: their names in tables and plots, the paper each comes from, and its
+BibTeX (for model cards).
+
+Kept apart from [`token_reduction`] (the algorithms), which is shipped to the Hub with every checkpoint; this module is
+not. Every function takes the effective [`~token_reduction.PruningSettings`] of one setting (the model's own values
+merged with the ones a run chose).
+"""
+
+from __future__ import annotations
+
+from .token_reduction import REDUCERS, PruningSettings
+
+BIBTEX_IGAUE2025 = """@article{igaue2025patch,
+  title   = {Patch Pruning Strategy Based on Robust Statistical Measures of Attention Weight Diversity in Vision
+             Transformers},
+  author  = {Igaue, Yuki and Aizawa, Hiroaki},
+  journal = {arXiv preprint arXiv:2507.19175},
+  year    = {2025}
+}"""
+BIBTEX_IGAUE2026 = """@article{igaue2026renyi,
+  title   = {R{\\'e}nyi Attention Entropy for Patch Pruning},
+  author  = {Igaue, Yuki and Aizawa, Hiroaki},
+  journal = {arXiv preprint arXiv:2604.03803},
+  year    = {2026}
+}"""
+BIBTEX_EVIT = """@inproceedings{liang2022evit,
+  title     = {Not All Patches are What You Need: Expediting Vision Transformers via Token Reorganizations},
+  author    = {Liang, Youwei and Ge, Chongjian and Tong, Zhan and Song, Yibing and Wang, Jue and Xie, Pengtao},
+  booktitle = {International Conference on Learning Representations},
+  year      = {2022}
+}"""
+BIBTEX_TOME = """@inproceedings{bolya2023tome,
+  title     = {Token Merging: Your {ViT} But Faster},
+  author    = {Bolya, Daniel and Fu, Cheng-Yang and Dai, Xiaoliang and Zhang, Peizhao and Feichtenhofer, Christoph and
+               Hoffman, Judy},
+  booktitle = {International Conference on Learning Representations},
+  year      = {2023}
+}"""
+BIBTEX_BSPF = """@article{hsieh2025block,
+  title   = {Block-based Symmetric Pruning and Fusion for Efficient Vision Transformers},
+  author  = {Hsieh, Jun-Wei and Li, Xin and Hsieh, Yi-Kuan and others},
+  journal = {arXiv preprint arXiv:2507.12125},
+  year    = {2025}
+}"""
+
+SOURCES: dict[str, tuple[str, str]] = {
+    "variance": ("Igaue & Aizawa, arXiv:2507.19175 (2025)", BIBTEX_IGAUE2025),
+    "medad": ("Igaue & Aizawa, arXiv:2507.19175 (2025)", BIBTEX_IGAUE2025),
+    "evit": ("EViT: Liang et al., ICLR 2022 (arXiv:2202.07800)", BIBTEX_EVIT),
+    "entropy": (
+        "Igaue & Aizawa, arXiv:2604.03803 (2026), reconstructed from the abstract by hf_vitprune",
+        BIBTEX_IGAUE2026,
+    ),
+    "random": ("the random-pruning baseline of Igaue & Aizawa, arXiv:2507.19175 (2025)", BIBTEX_IGAUE2025),
+    "tome": ("ToMe: Bolya et al., ICLR 2023 (arXiv:2210.09461)", BIBTEX_TOME),
+    "bspf": (
+        "BSPF-ViT: Hsieh et al., arXiv:2507.12125 (2025), reconstructed from the abstract by hf_vitprune",
+        BIBTEX_BSPF,
+    ),
+}
+"""`(one-line source, BibTeX)` of each method's paper by `pruning_method` name: authors, venue / arXiv id, and whether
+hf_vitprune reconstructed the method from an abstract."""
+
+SCORES: dict[str, str] = {
+    "variance": "variance over heads of the class token's attention to the token (eq. 6)",
+    "medad": "median absolute deviation over heads of that attention (eq. 7)",
+    "evit": "mean over heads of that attention (eq. 5)",
+    "entropy": "minus the Rényi entropy of the token's attention (query row, key column or across heads)",
+    "random": "uniform random scores (the floor every criterion must beat)",
+    "tome": "merges the most similar token pairs (keys, bipartite soft matching)",
+    "bspf": "joint query/key importance smoothed over a patch block; pruned tokens merged into the most similar kept",
+}
+"""What each method scores, in one line (README's methods table)."""
+
+
+def source(method: str | None) -> tuple[str, str]:
+    """`(one-line source, BibTeX)` of `method` ([`SOURCES`]); the unpruned model (`None`) has `("", "")`.
+
+    Raises:
+        ValueError: for a name not in [`SOURCES`], listing the known ones.
+    """
+    if method is None:
+        return "", ""
+    if method not in SOURCES:
+        raise ValueError(f"no source is recorded for pruning_method={method!r}; known: {list(SOURCES)}.")
+    return SOURCES[method]
+
+
+def format_rate(rate) -> str:
+    """`0.7` or, for one rate per layer, `0.9/0.7/0.5`."""
+    return "/".join(f"{r:g}" for r in rate) if isinstance(rate, (list, tuple)) else f"{rate:g}"
+
+
+def _kind(method: str | None) -> str:
+    """`"none"`, `"tome"` (merging), `"bspf"` (pruning with similarity fusion) or `"pruner"` (keep rate + fused token),
+    by the settings the method reads."""
+    if method is None:
+        return "none"
+    used = REDUCERS[method].settings_used
+    if "tome_r" in used:
+        return "tome"
+    if "fuse_pruned" not in used:
+        return "bspf"
+    return "pruner"
+
+
+def label(settings: PruningSettings) -> str:
+    """The method's name in tables: `unpruned`, `variance`, `entropy (α=2)`, `ToMe (r=8)`, `BSPF (block 3, mean)`."""
+    method, kind = settings.pruning_method, _kind(settings.pruning_method)
+    if kind == "none":
+        return "unpruned"
+    if kind == "tome":
+        return f"ToMe (r={format_rate(settings.tome_r)})"
+    if kind == "bspf":
+        return f"BSPF (block {settings.bspf_block}, {settings.bspf_joint})"
+    if method == "entropy":
+        axis = "" if settings.entropy_axis == "query" else f", {settings.entropy_axis}"
+        return f"entropy (α={settings.renyi_alpha:g}{axis})"
+    return method
+
+
+def short_name(settings: PruningSettings, explicit: tuple[str, ...] = ()) -> str:
+    """A compact label of one setting: `unpruned`, `variance@0.7+fusion`, `entropy(a=2)@0.5`, `tome(r=8)`,
+    `bspf(b=3,mean)@0.7`; a fusion temperature in `explicit` (chosen rather than the model's) shows as
+    `+fusion(T=0.3)`."""
+    method, kind = settings.pruning_method, _kind(settings.pruning_method)
+    if kind == "none":
+        return "unpruned"
+    if kind == "tome":
+        return f"tome(r={format_rate(settings.tome_r)})"
+    if kind == "bspf":
+        return f"bspf(b={settings.bspf_block},{settings.bspf_joint})@{format_rate(settings.keep_rate)}"
+    fusion = ""
+    if settings.fuse_pruned:
+        shown = "fusion_temperature" in explicit
+        fusion = f"+fusion(T={settings.fusion_temperature:g})" if shown else "+fusion"
+    name = method
+    if method == "entropy":
+        axis = "" if settings.entropy_axis == "query" else f",{settings.entropy_axis}"
+        name = f"entropy(a={settings.renyi_alpha:g}{axis})"
+    return f"{name}@{format_rate(settings.keep_rate)}{fusion}"
+
+
+def series(settings: PruningSettings) -> str:
+    """The line a setting belongs to in a trade-off plot (its fixed part): `variance + fusion`, `ToMe`, ..."""
+    kind = _kind(settings.pruning_method)
+    if kind == "tome":
+        return "ToMe"
+    if kind == "pruner":
+        return label(settings) + (" + fusion" if settings.fuse_pruned else "")
+    return label(settings)
+
+
+def setting_text(settings: PruningSettings) -> str:
+    """The setting that moves along a trade-off line: `keep 0.7`, `r=8`, or `""` (unpruned)."""
+    kind = _kind(settings.pruning_method)
+    if kind == "tome":
+        return f"r={format_rate(settings.tome_r)}"
+    if kind == "none":
+        return ""
+    return f"keep {format_rate(settings.keep_rate)}"
+
+
+def table_cells(settings: PruningSettings, explicit: tuple[str, ...] = ()) -> tuple[str, str]:
+    """The `keep rate` and `fusion` cells of a results table (`—` where the method has no such setting)."""
+    kind = _kind(settings.pruning_method)
+    if kind == "bspf":
+        return format_rate(settings.keep_rate), "similarity"
+    if kind != "pruner":
+        return "—", "—"
+    fusion = "no"
+    if settings.fuse_pruned:
+        shown = "fusion_temperature" in explicit
+        fusion = f"yes (T={settings.fusion_temperature:g})" if shown else "yes"
+    return format_rate(settings.keep_rate), fusion
+
+
+__all__ = ["SCORES", "SOURCES", "format_rate", "label", "series", "setting_text", "short_name", "source", "table_cells"]
