@@ -1,7 +1,7 @@
 """Do two runs of `hf-vitprune evaluate` / `sweep` report the same numbers? Row by row, on what does not depend on
 the machine's speed: top-1, top-5, GMACs, tokens per stage (images/s are left out: they drift).
 
-    python benchmarks/diff_results.py docs/results/evaluate_deit_tiny_imagenette.json \
+    python benchmarks/diff_results.py benchmarks/results/evaluate_deit_tiny_imagenette.json \
         runs/repro/readme_eval/results.json
 
 Rows are matched by their `name` (and `matched_target` for the sweep's matched-GMACs rows). Prints one line per

@@ -4,7 +4,8 @@ Run: `python benchmarks/finetune_table.py runs/train/*/ [--reference NAME] [--no
 [--grid] [--output FILE]`
 
 Each argument is a run folder (holding `pruning_results.json`) or such a JSON file itself (e.g. the copies under
-docs/results/finetune/). Columns: pruning setting (with distillation), seed, patch stride, tokens per stage, top-1 /
+benchmarks/results/finetune/). Columns: pruning setting (with distillation), seed, patch stride, tokens per stage,
+top-1 /
 top-5, GMACs, inference images/s (measured after training, interleaved with the unpruned model), and training
 images/s as the Trainer reports them (whole run: data loading and augmentation included), with speed-ups against the
 reference run. `--no_speed` leaves the speed columns out (for runs that shared the machine with other jobs: speed is

@@ -10,7 +10,7 @@ Reads the `results.json` of a run such as
 and prints (or writes with `--output`) three Markdown tables: every entropy reading (axis x alpha) at each keep rate
 with its difference to random pruning at the same keep rate; the class-attention criteria and random beside it; the
 BSPF-ViT choices (block size x joint score). Usage: `python benchmarks/readings_table.py runs/entropy_readings
---output docs/results/entropy_readings.md`.
+--output benchmarks/results/entropy_readings.md`.
 """
 
 from __future__ import annotations

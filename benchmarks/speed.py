@@ -25,7 +25,7 @@ The Markdown file given by `--output` is rewritten after every table, so a run t
 beside it, `A.md` → `A.rounds.json` holds table 1's speed-up of every round (what `benchmarks/speed_agreement.py` needs
 for intervals on the medians and for testing whether runs differ by more than their rounds do).
 
-Run: `python benchmarks/speed.py --device cpu --output docs/results/benchmark_cpu.md --overwrite`
+Run: `python benchmarks/speed.py --device cpu --output benchmarks/results/benchmark_cpu.md --overwrite`
      `python benchmarks/speed.py --device cpu --shapes deit-tiny --tables speed --no_ceiling --rounds 3 \
       --processes 6 --bracket 1 --threads 1 --seed 0 --output A.md` (and `--seed 10 --output B.md`; then
       `python benchmarks/speed_agreement.py A.md B.md --model deit-tiny`: do two runs agree within 3 %? Each process

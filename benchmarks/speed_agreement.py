@@ -7,7 +7,7 @@ Each file is either the `results.json` of `hf-vitprune evaluate` / `sweep` (rows
 criteria there run with fusion — or `tome r=13`; pass `--model` to pick one of its shapes). Rows are matched by
 setting; the batch-64 speed-up (median over rounds) is compared, and the batch-1 speed-up where every file has one.
 
-    python benchmarks/speed_agreement.py docs/results/benchmark_cpu.md runs/readme_eval/results.json \
+    python benchmarks/speed_agreement.py benchmarks/results/benchmark_cpu.md runs/readme_eval/results.json \
         --model deit-tiny --tolerance 0.03
 
 The relative difference of a row is `|a / b - 1|` with `b` the second file's speed-up; with more than two files, the

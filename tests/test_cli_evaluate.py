@@ -80,7 +80,7 @@ def test_evaluate_on_real_images_writes_consistent_results(real_folder, tmp_path
 @needs_shared
 def test_a_temperature_grid_leaves_the_default_recorded(real_folder, tmp_path):
     """The fusion-temperature grid is applied per variant and undone: the protocol records the model's default (0.1),
-    not the last temperature of the grid (the bug that left 100.0 in docs/results/fusion_temperature.json)."""
+    not the last temperature of the grid (the bug that left 100.0 in benchmarks/results/fusion_temperature.json)."""
     out = tmp_path / "out"
     assert main(["evaluate", "--model", str(DEIT_TINY), "--data", str(real_folder), "--class_list",
                  str(IMAGENET1K_CLASSES), "--methods", "variance", "--keep_rates", "0.5", "--fusion", "on",

@@ -23,8 +23,8 @@ def readme_first_command() -> list[str]:
 
 def offline(argv: list[str], output_dir: str, max_samples: int) -> list[str]:
     """`argv` with the Hub model and data replaced by ../shared, the Hub-only flags dropped, and a smaller budget."""
-    replacements = {"--model": str(DEIT_TINY), "--data": str(IMAGENETTE), "--output_dir": output_dir,
-                    "--max_samples": str(max_samples)}  # fmt: skip
+    replacements = {"--model_name_or_path": str(DEIT_TINY), "--dataset_name": str(IMAGENETTE),
+                    "--output_dir": output_dir, "--max_samples": str(max_samples)}  # fmt: skip
     out, skip = [], False
     for token in argv:
         if skip:
@@ -45,7 +45,8 @@ def test_the_readme_command_names_the_hub_sources():
     argv = readme_first_command()
     assert argv[0] == "sweep"
     flags = dict(zip(argv[1::2], argv[2::2]))
-    assert flags["--model"] == "facebook/deit-tiny-patch16-224" and flags["--data"] == "frgfm/imagenette"
+    assert flags["--model_name_or_path"] == "facebook/deit-tiny-patch16-224"
+    assert flags["--dataset_name"] == "frgfm/imagenette"
     assert flags["--class_list"] == "imagenet1k" and flags["--split"] == "validation"
 
 
