@@ -22,7 +22,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from hf_vitprune.evaluation import markdown_delimiter
+from hf_vitprune.report import markdown_delimiter
 
 
 def load_runs(paths: list[str]) -> list[dict]:

@@ -1,9 +1,9 @@
 """How much of the arithmetic saving of patch pruning turns into time: a benchmark that prints tables.
 
 Random-weight DeiT-S and DeiT-Tiny shapes (12 layers, 224 px, 16 px patches; speed does not depend on the weights).
-Every comparison is timed in interleaved rounds (`hf_vitprune.measure.time_interleaved` and `interleave` below):
-within a round each variant runs once, in a shuffled order, and speed-ups are computed within the round, so the
-machine's drift cancels; medians and min-max over rounds are printed. Tables:
+Every comparison is timed in interleaved rounds by the package's one timer (`hf_vitprune.measure.time_interleaved`):
+within a round each variant runs once, in a shuffled order, between two timings of the reference, and speed-ups are
+computed within the round, so the machine's drift cancels; medians and min-max over rounds are printed. Tables:
 
 1. speed-up against the GMACs saving, at batch `--batch_size` and at batch 1 (latency median / p90), with the
    realisation (speed-up / GMACs ratio; goals on CPU: >= 1.0 at batch 64, >= 0.9 at batch 1 for keep 0.7 and 0.5);
@@ -38,33 +38,32 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import random
 import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from torch.utils import benchmark as torch_benchmark
 
 from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification
-from hf_vitprune.evaluation import markdown_delimiter
+from hf_vitprune.losses import distillation_loss
 from hf_vitprune.measure import (  # _autocast: the protocol's autocast, shared with measure
     DTYPES,
     CompilerUnavailableError,
+    TimedStep,
     _autocast,
-    _synchronize,
     check_compiler,
     count_gmacs,
     device_name,
     time_interleaved,
+    time_pruning_settings,
 )
+from hf_vitprune.report import markdown_delimiter
 from hf_vitprune.token_ops import CLASS_ATTENTION, KEYS, class_attention_row
 from hf_vitprune.token_reduction import REDUCERS, AttentionPruner, ReductionState, TokenReduction, reducer_from_config
-from hf_vitprune.train import distillation_loss
 
 SHAPES = {
     "deit-small": dict(hidden_size=384, num_attention_heads=6, intermediate_size=1536),
@@ -119,27 +118,18 @@ def variants(args) -> list[tuple[str, dict]]:
     return out
 
 
-def interleave(
-    steps: dict, rounds: int, warmup: int = 1, seed: int = 0, device: torch.device | None = None
-) -> dict[str, list[float]]:
-    """Seconds of each callable in `steps`, one call per round, in shuffled order; `warmup` untimed calls each first.
-    With a CUDA `device` the clock is read only after the device has finished (kernels run asynchronously)."""
-    for step in steps.values():
-        for _ in range(warmup):
-            step()
-    order, shuffler = list(steps), random.Random(seed)
-    seconds = {name: [] for name in steps}
-    for _ in range(rounds):
-        shuffler.shuffle(order)
-        for name in order:
-            if device is not None:
-                _synchronize(device)
-            start = time.perf_counter()
-            steps[name]()
-            if device is not None:
-                _synchronize(device)
-            seconds[name].append(time.perf_counter() - start)
-    return seconds
+def interleave(steps: dict, rounds: int, images_per_run: int, warmup: int = 1, seed: int = 0,
+               device: torch.device | None = None) -> dict:  # fmt: skip
+    """`{name: InterleavedTiming}` of the callables in `steps` (the first is the reference), timed by the package's
+    one timer, `hf_vitprune.measure.time_interleaved` (one call per step and round, bracketed by the reference)."""
+    timed = [TimedStep(name, step) for name, step in steps.items()]
+    timings = time_interleaved(timed, images_per_run, rounds=rounds, runs=1, warmup=warmup, seed=seed,
+                               bracket=BRACKET, device=device)  # fmt: skip
+    return {t.name: t for t in timings}
+
+
+BRACKET = 4
+"""Steps timed between two timings of the reference in tables 2, 4 and 7 (as in table 1's default `--bracket`)."""
 
 
 def spread(values: list[float]) -> str:
@@ -238,9 +228,9 @@ def speed_rows(args, device, dtype: str, shape: str) -> tuple[list[dict], str]:
     model = build(shape, device)
     settings = variants(args)
     gmacs = gmacs_of(model, settings)
-    timings, protocol = time_interleaved(model, settings, batch_size=args.batch_size, rounds=args.rounds,
-                                         runs=args.runs, warmup=2, latency_runs=args.latency_runs, dtype=dtype,
-                                         device=device, seed=args.seed, bracket=args.bracket)  # fmt: skip
+    timings, protocol = time_pruning_settings(model, settings, batch_size=args.batch_size, rounds=args.rounds,
+                                              runs=args.runs, warmup=2, latency_runs=args.latency_runs, dtype=dtype,
+                                              device=device, seed=args.seed, bracket=args.bracket)  # fmt: skip
     results = [{"method": name, "gmacs": macs, "images_per_s": t.images_per_s, "latency_ms": t.latency_ms,
                 "latency_p90_ms": t.latency_p90_ms, "speedups": t.speedups, "latency_speedups": t.latency_speedups}
                for (name, _), macs, t in zip(settings, gmacs, timings)]  # fmt: skip
@@ -350,12 +340,11 @@ def attention_table(args, device, dtype: str) -> list[str]:
         for name, fields in variants(args)[: 1 + len(args.keep_rates)]:
             models = {impl: build(shape, device, **fields) for impl in ("sdpa", "eager")}
             models["eager"].set_attn_implementation("eager")
-            steps = {impl: (lambda m=m: m(pixel_values=x)) for impl, m in models.items()}
+            steps = {impl: (lambda m=models[impl]: m(pixel_values=x)) for impl in ("eager", "sdpa")}  # eager: reference
             with torch.inference_mode(), _autocast(device, dtype):
-                seconds = interleave(steps, args.rounds, seed=args.seed, device=device)
-            ratio = [e / s for s, e in zip(seconds["sdpa"], seconds["eager"])]
-            sdpa, eager = (args.batch_size / statistics.median(seconds[k]) for k in ("sdpa", "eager"))
-            rows.append(f"| {shape} | {name} | {sdpa:.1f} | {eager:.1f} | {spread(ratio)} |")
+                timed = interleave(steps, args.rounds, args.batch_size, seed=args.seed, device=device)
+            sdpa, eager = timed["sdpa"].images_per_s, timed["eager"].images_per_s
+            rows.append(f"| {shape} | {name} | {sdpa:.1f} | {eager:.1f} | {spread(timed['sdpa'].speedups)} |")
     return rows
 
 
@@ -437,7 +426,7 @@ def training_table(args, device, dtype: str) -> list[str]:
             "warm-up steps each; speed-up per round against unpruned.", "",
             "The `+ teacher` rows add what `hf-vitprune train --distill_from` adds to a step: the frozen unpruned "
             "model's forward pass under `no_grad` and DeiT's soft distillation loss (alpha 0.5, tau 1; "
-            "`hf_vitprune.train.distillation_loss`), with a teacher of the student's own shape (a larger teacher "
+            "`hf_vitprune.losses.distillation_loss`), with a teacher of the student's own shape (a larger teacher "
             "costs more).", "",
             "| model | method | training images/s | speed-up (min–max) |", "|---|---|---|---|"]  # fmt: skip
     x = torch.randn(batch_size, 3, 224, 224, device=device)
@@ -468,11 +457,9 @@ def training_table(args, device, dtype: str) -> list[str]:
                 optimizer.zero_grad(set_to_none=True)
 
             steps[name] = step
-        seconds = interleave(steps, args.rounds, warmup=2, seed=args.seed, device=device)
+        timed = interleave(steps, args.rounds, batch_size, warmup=2, seed=args.seed, device=device)
         for name, _ in settings:
-            ratios = [u / s for u, s in zip(seconds["unpruned"], seconds[name])]
-            rate = batch_size / statistics.median(seconds[name])
-            rows.append(f"| {shape} | {name} | {rate:.1f} | {spread(ratios)} |")
+            rows.append(f"| {shape} | {name} | {timed[name].images_per_s:.1f} | {spread(timed[name].speedups)} |")
     return rows
 
 
@@ -515,12 +502,12 @@ def compile_table(args, device, dtype: str) -> list[str]:
         settings = variants(args)[: 1 + len(args.keep_rates)]
         gmacs = gmacs_of(model, settings)
         ratios = [gmacs[0] / macs for macs in gmacs]
-        eager, _ = time_interleaved(model, settings, batch_size=args.batch_size, rounds=args.rounds, runs=1,
+        eager, _ = time_pruning_settings(model, settings, batch_size=args.batch_size, rounds=args.rounds, runs=1,
                                     latency_runs=args.latency_runs, dtype=dtype, device=device, seed=args.seed,
                                     bracket=args.bracket)  # fmt: skip
         for mode in modes:
             torch._dynamo.reset()
-            compiled, _ = time_interleaved(model, settings, batch_size=args.batch_size, rounds=args.rounds, runs=1,
+            compiled, _ = time_pruning_settings(model, settings, batch_size=args.batch_size, rounds=args.rounds, runs=1,
                                            latency_runs=args.latency_runs, dtype=dtype, device=device,
                                            compile_mode=mode, seed=args.seed, bracket=args.bracket)  # fmt: skip
             for (name, _), ratio, c, e in zip(settings, ratios, compiled, eager):
@@ -569,13 +556,12 @@ def onnx_table(args, device, dtype: str) -> list[str]:
                 for _ in range(repeat):
                     session.run(None, {"pixel_values": x})
 
-            steps = {name: (lambda s=session: run(s)) for name, session in sessions.items()}
-            seconds = interleave(steps, args.rounds, seed=args.seed)
+            steps = {name: (lambda s=session: run(s)) for name, session in sessions.items()}  # unpruned first
+            timed = interleave(steps, args.rounds, repeat * batch_size, seed=args.seed)
             for name in sessions:
-                ratios = [u / s for u, s in zip(seconds["unpruned"], seconds[name])]
-                rate = repeat * batch_size / statistics.median(seconds[name])
-                rows.append(f"| {shape} | {name} | {batch_size} | {rate:.1f} | {spread(ratios)} | "
-                            f"{statistics.median(ratios) * gmacs[name] / gmacs['unpruned']:.2f} |")  # fmt: skip
+                t = timed[name]
+                rows.append(f"| {shape} | {name} | {batch_size} | {t.images_per_s:.1f} | {spread(t.speedups)} | "
+                            f"{t.speedup * gmacs[name] / gmacs['unpruned']:.2f} |")  # fmt: skip
     return rows
 
 

@@ -14,8 +14,9 @@ from tqdm.auto import tqdm
 
 from . import methods
 from .arguments import PruningGridArguments
-from .measure import DTYPES, CompilerUnavailableError, check_compiler, count_gmacs, device_name, time_interleaved
-from .token_reduction import PRUNING_FIELDS, PruningSettings
+from .measure import DTYPES, CompilerUnavailableError, check_compiler, count_gmacs, time_pruning_settings
+from .report import evaluation_protocol, markdown_table, table_footer, tokens_text
+from .token_reduction import PruningSettings
 
 
 @dataclass
@@ -116,66 +117,6 @@ def check_finite(logits: torch.Tensor, variant: Variant, images_before: int, var
             f"the first being image {first} of the data: no results are written for a run whose numbers would be "
             "wrong. Check the variant's settings (and the model's dtype), or leave the variant out."
         )
-
-
-def tokens_text(config, num_patches: int) -> str:
-    """`196→138+1→98+1→70+1`: candidate tokens after each pruning layer (+1 = the fused token)."""
-    return "→".join(
-        [str(num_patches)]
-        + [f"{kept}+{fused}" if fused else str(kept) for kept, fused in config.token_schedule(num_patches)]
-    )
-
-
-def markdown_delimiter(header: str) -> str:
-    """The delimiter row of a Markdown table whose header row is `header` (`| a | b |` -> `|---|---|`): one `---`
-    cell per column, which GitHub needs to render the table at all. Cells must not contain `|`.
-
-    Raises:
-        ValueError: for a header that does not start and end with `|`.
-    """
-    header = header.strip()
-    if not (header.startswith("|") and header.endswith("|") and len(header) > 1):
-        raise ValueError(f"not a Markdown header row (it must start and end with '|'): {header!r}")
-    return "|" + "---|" * (header.count("|") - 1)
-
-
-def markdown_table(rows: list[dict]) -> str:
-    """Markdown table of evaluation rows (as written by `run_evaluation`); the method, keep-rate and fusion cells
-    come from each method's reducer class. Speed columns (when measured): images/s (median over interleaved rounds),
-    speed-up against the first row (median of the per-round ratios, min-max), realisation (speed-up divided by the
-    GMACs ratio), batch-1 latency (median and p90, ms) and its realisation."""
-    timed = any(not math.isnan(r.get("images_per_s", math.nan)) for r in rows)
-    header = "| method | keep rate | fusion | tokens per stage | top-1 (%) | Δ top-1 | GMACs |"
-    if timed:
-        header += " images/s | speed-up (min–max) | realisation | batch-1 ms (p90) | batch-1 realisation |"
-    lines = [header, markdown_delimiter(header)]
-    for r in rows:
-        settings, explicit = settings_of(r)
-        method = methods.label(settings)
-        keep, fusion = methods.table_cells(settings, explicit)
-        line = (
-            f"| {method} | {keep} | {fusion} | {r['tokens']} | {r['top1']:.2f} | {r['top1_delta']:+.2f} | "
-            f"{r['gmacs']:.3f} |"
-        )
-        if timed:
-            line += (
-                f" {r['images_per_s']:.1f} | {r['speedup']:.2f}× ({r['speedup_min']:.2f}–{r['speedup_max']:.2f}) | "
-                f"{r['realisation']:.2f} | "
-            )
-            if r.get("latency_ms") is not None:
-                line += f"{r['latency_ms']:.1f} ({r['latency_p90_ms']:.1f}) | {r['latency_realisation']:.2f} |"
-            else:
-                line += "— | — |"
-        lines.append(line)
-    return "\n".join(lines)
-
-
-def settings_of(row: dict) -> tuple[PruningSettings, tuple[str, ...]]:
-    """`(settings, explicit)` of a results row (as `run_evaluation` writes it, this version or an earlier one): its
-    pruning settings, and the ones chosen for the variant rather than left at the model's value that labels show (an
-    explicit temperature is flagged by `fusion_temperature_set`)."""
-    settings = PruningSettings(**{name: row[name] for name in PRUNING_FIELDS if name in row})
-    return settings, ("fusion_temperature",) if row.get("fusion_temperature_set") else ()
 
 
 @dataclass
@@ -412,7 +353,7 @@ def measure_variants(
             print(f"warning: {error}; timing eager, as --compile_fallback_eager asks", file=sys.stderr)
             compile_mode = None
     print(f"Timing {len(variants)} variants in {args.throughput_rounds} interleaved rounds")
-    timings, protocol = time_interleaved(
+    timings, protocol = time_pruning_settings(
         model,
         [(variant.name(model.config), variant.changes) for variant in variants],
         batch_size=args.throughput_batch_size,
@@ -451,40 +392,6 @@ def measure_variant(setup: EvaluationSetup, variant: Variant, count: dict) -> di
     row["top5"] = 100.0 * count["correct_top5"] / max(count["images"], 1)
     row["gmacs"] = count_gmacs(model)
     return row
-
-
-def evaluation_protocol(
-    setup: EvaluationSetup, args: EvaluateArguments, command: str | None, throughput_protocol: str | None
-) -> dict:
-    """How every number of a run was obtained, for the JSON report."""
-    from . import __version__
-
-    return {
-        "command": command,
-        "model": args.model_name_or_path,
-        "data": setup.data.source,
-        "images": len(setup.data),
-        "class_list": args.class_list,
-        "preprocessing": setup.preprocessing,
-        "top1": "argmax over all model outputs; torch.manual_seed(seed) right before the pass (random pruning)",
-        "gmacs": "fvcore, one image, SDPA counted through an op handle (hf_vitprune.measure.count_gmacs)",
-        "throughput": throughput_protocol,
-        "machine": device_name(setup.device),
-        "torch": torch.__version__,
-        "hf_vitprune": __version__,
-        "fusion_temperature_default": setup.model.config.fusion_temperature,
-    }
-
-
-def table_footer(report: dict) -> str:
-    """The Markdown lines under a results table: data, model, preprocessing, throughput protocol, command."""
-    protocol = report["protocol"]
-    return (
-        f"\n\n{protocol['images']} images of `{protocol['data']}`; model `{protocol['model']}`; "
-        f"{protocol['preprocessing']}. GMACs: {protocol['gmacs']}. "
-        f"images/s: {protocol['throughput'] or 'not measured'}."
-        f"\n\nCommand: `{protocol['command']}`\n"
-    )
 
 
 def run_evaluation(args: EvaluateArguments, command: str | None = None) -> dict:

@@ -8,7 +8,8 @@ import platform
 import statistics
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -94,46 +95,6 @@ def count_gmacs(model: nn.Module, image_size: int | None = None) -> float:
     finally:
         model.train(was_training)
     return total / 1e9
-
-
-@dataclass
-class ThroughputResult:
-    """Images per second of a model under a stated protocol.
-
-    Attributes:
-        images_per_s (`float`): median over the timed runs.
-        images_per_s_min (`float`), images_per_s_max (`float`): spread over the timed runs.
-        batch_size, image_size (`int`); dtype (`str`: "fp32", "bf16" or "fp16" autocast); device (`str`, with the
-        GPU or CPU name); num_threads (`int`, torch intra-op threads); attn_implementation (`str`); warmup, runs
-        (`int`); torch_version (`str`).
-    """
-
-    images_per_s: float
-    images_per_s_min: float
-    images_per_s_max: float
-    batch_size: int
-    image_size: int
-    dtype: str
-    device: str
-    num_threads: int
-    attn_implementation: str
-    warmup: int
-    runs: int
-    torch_version: str
-    compile_mode: str | None = None
-
-    def to_dict(self) -> dict:
-        """The result as a JSON-ready dict."""
-        return asdict(self)
-
-    def describe(self) -> str:
-        """One line stating the protocol, for table footers."""
-        return (
-            f"batch {self.batch_size}, {self.image_size} px, {self.dtype}, {self.attn_implementation} attention, "
-            f"{self.device}, {self.num_threads} threads, median of {self.runs} runs after {self.warmup} warm-up, "
-            f"torch {self.torch_version}"
-            + (f", torch.compile(mode={self.compile_mode!r})" if self.compile_mode else "")
-        )
 
 
 def device_name(device: torch.device) -> str:
@@ -222,137 +183,6 @@ def _autocast(device: torch.device, dtype: str):
     return torch.autocast(device_type=device.type, dtype=DTYPES[dtype]) if DTYPES[dtype] else contextlib.nullcontext()
 
 
-def _timed(step, warmup: int, runs: int, batch_size: int, device: torch.device) -> list[float]:
-    """Images/s of `runs` synchronised calls of `step` after `warmup` untimed ones."""
-    for _ in range(warmup):
-        step()
-    rates = []
-    for _ in range(runs):
-        _synchronize(device)
-        start = time.perf_counter()
-        step()
-        _synchronize(device)
-        rates.append(batch_size / (time.perf_counter() - start))
-    return rates
-
-
-def _result(rates: list[float], model, device, **protocol) -> ThroughputResult:
-    return ThroughputResult(
-        images_per_s=statistics.median(rates),
-        images_per_s_min=min(rates),
-        images_per_s_max=max(rates),
-        device=device_name(device),
-        num_threads=torch.get_num_threads(),
-        attn_implementation=getattr(model.config, "_attn_implementation", None) or "eager",
-        torch_version=torch.__version__,
-        **protocol,
-    )
-
-
-def measure_throughput(
-    model: nn.Module,
-    batch_size: int = 64,
-    image_size: int | None = None,
-    dtype: str = "fp32",
-    warmup: int = 3,
-    runs: int = 10,
-    device: str | torch.device | None = None,
-    compile_mode: str | None = None,
-) -> ThroughputResult:
-    """Inference images/s with the protocol of DeiT / EViT / ToMe benchmarks.
-
-    `model.eval()`, `torch.inference_mode()`, one fixed random batch (seed 0), `warmup` untimed passes, then `runs`
-    timed passes, each bracketed by device synchronisation; the median (and min / max) of `batch_size / seconds` is
-    reported with the protocol. bf16 / fp16 run under `torch.autocast` (weights stay float32).
-
-    Args:
-        model (`nn.Module`): an HF vision model taking `pixel_values`; left in eval mode on `device`.
-        batch_size (`int`): images per pass.
-        image_size (`int`, *optional*): defaults to `model.config.image_size`.
-        dtype (`str`): "fp32", "bf16" or "fp16".
-        warmup (`int`), runs (`int`): untimed and timed passes (`runs >= 1`).
-        device (*optional*): defaults to the model's device.
-        compile_mode (`str`, *optional*): run the model through `torch.compile(mode=compile_mode)` ("default",
-            "max-autotune", or "reduce-overhead", which uses CUDA graphs on a GPU); compilation happens during the
-            warm-up, which then needs at least 2 passes.
-
-    Returns:
-        [`ThroughputResult`].
-
-    Raises:
-        ValueError: for an unknown `dtype`, `runs < 1` or `batch_size < 1`.
-    """
-    _check_protocol(dtype, runs, batch_size)
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    model.eval().to(device)
-    size = image_size or _model_image_size(model)
-    generator = torch.Generator().manual_seed(0)
-    pixel_values = torch.randn(batch_size, model.config.num_channels, size, size, generator=generator).to(device)
-    wrapped = LogitsOnly(model, interpolate_pos_encoding=size != _model_image_size(model))
-    if compile_mode is not None:
-        wrapped = torch.compile(wrapped, mode=compile_mode, fullgraph=True, dynamic=False)
-        warmup = max(warmup, 2)
-    with torch.inference_mode(), _autocast(device, dtype):
-        rates = _timed(lambda: wrapped(pixel_values), warmup, runs, batch_size, device)
-    return _result(rates, model, device, batch_size=batch_size, image_size=size, dtype=dtype, warmup=warmup,
-                   runs=runs, compile_mode=compile_mode)  # fmt: skip
-
-
-def measure_training_throughput(
-    model: nn.Module,
-    batch_size: int = 64,
-    image_size: int | None = None,
-    dtype: str = "fp32",
-    warmup: int = 2,
-    runs: int = 5,
-    device: str | torch.device | None = None,
-) -> ThroughputResult:
-    """Training images/s: forward, cross-entropy, backward and an AdamW step on one fixed random batch.
-
-    The protocol of `measure_throughput` (warm-up, synchronised timed steps, median and spread) applied to a training
-    step, without data loading, so that pruned and unpruned models compare on compute alone. The model's weights are
-    restored afterwards (the optimizer steps on a copy of the state); it is left in its former train/eval mode.
-    Source: our protocol; the step is what `transformers.Trainer` runs per batch (without data loading).
-
-    Args:
-        model (`nn.Module`): an HF image classifier taking `pixel_values` and `labels`.
-        batch_size, image_size, dtype ("fp32", or "bf16" / "fp16" autocast), warmup, runs, device: as in
-            `measure_throughput`.
-
-    Returns:
-        [`ThroughputResult`] (its `images_per_s` are training images per second).
-
-    Raises:
-        ValueError: as `measure_throughput`.
-    """
-    _check_protocol(dtype, runs, batch_size)
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    model.to(device).train()
-    size = image_size or _model_image_size(model)
-    generator = torch.Generator().manual_seed(0)
-    pixel_values = torch.randn(batch_size, model.config.num_channels, size, size, generator=generator).to(device)
-    labels = torch.randint(0, model.config.num_labels, (batch_size,), generator=generator).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
-
-    def step():
-        with _autocast(device, dtype):
-            logits = model(pixel_values=pixel_values).logits
-        nn.functional.cross_entropy(logits.float(), labels).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    try:
-        rates = _timed(step, warmup, runs, batch_size, device)
-    finally:
-        with torch.no_grad():
-            model.load_state_dict(saved)
-        model.train(was_training)
-    return _result(rates, model, device, batch_size=batch_size, image_size=size, dtype=dtype, warmup=warmup,
-                   runs=runs)  # fmt: skip
-
-
 @dataclass
 class InterleavedTiming:
     """Speed of one variant, timed in alternation with the others (see [`time_interleaved`]).
@@ -389,123 +219,130 @@ class InterleavedTiming:
     latency_speedups: list[float] = field(default_factory=list)
 
 
+@dataclass
+class TimedStep:
+    """One thing [`time_interleaved`] times.
+
+    Attributes:
+        name (`str`): its label.
+        run (`Callable[[], object]`): one timed pass (e.g. a forward pass on a batch).
+        single (`Callable[[], object]`, *optional*): one batch-1 pass, for the latency (with `latency_runs`).
+        context (`Callable[[], ContextManager]`): entered around the step's passes in each round and in the warm-up
+            (e.g. `lambda: model.pruning(keep_rate=0.5)`); by default nothing.
+    """
+
+    name: str
+    run: Callable[[], object]
+    single: Callable[[], object] | None = None
+    context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+
+
 def time_interleaved(
-    model: nn.Module,
-    variants: list[tuple[str, dict]],
-    batch_size: int = 64,
+    steps: list[TimedStep],
+    images_per_run: int = 1,
     rounds: int = 5,
     runs: int = 2,
     warmup: int = 2,
-    latency_runs: int = 10,
-    dtype: str = "fp32",
-    device: str | torch.device | None = None,
-    compile_mode: str | None = None,
+    latency_runs: int = 0,
     seed: int = 0,
     bracket: int = 4,
-) -> tuple[list[InterleavedTiming], str]:
-    """Images/s and batch-1 latency of several pruning settings of one model, timed in interleaved rounds.
+    device: str | torch.device | None = None,
+) -> list[InterleavedTiming]:
+    """Time several steps against the first one (the reference) in interleaved rounds: the one timer of the package,
+    used by `evaluate`, `sweep`, `train` and `benchmarks/speed.py`.
 
-    In each round every variant is timed once, in a shuffled order (seeded), with the variant's setting applied by
-    `model.pruning(**fields)`: `runs` synchronised passes at `batch_size` (their median is the round's images/s) and
-    `latency_runs` single-image passes. The first variant is the reference (e.g. the unpruned model) and brackets the
-    others: it is timed before and after every group of at most `bracket` of them, and the reference's time per batch
-    at each variant is interpolated linearly between those two timings by the variant's place in the group (the j-th
-    of k: `t_before + (t_after - t_before) j / (k + 1)`); the variant's speed-up is that time over its own (latency
-    likewise). Drift that is linear across a group cancels exactly, however many variants a round holds (timing the
-    reference once per round does not cancel drift inside a round of many variants, which can last minutes). Medians and
-    min-max over rounds are reported; the reference's images/s and latency are medians over all its timings (its
-    images/s min-max too, over more timings than the other rows). Warm-up: `warmup` untimed passes of each variant
-    before the first round. Protocol otherwise as [`measure_throughput`] (eval mode, inference mode, fixed random input,
-    bf16 / fp16 under autocast, `torch.compile(mode=compile_mode)` when given: each variant compiles during its
-    warm-up).
+    In each round every step is timed once, in a shuffled order (seeded): `runs` synchronised calls of `step.run`
+    (their median is the round's time) and `latency_runs` calls of `step.single`, inside `step.context()`. The
+    reference brackets the others: it is timed before and after every group of at most `bracket` of them, and its time
+    at each step is interpolated linearly between those two timings by the step's place in the group (the j-th of k:
+    `t_before + (t_after - t_before) j / (k + 1)`); the step's speed-up is that time over its own (latency likewise).
+    Drift that is linear across a group cancels exactly, however many steps a round holds. Warm-up: `warmup` untimed
+    calls of each step (and of its `single`) before the first round. Source: this project's protocol (README, docs).
 
     Args:
-        model (`nn.Module`): a pruned image model (PrunedViT class, or a stock model after `prune`).
-        variants (`list[(name, fields)]`): `fields` for `model.pruning(...)`; the first is the reference.
-        batch_size, rounds, runs, warmup, latency_runs (`int`): as described (`latency_runs=0`: no latency).
-        dtype (`str`), device, compile_mode (`str`, *optional*), seed (`int`): shuffling seed.
-        bracket (`int`): most variants timed between two reference timings (smaller: drift cancels better, the
-            reference is timed more often; 1 times it between every two variants).
+        steps (`list[TimedStep]`): the first is the reference.
+        images_per_run (`int`): images one `run` processes (images/s = images_per_run / seconds).
+        rounds, runs, warmup, latency_runs (`int`): as described (`latency_runs=0`: no latency).
+        seed (`int`): shuffling seed.
+        bracket (`int`): most steps timed between two reference timings (1: around every step).
+        device (*optional*): a CUDA device is synchronised around every timed call (kernels run asynchronously).
 
     Returns:
-        `(timings, protocol)`: one [`InterleavedTiming`] per variant, in the given order, and the protocol line.
+        One [`InterleavedTiming`] per step, in the given order.
 
     Raises:
-        ValueError: for an unknown `dtype`, fewer than 1 round / run, no variant, or `bracket` < 1.
+        ValueError: for fewer than 1 round / run / image per run, no step, `bracket` < 1, or negative warm-up or
+            latency passes.
     """
     import random
 
-    _check_protocol(dtype, runs, batch_size)
-    if rounds < 1 or not variants:
-        raise ValueError(f"need at least one round and one variant, got rounds={rounds}, {len(variants)} variants.")
+    if rounds < 1 or runs < 1 or images_per_run < 1 or not steps:
+        raise ValueError(
+            f"need at least one round, run, image per run and step, got rounds={rounds}, runs={runs}, "
+            f"images_per_run={images_per_run}, {len(steps)} steps."
+        )
     if bracket < 1:
-        raise ValueError(f"bracket must be at least 1 (variants between two reference timings), got {bracket}.")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    model.eval().to(device)
-    size = _model_image_size(model)
-    generator = torch.Generator().manual_seed(0)
-    batch = torch.randn(batch_size, model.config.num_channels, size, size, generator=generator).to(device)
-    single = batch[:1].clone()
-    forward = LogitsOnly(model, interpolate_pos_encoding=False)
-    if compile_mode is not None:  # every variant is its own graph: room for all of them in dynamo's cache
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 4 * len(variants))
-        forward = torch.compile(forward, mode=compile_mode, fullgraph=True, dynamic=False)  # one graph per setting
+        raise ValueError(f"bracket must be at least 1 (steps between two reference timings), got {bracket}.")
+    if warmup < 0 or latency_runs < 0:
+        raise ValueError(f"warmup and latency_runs must be >= 0, got {warmup} and {latency_runs}.")
+    device = torch.device(device) if device is not None else torch.device("cpu")
 
-    def seconds(x: torch.Tensor) -> float:
+    def seconds(call) -> float:
         _synchronize(device)
         start = time.perf_counter()
-        forward(x)
+        call()
         _synchronize(device)
         return time.perf_counter() - start
 
-    others = list(range(1, len(variants)))
+    others = list(range(1, len(steps)))
     shuffler = random.Random(seed)
-    rates = [[] for _ in variants]  # images/s of every timing
-    latencies = [[] for _ in variants]  # every batch-1 pass (ms)
-    speedups = [[] for _ in variants]  # per round: against the reference timings around the variant's group
-    latency_speedups = [[] for _ in variants]
+    rates = [[] for _ in steps]  # images/s of every timing
+    latencies = [[] for _ in steps]  # every batch-1 pass (ms)
+    speedups = [[] for _ in steps]  # per round: against the reference timings around the step's group
+    latency_speedups = [[] for _ in steps]
+    timed_latency = latency_runs > 0 and all(step.single is not None for step in steps)
 
-    def time_variant(index: int) -> tuple[float, float | None]:
-        with model.pruning(**variants[index][1]):
-            rate = batch_size / statistics.median(seconds(batch) for _ in range(runs))
-            passes = [1e3 * seconds(single) for _ in range(latency_runs)]
+    def time_step(index: int) -> tuple[float, float | None]:
+        step = steps[index]
+        with step.context():
+            rate = images_per_run / statistics.median(seconds(step.run) for _ in range(runs))
+            passes = [1e3 * seconds(step.single) for _ in range(latency_runs)] if timed_latency else []
         rates[index].append(rate)
         latencies[index] += passes
         return rate, statistics.median(passes) if passes else None
 
-    with torch.inference_mode(), _autocast(device, dtype):
-        for index in range(len(variants)):  # warm-up (and compilation) of every variant
-            with model.pruning(**variants[index][1]):
-                for _ in range(max(warmup, 2 if compile_mode else warmup)):
-                    forward(batch)
-                    if latency_runs:
-                        forward(single)
-        for _ in range(rounds):
-            shuffler.shuffle(others)
-            before = time_variant(0)
-            for start in range(0, max(len(others), 1), bracket):
-                group = [(index, time_variant(index)) for index in others[start : start + bracket]]
-                after = time_variant(0)
-                speedups[0].append(1.0)
-                if latency_runs:
-                    latency_speedups[0].append(1.0)
-                for place, (index, (rate, latency)) in enumerate(group, start=1):
-                    share = place / (len(group) + 1)  # the reference interpolated to the variant's place
-                    reference_seconds = (1 - share) / before[0] + share / after[0]  # per image
-                    speedups[index].append(rate * reference_seconds)
-                    if latency is not None:
-                        latency_speedups[index].append(((1 - share) * before[1] + share * after[1]) / latency)
-                before = after
+    for step in steps:  # warm-up (and compilation) of every step
+        with step.context():
+            for _ in range(warmup):
+                step.run()
+                if timed_latency:
+                    step.single()
+    for _ in range(rounds):
+        shuffler.shuffle(others)
+        before = time_step(0)
+        for start in range(0, max(len(others), 1), bracket):
+            group = [(index, time_step(index)) for index in others[start : start + bracket]]
+            after = time_step(0)
+            speedups[0].append(1.0)
+            if timed_latency:
+                latency_speedups[0].append(1.0)
+            for place, (index, (rate, latency)) in enumerate(group, start=1):
+                share = place / (len(group) + 1)  # the reference interpolated to the step's place
+                reference_seconds = (1 - share) / before[0] + share / after[0]  # per image
+                speedups[index].append(rate * reference_seconds)
+                if latency is not None:
+                    latency_speedups[index].append(((1 - share) * before[1] + share * after[1]) / latency)
+            before = after
     timings = []
-    for index, (name, _) in enumerate(variants):
+    for index, step in enumerate(steps):
         latency = latency_p90 = latency_speedup = None
-        if latency_runs:
+        if timed_latency:
             latency = statistics.median(latencies[index])
             latency_p90 = statistics.quantiles(latencies[index], n=10)[-1] if len(latencies[index]) > 1 else latency
             latency_speedup = statistics.median(latency_speedups[index])
         timings.append(
             InterleavedTiming(
-                name=name,
+                name=step.name,
                 images_per_s=statistics.median(rates[index]),
                 images_per_s_min=min(rates[index]),
                 images_per_s_max=max(rates[index]),
@@ -519,16 +356,83 @@ def time_interleaved(
                 latency_speedups=latency_speedups[index],
             )
         )
-    group = min(bracket, max(len(variants) - 1, 1))
+    return timings
+
+
+def interleaving_protocol(reference: str, rounds: int, runs: int, warmup: int, latency_runs: int, seed: int,
+                          bracket: int, num_steps: int) -> str:  # fmt: skip
+    """The protocol line of a [`time_interleaved`] run (its rounds, passes and bracketing)."""
+    group = min(bracket, max(num_steps - 1, 1))
+    return (
+        f"{rounds} interleaved rounds (variants in shuffled order, seed {seed}) of {runs} timed batch passes"
+        + (f" and {latency_runs} batch-1 passes" if latency_runs else "")
+        + f" per variant after {warmup} warm-up; {reference} timed before and after "
+        + ("every variant" if group == 1 else f"every group of at most {group} variants")
+        + f", speed-ups per round against {reference} interpolated between the two timings around each, median and "
+        "min-max"
+    )
+
+
+def time_pruning_settings(
+    model: nn.Module,
+    variants: list[tuple[str, dict]],
+    batch_size: int = 64,
+    rounds: int = 5,
+    runs: int = 2,
+    warmup: int = 2,
+    latency_runs: int = 10,
+    dtype: str = "fp32",
+    device: str | torch.device | None = None,
+    compile_mode: str | None = None,
+    seed: int = 0,
+    bracket: int = 4,
+) -> tuple[list[InterleavedTiming], str]:
+    """Images/s and batch-1 latency of several pruning settings of one model, with [`time_interleaved`].
+
+    Each variant's setting is applied by `model.pruning(**fields)` around its passes; the first variant is the
+    reference (e.g. the unpruned model). The model runs in eval mode under `torch.inference_mode()` on one fixed random
+    batch (seed 0) and its first image; bf16 / fp16 under `torch.autocast` (weights stay float32);
+    `torch.compile(mode=compile_mode, fullgraph=True, dynamic=False)` when given (each setting its own graph, compiled
+    during its warm-up, which then has at least 2 passes).
+
+    Args:
+        model (`nn.Module`): a pruned image model (PrunedViT class, or a stock model after `prune`).
+        variants (`list[(name, fields)]`): `fields` for `model.pruning(...)`; the first is the reference.
+        batch_size, rounds, runs, warmup, latency_runs, seed, bracket: as [`time_interleaved`].
+        dtype (`str`): "fp32", "bf16" or "fp16"; device (*optional*): defaults to the model's; compile_mode (`str`,
+            *optional*): "default", "max-autotune" or "reduce-overhead".
+
+    Returns:
+        `(timings, protocol)`: one [`InterleavedTiming`] per variant, in the given order, and the protocol line.
+
+    Raises:
+        ValueError: for an unknown `dtype`, `batch_size` < 1, or what [`time_interleaved`] refuses.
+    """
+    _check_protocol(dtype, runs, batch_size)
+    if not variants:
+        raise ValueError("need at least one round and one variant, got no variant.")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.eval().to(device)
+    size = _model_image_size(model)
+    generator = torch.Generator().manual_seed(0)
+    batch = torch.randn(batch_size, model.config.num_channels, size, size, generator=generator).to(device)
+    single = batch[:1].clone()
+    forward = LogitsOnly(model, interpolate_pos_encoding=False)
+    if compile_mode is not None:  # every variant is its own graph: room for all of them in dynamo's cache
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 4 * len(variants))
+        forward = torch.compile(forward, mode=compile_mode, fullgraph=True, dynamic=False)  # one graph per setting
+        warmup = max(warmup, 2)
+    steps = [
+        TimedStep(name, lambda: forward(batch), lambda: forward(single), lambda f=fields: model.pruning(**f))
+        for name, fields in variants
+    ]
+    with torch.inference_mode(), _autocast(device, dtype):
+        timings = time_interleaved(steps, batch_size, rounds, runs, warmup, latency_runs, seed, bracket, device)
     protocol = (
         f"batch {batch_size}, {size} px, {dtype}, {getattr(model.config, '_attn_implementation', None) or 'eager'} "
         f"attention, {device_name(device)}, {torch.get_num_threads()} threads, torch {torch.__version__}"
         + (f", torch.compile(mode={compile_mode!r})" if compile_mode else "")
-        + f"; {rounds} interleaved rounds (variants in shuffled order, seed {seed}) of {runs} timed batch passes"
-        + (f" and {latency_runs} batch-1 passes" if latency_runs else "")
-        + f" per variant after {warmup} warm-up; {variants[0][0]} timed before and after "
-        + ("every variant" if group == 1 else f"every group of at most {group} variants")
-        + f", speed-ups per round against {variants[0][0]} "
-        "interpolated between the two timings around each, median and min-max"
+        + "; "
+        + interleaving_protocol(variants[0][0], rounds, runs, warmup, latency_runs, seed, bracket, len(variants))
     )
     return timings, protocol

@@ -19,15 +19,12 @@ from .evaluation import (
     EvaluateArguments,
     Variant,
     check_output_dir,
-    evaluation_protocol,
-    markdown_table,
     measure_variants,
     prepare_evaluation,
-    settings_of,
-    table_footer,
     variants_from_args,
 )
 from .measure import count_gmacs
+from .report import evaluation_protocol, markdown_table, settings_of, table_footer
 from .token_reduction import REDUCERS
 
 SWEEP_OUTPUTS = ("sweep.json", "sweep.csv", "sweep.md", "top1_vs_gmacs.png", "top1_vs_images_per_s.png",

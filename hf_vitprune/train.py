@@ -10,21 +10,20 @@ learning rate 1e-3 per 256 images of global batch.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import re
 import shlex
 import sys
-import warnings
 from dataclasses import dataclass, field
 
 import torch
-from torchvision.transforms import v2
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from .arguments import PruningArguments
+from .augmentation import AugmentationEpochCallback, TrainCollator, eval_collator, train_transform
+from .checkpoints import check_training_output_dir, push_output_dir, redact_command, resolve_resume_checkpoint
+from .losses import Distillation, DistillationLoss, load_teacher, soft_target_loss
 from .token_reduction import PruningSettings
 
 
@@ -204,221 +203,6 @@ class KeepRateScheduleCallback(TrainerCallback):
         self._restore(model)
 
 
-class AugmentationEpochCallback(TrainerCallback):
-    """Tells a seeded `data.TransformedImages` which epoch starts, so each epoch draws new augmentations and a
-    resumed run draws those of the uninterrupted one (the epoch is `floor(state.epoch)`: a run resumed mid-epoch
-    continues that epoch)."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        self.dataset.set_epoch(math.floor((state.epoch or 0.0) + 1e-9))
-
-
-def train_transform(image_size: int, preprocessing, augmentation: str, random_erasing: float) -> v2.Compose:
-    """DeiT training augmentation with torchvision transforms v2 (input: RGB PIL image; output `(3, H, W)` float).
-
-    `randaugment`: RandomResizedCrop `image_size` (bicubic) + flip + RandAugment(2, 9); `randomcrop`: the evaluation
-    resize of `preprocessing` (a `data.Preprocessing`, the checkpoint's image processor) + RandomCrop + flip (the
-    paper's); `none`: the evaluation resize and centre crop. Then scaling and the processor's normalisation, and
-    RandomErasing with probability `random_erasing`. Source: DeiT (Touvron et al. 2021) / timm's training transforms.
-
-    Raises:
-        ValueError: for an unknown `augmentation`.
-    """
-    resize = v2.Resize(preprocessing.resize_size(), interpolation=preprocessing.interpolation(), antialias=True)
-    if augmentation == "randaugment":
-        spatial = [
-            v2.RandomResizedCrop(image_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-            v2.RandomHorizontalFlip(),
-            # on tensors torchvision's RandAugment interpolates bilinearly (timm, on PIL images: bicubic)
-            v2.RandAugment(num_ops=2, magnitude=9, interpolation=v2.InterpolationMode.BILINEAR),
-        ]
-    elif augmentation == "randomcrop":
-        spatial = [resize, v2.RandomCrop(image_size), v2.RandomHorizontalFlip()]
-    elif augmentation == "none":
-        spatial = [resize, v2.CenterCrop(image_size)]
-    else:
-        raise ValueError(f"--augmentation must be randaugment, randomcrop or none, got {augmentation!r}.")
-    normalize = v2.Normalize(mean=list(preprocessing.mean), std=list(preprocessing.std))
-    tail = [v2.ToDtype(torch.float32, scale=True), normalize]
-    if random_erasing > 0:
-        tail.append(v2.RandomErasing(p=random_erasing, value=0))
-    return v2.Compose([v2.ToImage(), *spatial, *tail])
-
-
-class TrainCollator:
-    """Stacks `(pixel_values, label)` items into a batch and applies Mixup or CutMix (one, chosen per batch).
-
-    Labels come out as `(batch, num_classes)` float targets (one-hot without mixing), so the loss can smooth them.
-    Items `(pixel_values, label, sample_seed)` (a seeded `data.TransformedImages`) make the mix reproducible: it is
-    drawn under a generator seeded from the batch's sample seeds. Source: torchvision transforms v2 MixUp / CutMix /
-    RandomChoice, as timm's Mixup applies one of them per batch.
-    """
-
-    def __init__(self, num_classes: int, mixup_alpha: float, cutmix_alpha: float):
-        mixers = []
-        if mixup_alpha > 0:
-            mixers.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
-        if cutmix_alpha > 0:
-            mixers.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
-        self.mix = v2.RandomChoice(mixers) if mixers else None
-        self.num_classes = num_classes
-
-    def __call__(self, items):
-        pixel_values = torch.stack([item[0] for item in items])
-        labels = torch.tensor([item[1] for item in items])
-        if self.mix is None:
-            one_hot = torch.nn.functional.one_hot(labels, self.num_classes).float()
-            return {"pixel_values": pixel_values, "labels": one_hot}
-        if len(items[0]) < 3:  # unseeded items: mix with torch's global generator
-            pixel_values, labels = self.mix(pixel_values, labels)
-            return {"pixel_values": pixel_values, "labels": labels}
-        # seeded items (data.TransformedImages with a seed): the mix is drawn from the batch's own items, so a resumed
-        # run mixes each batch as the uninterrupted run did
-        digest = hashlib.blake2b(repr([item[2] for item in items]).encode(), digest_size=8).digest()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int.from_bytes(digest, "little") >> 1)
-            pixel_values, labels = self.mix(pixel_values, labels)
-        return {"pixel_values": pixel_values, "labels": labels}
-
-
-def eval_collator(items):
-    """Stacks `(pixel_values, label)` items; labels stay class indices."""
-    return {"pixel_values": torch.stack([i[0] for i in items]), "labels": torch.tensor([i[1] for i in items])}
-
-
-def soft_target_loss(label_smoothing: float):
-    """The Trainer `compute_loss_func`: `torch.nn.functional.cross_entropy`, with label smoothing on soft targets.
-
-    Training batches carry `(batch, classes)` targets (Mixup / CutMix / one-hot), which `cross_entropy` takes as class
-    probabilities and smooths as `(1 - eps) t + eps / classes` (equal to smoothing before mixing, as timm does).
-    Evaluation batches carry class indices and get the plain cross-entropy. With gradient accumulation the Trainer
-    passes `num_items_in_batch`, which counts target entries: divided by the class count for soft targets, it is the
-    number of images.
-    """
-
-    def loss_fn(outputs, labels, num_items_in_batch=None):
-        logits = outputs["logits"].float()
-        if labels.ndim == 1:
-            per_image = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
-        else:
-            per_image = torch.nn.functional.cross_entropy(
-                logits, labels.float(), label_smoothing=label_smoothing, reduction="none"
-            )
-        return reduce_per_image(per_image, labels, num_items_in_batch)
-
-    return loss_fn
-
-
-def reduce_per_image(per_image: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
-    """Mean of a per-image loss `(batch,)`, or its sum over the images of the whole accumulated batch when the Trainer
-    passes `num_items_in_batch` (which counts target entries: `classes` per image for soft targets)."""
-    if num_items_in_batch is None:
-        return per_image.mean()
-    images = num_items_in_batch if labels.ndim == 1 else num_items_in_batch / labels.shape[-1]
-    return per_image.sum() / images
-
-
-def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """DeiT's soft distillation, per image: `tau^2 * KL(softmax(t / tau) || softmax(s / tau))`.
-
-    Source: Touvron et al., "Training data-efficient image transformers & distillation through attention" (DeiT),
-    ICML 2021, eq. 2; Hinton et al. 2015 for the `tau^2` factor.
-
-    Args:
-        student_logits, teacher_logits (`torch.Tensor` of shape `(batch, classes)`).
-        temperature (`float`): `tau` > 0.
-
-    Returns:
-        `torch.FloatTensor` of shape `(batch,)`.
-    """
-    student = torch.nn.functional.log_softmax(student_logits.float() / temperature, dim=-1)
-    teacher = torch.nn.functional.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    return temperature**2 * torch.nn.functional.kl_div(student, teacher, log_target=True, reduction="none").sum(-1)
-
-
-@dataclass
-class Distillation:
-    """A frozen teacher and how the student learns from it (see [`ImageClassificationTrainer`]).
-
-    Attributes:
-        teacher (`nn.Module`): in eval mode, no gradients.
-        teacher_index (`torch.LongTensor` of shape `(student classes,)`): the teacher output of each student output.
-        alpha (`float`), temperature (`float`), token_weight (`float`): as the `--distill_*` flags.
-        source (`str`): what the teacher is, for the results.
-    """
-
-    teacher: torch.nn.Module
-    teacher_index: torch.Tensor
-    alpha: float
-    temperature: float
-    token_weight: float
-    source: str
-
-    def describe(self) -> dict:
-        """The settings recorded as `training.distillation` in the results and the model card."""
-        return {
-            "teacher": self.source,
-            "alpha": self.alpha,
-            "temperature": self.temperature,
-            "class_token_mse_weight": self.token_weight,
-            "loss": "(1 - alpha) cross-entropy + alpha tau^2 KL"
-            + (" + class_token_mse_weight * MSE(final class-token states, before the last layer norm)"
-               if self.token_weight else ""),
-        }  # fmt: skip
-
-
-def load_teacher(model_args: ModelArguments, data_args: DataArguments, student) -> Distillation | None:
-    """The teacher `--distill_from` names, checked against the student before any training.
-
-    Raises:
-        ValueError: for a teacher whose image size differs from the student's, whose head does not predict the
-            student's classes (with what to pass), that is pruned without `--allow_pruned_teacher`, or bad weights.
-    """
-    from .data import resolve_label_mapping
-    from .loading import check_model_source, load_pruned_model
-
-    source = model_args.distill_from
-    if source is None:
-        return None
-    if not 0 <= model_args.distill_alpha <= 1 or model_args.distill_temperature <= 0:
-        raise ValueError("--distill_alpha must lie in [0, 1] and --distill_temperature be > 0.")
-    from transformers import PretrainedConfig
-
-    unpruned = source == "unpruned"
-    path = model_args.model_name_or_path if unpruned else source
-    check_model_source(path)
-    # a stock ViT / DeiT checkpoint is an unpruned teacher (loading it as PrunedViT would add the default pruning)
-    stock = "pruning_method" not in PretrainedConfig.get_config_dict(path)[0]
-    teacher = load_pruned_model(path, attn_implementation=model_args.attn_implementation)
-    if unpruned or stock:
-        teacher.set_pruning(pruning_method=None)
-    elif teacher.config.pruning_method is not None and not model_args.allow_pruned_teacher:
-        raise ValueError(
-            f"--distill_from {source}: that model is itself pruned ({teacher.config.pruning_method}); pass "
-            "--allow_pruned_teacher to distill from it anyway, or the folder of an unpruned model."
-        )
-    if teacher.config.image_size != student.config.image_size:
-        raise ValueError(
-            f"--distill_from {source}: the teacher takes {teacher.config.image_size} px images, the student "
-            f"{student.config.image_size} px; distillation feeds both the same images."
-        )
-    student_classes = [student.config.id2label[i] for i in range(student.config.num_labels)]
-    try:
-        index = resolve_label_mapping(student_classes, teacher.config.id2label, data_args.class_list)
-    except ValueError as error:
-        raise ValueError(
-            f"--distill_from {source}: the teacher's head does not predict the student's classes ({error})"
-        ) from error
-    teacher.eval().requires_grad_(False)
-    return Distillation(
-        teacher, torch.tensor(index), model_args.distill_alpha, model_args.distill_temperature,
-        model_args.distill_token_weight, f"{path} with pruning off" if unpruned else path,
-    )  # fmt: skip
-
-
 TOP_K_SOURCE = "top-1 / top-5 computed from the logits (hf_vitprune.evaluation.top_k_hits)"
 
 
@@ -498,128 +282,6 @@ def load_model_for_training(model_args: ModelArguments, class_names: list[str]):
     return model, list(range(len(class_names)))
 
 
-SECRET_FLAGS = ("--hub_token", "--hub-token", "--token")
-_TOKEN_PATTERN = re.compile(r"hf_(?:oauth_)?[A-Za-z0-9]{20,}")
-
-
-def redact_command(argv: list[str], secrets: tuple[str | None, ...] = ()) -> list[str]:
-    """`argv` with secrets replaced by `REDACTED`, so that a command line can be recorded in results and model cards.
-
-    Redacted: every occurrence of each value in `secrets` (the token as it was *parsed*, so every spelling that
-    reaches it, `--hub_token X`, `--hub-token=X`, ..., is covered, whatever the flag looks like); the value after a
-    flag of `SECRET_FLAGS`; and anything shaped like a Hugging Face access token (`hf_` or `hf_oauth_` followed by 20
-    or more letters or digits).
-
-    Args:
-        argv (`list[str]`): the command line's arguments.
-        secrets (`tuple[str | None, ...]`): values that must not be recorded (`None` / empty ones are ignored).
-
-    Returns:
-        `list[str]` of the same length as `argv`.
-    """
-    values = sorted({s for s in secrets if s}, key=len, reverse=True)  # longest first: no partial leftovers
-    redacted, hide_next = [], False
-    for arg in argv:
-        if hide_next:
-            redacted.append("REDACTED")
-            hide_next = False
-            continue
-        flag, equals, _ = arg.partition("=")
-        if flag in SECRET_FLAGS:
-            redacted.append(f"{flag}=REDACTED" if equals else arg)
-            hide_next = not equals
-            continue
-        for value in values:
-            arg = arg.replace(value, "REDACTED")
-        redacted.append(_TOKEN_PATTERN.sub("REDACTED", arg))
-    return redacted
-
-
-CHECKPOINT_FILES = ("trainer_state.json",)
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-OPTIMIZER_FILES = ("optimizer.pt", "scheduler.pt")
-
-
-def checkpoint_problems(path: str, save_only_model: bool = False) -> list[str]:
-    """What a `checkpoint-N` folder lacks to be resumed from (empty when complete).
-
-    A Trainer checkpoint is complete when its weights, optimizer and scheduler states (unless `save_only_model`) and,
-    written last, a readable `trainer_state.json` are there; a run killed while saving leaves some of them out.
-    """
-    problems = []
-    if not any(os.path.exists(os.path.join(path, name)) for name in WEIGHT_FILES):
-        problems.append("no model weights")
-    if not save_only_model:
-        problems += [f"no {name}" for name in OPTIMIZER_FILES if not os.path.exists(os.path.join(path, name))]
-    state = os.path.join(path, "trainer_state.json")
-    try:
-        with open(state) as f:
-            json.load(f)
-    except (OSError, ValueError):
-        problems.append("no readable trainer_state.json")
-    return problems
-
-
-def resolve_resume_checkpoint(training_args) -> str | None:
-    """The checkpoint folder `--resume_from_checkpoint` means: for `latest` / `true`, the last complete
-    `checkpoint-N` of `--output_dir` (incomplete ones skipped with a warning); a given folder is checked.
-
-    Raises:
-        FileNotFoundError: for `latest` without any complete checkpoint, or a folder that does not exist.
-        ValueError: for a given folder that is incomplete (naming what it lacks).
-    """
-    value = training_args.resume_from_checkpoint
-    if value is None or str(value).lower() in ("false", ""):
-        return None
-    only_model = training_args.save_only_model
-    if str(value).lower() in ("true", "latest", "last"):
-        output_dir = training_args.output_dir
-        found = [n for n in (os.listdir(output_dir) if os.path.isdir(output_dir) else []) if _CHECKPOINT.match(n)]
-        for name in sorted(found, key=lambda n: int(_CHECKPOINT.match(n).group(1)), reverse=True):
-            problems = checkpoint_problems(os.path.join(output_dir, name), only_model)
-            if not problems:
-                return os.path.join(output_dir, name)
-            message = f"skipping the incomplete checkpoint {output_dir}/{name} ({', '.join(problems)})."
-            warnings.warn(message, stacklevel=2)
-        raise FileNotFoundError(
-            f"--resume_from_checkpoint {value}: {output_dir} holds no complete checkpoint-N folder to resume from "
-            f"({len(found)} incomplete). Start the run again without --resume_from_checkpoint "
-            "(add --overwrite_output_dir)."
-        )
-    if not os.path.isdir(value):
-        raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such checkpoint folder.")
-    problems = checkpoint_problems(value, only_model)
-    if problems:
-        raise ValueError(
-            f"--resume_from_checkpoint {value} is incomplete ({', '.join(problems)}; a run killed while saving leaves "
-            "such a folder): resume from an earlier checkpoint, or pass `latest` to take the last complete one."
-        )
-    return value
-
-
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-
-
-def check_training_output_dir(training_args) -> None:
-    """Refuse to train into a folder that already holds a trained model or checkpoints, unless told what to do.
-
-    Raises:
-        FileExistsError: if `output_dir` holds `checkpoint-*`, `config.json`, `model.safetensors` or
-            `pruning_results.json` and neither `--resume_from_checkpoint` nor `--overwrite_output_dir` is given.
-    """
-    output_dir = training_args.output_dir
-    existing = [
-        name
-        for name in (os.listdir(output_dir) if os.path.isdir(output_dir) else [])
-        if name.startswith("checkpoint-") or name in ("config.json", "model.safetensors", "pruning_results.json")
-    ]
-    if existing and not training_args.resume_from_checkpoint and not training_args.overwrite_output_dir:
-        raise FileExistsError(
-            f"{output_dir} already holds {sorted(existing)[:3]}: pass --resume_from_checkpoint to continue that run, "
-            "--overwrite_output_dir to replace it, or another --output_dir."
-        )
-
-
 def load_training_data(data_args: DataArguments, seed: int):
     """The training and evaluation [`ImageData`] of a run.
 
@@ -696,18 +358,18 @@ def build_trainer(
 
 def measure_trained_model(model, training_args) -> dict:
     """GMACs of the trained model pruned and unpruned (`model.pruning(pruning_method=None)`, restored afterwards), and
-    their images/s and batch-1 latency timed in interleaved rounds ([`measure.time_interleaved`]).
+    their images/s and batch-1 latency timed in interleaved rounds ([`measure.time_pruning_settings`]).
 
     Returns:
         `{"pruned": {"gmacs", "speed"}, "unpruned": {...}, "protocol": str}` (`speed` a
         `measure.InterleavedTiming`; the unpruned model is the reference of the speed-ups).
     """
-    from .measure import count_gmacs, time_interleaved
+    from .measure import count_gmacs, time_pruning_settings
 
     with model.pruning(pruning_method=None):
         unpruned_gmacs = count_gmacs(model)
     variants = [("unpruned", {"pruning_method": None}), ("pruned", {})]
-    (unpruned, pruned), protocol = time_interleaved(
+    (unpruned, pruned), protocol = time_pruning_settings(
         model, variants, batch_size=training_args.throughput_batch_size, rounds=training_args.throughput_runs, runs=1
     )
     return {
@@ -725,8 +387,8 @@ def pruning_results(model, measured, train_result, eval_metrics, eval_data, trai
             Trainer's; eval_data / train_data: the run's [`ImageData`]; args: `(model_args, data_args,
             training_args, preprocessing)`; command: the command line.
     """
-    from .evaluation import tokens_text
     from .measure import device_name
+    from .report import tokens_text
 
     model_args, data_args, training_args, preprocessing = args
     output_dir = training_args.output_dir
@@ -853,77 +515,24 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     return results
 
 
-def push_output_dir(output_dir: str, repo_id: str, token: str | None = None) -> str:
-    """Upload the final model folder (weights, config with `auto_map`, modeling code, image processor, metrics, model
-    card) to the Hub with `huggingface_hub.upload_folder`, leaving out intermediate checkpoints.
-
-    The Trainer's own `push_to_hub` would replace the model card with a generic one, hence this.
-
-    Returns:
-        The URL of the commit.
-    """
-    from huggingface_hub import create_repo, upload_folder
-
-    repo = create_repo(repo_id, token=token, exist_ok=True)
-    commit = upload_folder(
-        repo_id=repo.repo_id,
-        folder_path=output_dir,
-        token=token,
-        ignore_patterns=["checkpoint-*", "checkpoint-*/**", "runs/**", "*.pt", "*.pth"],
-        commit_message="hf-vitprune train: final model",
-    )
-    return str(commit)
-
-
 class ImageClassificationTrainer(Trainer):
     """`transformers.Trainer` with a separate collator for evaluation batches (no Mixup / CutMix, class-index labels).
 
     Args:
         eval_data_collator: used by `get_eval_dataloader` / `get_test_dataloader`; `data_collator` stays the
             training collator.
+        distillation ([`~losses.Distillation`], *optional*): a frozen teacher; the `compute_loss_func` then becomes
+            [`~losses.DistillationLoss`] around the given one, set once here.
     """
 
     def __init__(self, *args, eval_data_collator=None, distillation: Distillation | None = None, **kwargs):
+        if distillation is not None:
+            kwargs["compute_loss_func"] = DistillationLoss(kwargs.get("compute_loss_func"), distillation).watch(
+                kwargs["model"]
+            )
         super().__init__(*args, **kwargs)
         self.eval_data_collator = eval_data_collator
         self.distillation = distillation
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The Trainer's loss, plus, in training steps with a teacher, DeiT's soft distillation (and optionally an MSE
-        between the final class-token states): `(1 - alpha) loss + alpha tau^2 KL (+ w MSE)`. The teacher runs
-        frozen, under `no_grad`, on the same (mixed, augmented) images in the same step.
-
-        The teacher's terms go through the Trainer's own `compute_loss` (as its `compute_loss_func` for this step), so
-        the whole loss gets the Trainer's scaling: under DDP with `average_tokens_across_devices` each process divides
-        by the images of the global batch and the Trainer multiplies by the number of processes."""
-        distillation = self.distillation
-        if distillation is None or not model.training:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        pixel_values, tokens = inputs["pixel_values"], distillation.token_weight > 0
-        student_loss = self.compute_loss_func
-
-        def loss_with_teacher(outputs, labels, num_items_in_batch=None):
-            loss = student_loss(outputs, labels, num_items_in_batch=num_items_in_batch)
-            teacher = distillation.teacher.to(pixel_values.device)
-            with torch.no_grad():
-                taught = teacher(pixel_values=pixel_values, output_hidden_states=tokens)
-            teacher_logits = taught.logits[:, distillation.teacher_index.to(taught.logits.device)]
-            per_image = distillation_loss(outputs.logits, teacher_logits, distillation.temperature)
-            loss = (1 - distillation.alpha) * loss + distillation.alpha * reduce_per_image(
-                per_image, labels, num_items_in_batch
-            )
-            if tokens:
-                student_token, teacher_token = outputs.hidden_states[-1][:, 0], taught.hidden_states[-1][:, 0]
-                mse = (student_token.float() - teacher_token.float()).square().mean(-1)
-                loss = loss + distillation.token_weight * reduce_per_image(mse, labels, num_items_in_batch)
-            return loss
-
-        self.compute_loss_func = loss_with_teacher
-        try:
-            inputs = {**inputs, "output_hidden_states": True} if tokens else inputs
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        finally:
-            self.compute_loss_func = student_loss
 
     def _with_eval_collator(self, make_loader, *args, **kwargs):
         training_collator = self.data_collator

@@ -171,7 +171,7 @@ def test_pipeline_and_evaluate_agree_on_non_square_real_images(tmp_path):
 
 
 def test_markdown_delimiter_has_one_cell_per_column():
-    from hf_vitprune.evaluation import markdown_delimiter
+    from hf_vitprune.report import markdown_delimiter
 
     assert markdown_delimiter("| a | b |") == "|---|---|"
     assert markdown_delimiter("| method | speed-up (min–max) | top-1 (%) |\n") == "|---|---|---|"

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from transformers import ViTConfig, ViTForImageClassification
 
 from hf_vitprune.cli import main as cli_main
-from hf_vitprune.train import distillation_loss
+from hf_vitprune.losses import distillation_loss
 
 
 @pytest.fixture(scope="module")

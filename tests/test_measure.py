@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_config_kwargs
 
 from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification
-from hf_vitprune.measure import count_gmacs, measure_throughput
+from hf_vitprune.measure import TimedStep, count_gmacs, time_interleaved, time_pruning_settings
 
 
 @pytest.fixture(scope="module")
@@ -47,18 +47,63 @@ def test_gmacs_do_not_depend_on_the_attention_implementation_and_restore_trainin
     assert count_gmacs(model) == pytest.approx(sdpa, rel=1e-9)
 
 
-def test_throughput_reports_its_protocol():
+def test_timing_pruning_settings_reports_its_protocol():
     model = PrunedViTForImageClassification(PrunedViTConfig(**tiny_config_kwargs()))
-    result = measure_throughput(model, batch_size=4, warmup=1, runs=3)
-    assert result.images_per_s_min <= result.images_per_s <= result.images_per_s_max
-    assert result.images_per_s > 0
-    assert (result.batch_size, result.image_size, result.dtype, result.runs, result.warmup) == (4, 32, "fp32", 3, 1)
-    assert result.device.startswith("cpu") and result.attn_implementation == "sdpa"
-    assert result.num_threads == torch.get_num_threads() and result.torch_version == torch.__version__
-    assert "batch 4" in result.describe()
-    assert measure_throughput(model, batch_size=2, dtype="bf16", warmup=0, runs=1).dtype == "bf16"
+    settings = [("unpruned", {"pruning_method": None}), ("keep 0.5", {"keep_rate": 0.5})]
+    timings, protocol = time_pruning_settings(model, settings, batch_size=4, rounds=1, runs=3, warmup=1, latency_runs=0)
+    assert all(t.images_per_s_min <= t.images_per_s <= t.images_per_s_max and t.images_per_s > 0 for t in timings)
+    assert protocol.startswith("batch 4, 32 px, fp32, sdpa attention, cpu")
+    assert f"{torch.get_num_threads()} threads, torch {torch.__version__}" in protocol
+    assert "1 interleaved rounds" in protocol and "of 3 timed batch passes per variant after 1 warm-up" in protocol
+    assert timings[0].latency_ms is None  # latency_runs=0: not measured
+    bf16, protocol = time_pruning_settings(model, settings, batch_size=2, dtype="bf16", rounds=1, runs=1, warmup=0)
+    assert ", bf16, " in protocol
     with pytest.raises(ValueError, match="dtype"):
-        measure_throughput(model, dtype="int8")
+        time_pruning_settings(model, settings, dtype="int8")
+
+
+def test_the_timer_times_plain_callables_against_the_first(monkeypatch):
+    """`time_interleaved` over callables (what speed.py's tables time): on a fake clock, each step's speed-up is its
+    exact cost ratio to the reference, images/s count `images_per_run`, each step's context is entered around its
+    passes, and warm-up calls are not timed."""
+    import types
+
+    from hf_vitprune import measure
+
+    clock = {"now": 0.0}
+    calls, entered = [], []
+
+    def step(name, cost):
+        def run():
+            calls.append(name)
+            clock["now"] += cost
+
+        return run
+
+    monkeypatch.setattr(measure, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+
+    class Context:
+        def __init__(self, name):
+            self.name = name
+
+        def __enter__(self):
+            entered.append(self.name)
+
+        def __exit__(self, *exc):
+            return False
+
+    steps = [TimedStep(name, step(name, cost), context=lambda n=name: Context(n))
+             for name, cost in (("reference", 2.0), ("half", 1.0), ("quarter", 0.5))]  # fmt: skip
+    timings = time_interleaved(steps, images_per_run=8, rounds=2, runs=1, warmup=3, bracket=1)
+    assert [t.name for t in timings] == ["reference", "half", "quarter"]
+    assert [t.speedup for t in timings] == [1.0, 2.0, 4.0] and timings[2].speedups == [4.0, 4.0]
+    assert [t.images_per_s for t in timings] == [4.0, 8.0, 16.0]
+    assert calls.count("half") == 3 + 2 and calls.count("reference") == 3 + 2 * 3  # warm-up, then bracketing
+    assert entered.count("half") == 1 + 2  # once for the warm-up, once per round
+    with pytest.raises(ValueError, match="at least one round"):
+        time_interleaved(steps, rounds=0)
+    with pytest.raises(ValueError, match="warmup and latency_runs"):
+        time_interleaved(steps, warmup=-1)
 
 
 def test_interleaved_timing_cancels_drift_inside_a_long_round(monkeypatch):
@@ -95,7 +140,7 @@ def test_interleaved_timing_cancels_drift_inside_a_long_round(monkeypatch):
                 for value in (t.speedup_min, t.speedup_max, t.latency_speedup)]  # fmt: skip
 
     for bracket, group in ((4, 4), (1, 1), (100, 7)):
-        timings, protocol = measure.time_interleaved(
+        timings, protocol = measure.time_pruning_settings(
             model, settings, batch_size=2, rounds=3, runs=1, warmup=0, latency_runs=1, bracket=bracket
         )
         assert max(errors(timings)) < 1e-9, (bracket, errors(timings))
@@ -103,30 +148,15 @@ def test_interleaved_timing_cancels_drift_inside_a_long_round(monkeypatch):
         assert f"unpruned timed before and after {expected}, speed-ups per round" in protocol
 
     with pytest.raises(ValueError, match="bracket must be at least 1"):
-        measure.time_interleaved(model, settings, rounds=1, bracket=0)
-
-
-def test_training_throughput_restores_the_weights_and_mode():
-    from hf_vitprune.measure import measure_training_throughput
-
-    model = PrunedViTForImageClassification(PrunedViTConfig(**tiny_config_kwargs())).eval()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = measure_training_throughput(model, batch_size=4, warmup=1, runs=2)
-    assert result.images_per_s > 0 and result.runs == 2 and result.batch_size == 4
-    assert not model.training
-    after = model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
-    assert all(p.grad is None for p in model.parameters())
+        measure.time_pruning_settings(model, settings, rounds=1, bracket=0)
 
 
 def test_interleaved_timing_reports_every_variant_against_the_first():
-    from hf_vitprune.measure import time_interleaved
-
     torch.manual_seed(0)
     model = PrunedViTForImageClassification(PrunedViTConfig(**tiny_config_kwargs())).eval()
     settings = [("unpruned", {"pruning_method": None}), ("keep 0.5", {"keep_rate": 0.5}),
                 ("tome", {"pruning_method": "tome", "tome_r": 3})]  # fmt: skip
-    timings, protocol = time_interleaved(model, settings, batch_size=4, rounds=3, runs=2, warmup=1, latency_runs=3)
+    timings, protocol = time_pruning_settings(model, settings, batch_size=4, rounds=3, runs=2, warmup=1, latency_runs=3)
     assert [t.name for t in timings] == ["unpruned", "keep 0.5", "tome"]
     reference = timings[0]
     assert reference.speedup == reference.speedup_min == reference.speedup_max == 1.0
@@ -143,7 +173,7 @@ def test_interleaved_timing_reports_every_variant_against_the_first():
     assert "3 interleaved rounds" in protocol and "against unpruned interpolated between" in protocol
     assert (model.config.pruning_method, model.config.keep_rate) == ("variance", 0.5)  # the model's own setting
     with pytest.raises(ValueError, match="at least one round"):
-        time_interleaved(model, settings, rounds=0)
+        time_pruning_settings(model, settings, rounds=0)
 
 
 @pytest.mark.slow

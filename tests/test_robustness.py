@@ -98,7 +98,7 @@ def test_a_hub_token_is_used_for_the_push_and_written_nowhere(workspace, tmp_pat
 
 
 def test_redact_command():
-    from hf_vitprune.train import redact_command
+    from hf_vitprune.checkpoints import redact_command
 
     assert redact_command(["--hub_token", TOKEN, "--x", "1"]) == ["--hub_token", "REDACTED", "--x", "1"]
     assert redact_command([f"--token={TOKEN}"]) == ["--token=REDACTED"]

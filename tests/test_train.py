@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from transformers import ViTConfig, ViTForImageClassification
 
 from hf_vitprune.cli import main as cli_main
-from hf_vitprune.train import KeepRateScheduleCallback, soft_target_loss
+from hf_vitprune.losses import soft_target_loss
+from hf_vitprune.train import KeepRateScheduleCallback
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,110 @@
+"""How `hf-vitprune evaluate` and `sweep` write their results: the Markdown tables (labels and cells from
+[`methods`]), the token schedule text, and the protocol of every number."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+
+from . import methods
+from .measure import device_name
+from .token_reduction import PRUNING_FIELDS, PruningSettings
+
+if TYPE_CHECKING:
+    from .evaluation import EvaluateArguments, EvaluationSetup
+
+
+def tokens_text(config, num_patches: int) -> str:
+    """`196→138+1→98+1→70+1`: candidate tokens after each pruning layer (+1 = the fused token)."""
+    return "→".join(
+        [str(num_patches)]
+        + [f"{kept}+{fused}" if fused else str(kept) for kept, fused in config.token_schedule(num_patches)]
+    )
+
+
+def markdown_delimiter(header: str) -> str:
+    """The delimiter row of a Markdown table whose header row is `header` (`| a | b |` -> `|---|---|`): one `---`
+    cell per column, which GitHub needs to render the table at all. Cells must not contain `|`.
+
+    Raises:
+        ValueError: for a header that does not start and end with `|`.
+    """
+    header = header.strip()
+    if not (header.startswith("|") and header.endswith("|") and len(header) > 1):
+        raise ValueError(f"not a Markdown header row (it must start and end with '|'): {header!r}")
+    return "|" + "---|" * (header.count("|") - 1)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Markdown table of evaluation rows (as written by `run_evaluation`); the method, keep-rate and fusion cells
+    come from each method's reducer class. Speed columns (when measured): images/s (median over interleaved rounds),
+    speed-up against the first row (median of the per-round ratios, min-max), realisation (speed-up divided by the
+    GMACs ratio), batch-1 latency (median and p90, ms) and its realisation."""
+    timed = any(not math.isnan(r.get("images_per_s", math.nan)) for r in rows)
+    header = "| method | keep rate | fusion | tokens per stage | top-1 (%) | Δ top-1 | GMACs |"
+    if timed:
+        header += " images/s | speed-up (min–max) | realisation | batch-1 ms (p90) | batch-1 realisation |"
+    lines = [header, markdown_delimiter(header)]
+    for r in rows:
+        settings, explicit = settings_of(r)
+        method = methods.label(settings)
+        keep, fusion = methods.table_cells(settings, explicit)
+        line = (
+            f"| {method} | {keep} | {fusion} | {r['tokens']} | {r['top1']:.2f} | {r['top1_delta']:+.2f} | "
+            f"{r['gmacs']:.3f} |"
+        )
+        if timed:
+            line += (
+                f" {r['images_per_s']:.1f} | {r['speedup']:.2f}× ({r['speedup_min']:.2f}–{r['speedup_max']:.2f}) | "
+                f"{r['realisation']:.2f} | "
+            )
+            if r.get("latency_ms") is not None:
+                line += f"{r['latency_ms']:.1f} ({r['latency_p90_ms']:.1f}) | {r['latency_realisation']:.2f} |"
+            else:
+                line += "— | — |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def settings_of(row: dict) -> tuple[PruningSettings, tuple[str, ...]]:
+    """`(settings, explicit)` of a results row (as `run_evaluation` writes it, this version or an earlier one): its
+    pruning settings, and the ones chosen for the variant rather than left at the model's value that labels show (an
+    explicit temperature is flagged by `fusion_temperature_set`)."""
+    settings = PruningSettings(**{name: row[name] for name in PRUNING_FIELDS if name in row})
+    return settings, ("fusion_temperature",) if row.get("fusion_temperature_set") else ()
+
+
+def evaluation_protocol(
+    setup: EvaluationSetup, args: EvaluateArguments, command: str | None, throughput_protocol: str | None
+) -> dict:
+    """How every number of a run was obtained, for the JSON report."""
+    from . import __version__
+
+    return {
+        "command": command,
+        "model": args.model_name_or_path,
+        "data": setup.data.source,
+        "images": len(setup.data),
+        "class_list": args.class_list,
+        "preprocessing": setup.preprocessing,
+        "top1": "argmax over all model outputs; torch.manual_seed(seed) right before the pass (random pruning)",
+        "gmacs": "fvcore, one image, SDPA counted through an op handle (hf_vitprune.measure.count_gmacs)",
+        "throughput": throughput_protocol,
+        "machine": device_name(setup.device),
+        "torch": torch.__version__,
+        "hf_vitprune": __version__,
+        "fusion_temperature_default": setup.model.config.fusion_temperature,
+    }
+
+
+def table_footer(report: dict) -> str:
+    """The Markdown lines under a results table: data, model, preprocessing, throughput protocol, command."""
+    protocol = report["protocol"]
+    return (
+        f"\n\n{protocol['images']} images of `{protocol['data']}`; model `{protocol['model']}`; "
+        f"{protocol['preprocessing']}. GMACs: {protocol['gmacs']}. "
+        f"images/s: {protocol['throughput'] or 'not measured'}."
+        f"\n\nCommand: `{protocol['command']}`\n"
+    )
