@@ -618,7 +618,8 @@ def joint_importance(
             masked token does not change the others' scores.
 
     Returns:
-        `torch.FloatTensor` of shape `(batch, candidates)`, higher = more important.
+        `torch.FloatTensor` of shape `(batch, candidates)`, higher = more important. The row entropies are summed in
+        float64, so an image's ranking does not depend on the float32 rounding of the batch it is in.
 
     Raises:
         ValueError: for another `joint`.
@@ -629,9 +630,16 @@ def joint_importance(
         queries = torch.cat([valid.new_ones(valid.shape[0], num_prefix_tokens), valid], dim=1).to(attention.dtype)
         per_query = attention[..., num_prefix_tokens:].mean(dim=1)  # (batch, queries, candidates)
         received = (per_query * queries.unsqueeze(-1)).sum(dim=1) / queries.sum(dim=1, keepdim=True)
-    row_entropy = renyi_entropy(attention[:, :, num_prefix_tokens:], 1.0, dim=-1).mean(dim=1)  # as a query
+    # as a query: the Shannon entropy of its row over the candidates, averaged over heads, summed in float64:
+    # near-uniform attention (e.g. at random init) leaves the rows' entropies a spread below the float32 error of
+    # summing hundreds of terms, which differs with the batch size on some CPUs, and the standardisation below would
+    # turn that error into the ranking (Apple's MPS has no float64: float32 there)
+    precise = torch.float32 if attention.device.type == "mps" else torch.float64
+    candidates = attention[:, :, num_prefix_tokens:]
+    row_entropy = -torch.special.xlogy(candidates, candidates).sum(dim=-1, dtype=precise).mean(dim=1)
+    received = received.to(precise)
     if joint == "product":
-        return received * torch.exp(-row_entropy)
+        return (received * torch.exp(-row_entropy)).to(attention.dtype)
     if joint == "mean":
         weight = torch.ones_like(received) if valid is None else valid.to(received.dtype)
         count = weight.sum(dim=1, keepdim=True)
@@ -641,7 +649,7 @@ def joint_importance(
             var = ((x - mean).square() * weight).sum(dim=1, keepdim=True) / (count - 1).clamp_min(1)
             return (x - mean) / var.sqrt().clamp_min(1e-12)
 
-        return (standardised(received) + standardised(-row_entropy)) / 2
+        return ((standardised(received) + standardised(-row_entropy)) / 2).to(attention.dtype)
     raise ValueError(f"joint must be 'mean' or 'product', got {joint!r}.")
 
 
