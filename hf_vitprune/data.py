@@ -471,23 +471,81 @@ def eval_transform(image_size: int = 224) -> v2.Compose:
     return Preprocessing(default_image_processor(image_size), "DeiT default").eval_transform()
 
 
+_PIL_CONVERTS = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+"""Modes PIL itself converts to RGB (`Image.convert("RGB")`: palette looked up, alpha dropped, CMYK / YCbCr / LAB / HSV
+converted, 1-bit and 8-bit greyscale replicated)."""
+
+
+def to_rgb(image, name: str = "<image>"):
+    """An 8-bit RGB PIL image of `image`, whatever its mode, by its value range.
+
+    - 8-bit modes, palette, alpha, CMYK, YCbCr, LAB, HSV: PIL's own `convert("RGB")` ([`_PIL_CONVERTS`]).
+    - 16-bit greyscale (`I;16`, `I;16B`, `I;16L`, `I;16N`): divided by 257 (65535 -> 255), rounded.
+    - 32-bit integer (`I`, as PIL opens many 16-bit PNGs): values in 0..255 kept, in 0..65535 divided by 257.
+    - 32-bit float (`F`): values in 0..1 multiplied by 255, in 0..255 kept.
+
+    Source: PIL's modes (https://pillow.readthedocs.io/en/stable/handbook/concepts.html#modes); `convert("RGB")` alone
+    clips 16-bit and float values to 0..255, turning 16-bit pictures white and 0..1 floats black.
+
+    Args:
+        image (`PIL.Image.Image`): any mode.
+        name (`str`): the file, for messages.
+
+    Raises:
+        ValueError: naming the file and the mode, for a mode or value range that cannot be read as an 8-bit picture
+            (e.g. negative or above-65535 integers, floats outside 0..255, a mode PIL has no RGB conversion for).
+    """
+    import numpy as np
+    from PIL import Image
+
+    mode = image.mode
+    if mode in _PIL_CONVERTS:
+        return image.convert("RGB")
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if mode == "F" and low >= 0 and high <= 1:
+            scale = 255.0
+        elif low >= 0 and high <= 255 and not mode.startswith("I;16"):
+            scale = 1.0
+        elif mode != "F" and low >= 0 and high <= 65535:
+            scale = 1 / 257
+        else:
+            raise ValueError(
+                f"Cannot read image {name}: mode {mode} with values in [{low:g}, {high:g}] is neither 8-bit "
+                "(0..255), 16-bit (0..65535) nor a 0..1 float picture. Convert it to an 8-bit RGB image first."
+            )
+        grey = Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8), mode="L")
+        return grey.convert("RGB")
+    raise ValueError(
+        f"Cannot read image {name}: PIL mode {mode} has no conversion to 8-bit RGB here. Convert it to an 8-bit RGB "
+        "image first."
+    )
+
+
 def open_rgb(image: dict | object):
-    """Decode one image-column value to an RGB PIL image (greyscale, palette, CMYK and RGBA are converted).
+    """Decode one image-column value to an 8-bit RGB PIL image ([`to_rgb`]: every PIL mode by its value range).
 
     Args:
         image: a `{"path", "bytes"}` dict (undecoded `datasets.Image`) or a PIL image.
 
     Raises:
-        ValueError: naming the file when it cannot be decoded.
+        ValueError: naming the file when it cannot be decoded (a decompression bomb included), or its mode or value
+            range cannot be read.
     """
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return to_rgb(image)
     path, data = image.get("path"), image.get("bytes")
     try:
         with Image.open(io.BytesIO(data) if data is not None else path) as opened:
-            return opened.convert("RGB")
+            return to_rgb(opened, path or "<bytes>")
+    except Image.DecompressionBombError as error:  # not an OSError: PIL refuses it before decoding
+        raise ValueError(
+            f"Cannot read image {path or '<bytes>'}: it is larger than PIL's decompression-bomb limit "
+            f"(PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS} pixels): {error}"
+        ) from error
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"Cannot read image {path or '<bytes>'}: {error}") from error
 
