@@ -203,14 +203,16 @@ class EvaluateArguments(PruningGridArguments):
         timing they would stop a run only after its accuracy pass, which can take an hour).
 
         Raises:
-            ValueError: for a batch size, number of rounds, timed passes or bracket below 1, or a negative number of
-                warm-up or batch-1 passes, naming the flag.
+            ValueError: for a batch size, number of rounds, timed passes, bracket or `--max_samples` below 1, or a
+                negative number of warm-up or batch-1 passes or workers, naming the flag.
         """
         minimum = {"throughput_batch_size": 1, "throughput_rounds": 1, "throughput_runs": 1, "throughput_bracket": 1,
-                   "throughput_warmup": 0, "latency_runs": 0}  # fmt: skip
+                   "throughput_warmup": 0, "latency_runs": 0, "batch_size": 1, "num_workers": 0,
+                   "max_samples": 1}  # fmt: skip
         for name, low in minimum.items():
-            if getattr(self, name) < low:
-                raise ValueError(f"--{name} must be at least {low}, got {getattr(self, name)}.")
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise ValueError(f"--{name} must be at least {low}, got {value}.")
 
 
 @dataclass
@@ -331,6 +333,13 @@ def measure_variants(
     )
     torch.manual_seed(args.seed)  # the random criterion's draws do not depend on what ran before (e.g. GMACs counts)
     counts = evaluate_variants(model, setup.loader, variants, device, args.dtype)
+    if counts[0]["images"] == 0:  # nothing was evaluated: a top-1 of 0.00 % would be a silently wrong result
+        raise ValueError(
+            f"no image was evaluated: all {counts[0]['skipped']} images of {setup.data.source} were unreadable and "
+            "skipped (--skip_unreadable); no results are written."
+            if counts[0]["skipped"]
+            else f"no image was evaluated: {setup.data.source} holds no image; no results are written."
+        )
     rows = []
     for variant, count in tqdm(list(zip(variants, counts)), desc="GMACs", unit="variant"):
         with model.pruning(**variant.changes):

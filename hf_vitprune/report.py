@@ -102,8 +102,12 @@ def evaluation_protocol(
 def table_footer(report: dict) -> str:
     """The Markdown lines under a results table: data, model, preprocessing, throughput protocol, command."""
     protocol = report["protocol"]
+    skipped = report["rows"][0].get("unreadable_skipped", 0) if report.get("rows") else 0
+    images = f"{protocol['images']} images"
+    if skipped:
+        images += f" ({skipped} unreadable, skipped with --skip_unreadable: {protocol['images'] - skipped} evaluated)"
     return (
-        f"\n\n{protocol['images']} images of `{protocol['data']}`; model `{protocol['model']}`; "
+        f"\n\n{images} of `{protocol['data']}`; model `{protocol['model']}`; "
         f"{protocol['preprocessing']}. GMACs: {protocol['gmacs']}. "
         f"images/s: {protocol['throughput'] or 'not measured'}."
         f"\n\nCommand: `{protocol['command']}`\n"

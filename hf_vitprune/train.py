@@ -119,6 +119,17 @@ class DataArguments:
                   "it. Set to 0 to use --learning_rate as given."},
     )  # fmt: skip
 
+    def __post_init__(self):
+        """Check the sample counts when the arguments are parsed.
+
+        Raises:
+            ValueError: for `--max_train_samples` or `--max_eval_samples` below 1, naming the flag.
+        """
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name} must be at least 1 (or left out for every image), got {value}.")
+
 
 @dataclass
 class PruningTrainingArguments(TrainingArguments):

