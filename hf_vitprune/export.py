@@ -33,7 +33,10 @@ class ExportArguments(PruningArguments):
     """Arguments of `hf-vitprune export` (each is a flag of the same name): the pruning settings
     ([`~arguments.PruningArguments`]; a flag left out keeps the checkpoint's value), then what to export where."""
 
-    output: str = field(metadata={"help": "File to write (.onnx for --format onnx, .pt2 for --format pt2)."})
+    output: str = field(
+        metadata={"help": "File to write (.onnx for --format onnx, .pt2 for --format pt2). ONNX also writes the "
+                  "weights beside it, as OUTPUT.data; neither file is replaced without --overwrite."}
+    )  # fmt: skip
     model_name_or_path: str = field(
         default="facebook/deit-small-patch16-224",
         metadata={"help": "Hub id or local folder of a ViT / DeiT / PrunedViT checkpoint.", "aliases": ["--model"]},
@@ -54,7 +57,7 @@ def check_export_arguments(args: ExportArguments) -> Path:
 
     Raises:
         ValueError: for an unknown format, an opset the exporter cannot write, or an output suffix that does not fit.
-        FileExistsError: if `output` exists and `overwrite` is not set.
+        FileExistsError: if `output` (or, for ONNX, its weights file `output.data`) exists and `overwrite` is not set.
         ImportError: for `--format onnx` without onnx / onnxruntime / onnxscript installed (with the pip command).
     """
     if args.format not in FORMATS:
@@ -68,9 +71,24 @@ def check_export_arguments(args: ExportArguments) -> Path:
         missing = [name for name in ("onnx", "onnxruntime", "onnxscript") if _missing(name)]
         if missing:
             raise ImportError(f'--format onnx needs {", ".join(missing)}: pip install "hf-vitprune[onnx]".')
-    if output.exists() and not args.overwrite:
-        raise FileExistsError(f"{output} already exists: pass --overwrite to replace it, or another --output.")
+    if output.is_dir():
+        raise ValueError(f"--output {output} is a directory: give the file to write, e.g. {output / output.name}.")
+    written = [output, *([external_data_path(output)] if args.format == "onnx" else [])]
+    existing = [str(path) for path in written if path.exists()]
+    if existing and not args.overwrite:
+        raise FileExistsError(
+            f"{' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: pass --overwrite to replace "
+            f"{'it' if len(existing) == 1 else 'them'}, or another --output."
+        )
+    if args.overwrite:  # a stale weights file must not sit beside a new export that has none
+        for path in written[1:]:
+            path.unlink(missing_ok=True)
     return output
+
+
+def external_data_path(output: Path) -> Path:
+    """Where torch's ONNX exporter writes an export's weights: `OUTPUT.data` beside `OUTPUT`."""
+    return output.with_name(output.name + ".data")
 
 
 def _missing(module: str) -> bool:

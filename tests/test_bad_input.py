@@ -65,3 +65,21 @@ def test_skipped_images_are_counted_in_results_md(tiny_model, tmp_path):
     assert "5 images (1 unreadable, skipped with --skip_unreadable: 4 evaluated)" in text
     rows = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
     assert rows[0]["images"] == 4 and rows[0]["unreadable_skipped"] == 1
+
+
+def test_export_keeps_both_of_a_users_files_and_refuses_a_directory(tiny_model, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    output = tmp_path / "m.onnx"
+    weights = tmp_path / "m.onnx.data"
+    weights.write_text("a user's file")
+    argv = ["export", "--model_name_or_path", str(tiny_model), "--pruning_method", "variance", "--keep_rate", "0.5",
+            "--prune_layers", "1", "2", "--output", str(output)]  # fmt: skip
+    assert cli_main(argv) == 2
+    assert f"{weights} already exists: pass --overwrite" in capsys.readouterr().err
+    assert weights.read_text() == "a user's file" and not output.exists()
+    assert cli_main([*argv, "--overwrite"]) == 0 and output.exists() and weights.read_bytes() != b"a user's file"
+    (tmp_path / "folder.onnx").mkdir()
+    assert cli_main([*argv[:-1], str(tmp_path / "folder.onnx")]) == 2
+    assert "is a directory: give the file to write" in capsys.readouterr().err
+    assert cli_main(["export", "--help"]) == 0
+    assert "OUTPUT.data" in " ".join(capsys.readouterr().out.split())
