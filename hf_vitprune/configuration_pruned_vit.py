@@ -84,8 +84,8 @@ class PrunedViTConfig(ViTConfig, PruningFields):
         kwargs.pop("model_type", None)
         settings = PruningSettings.from_config(self).with_defaults(self.num_hidden_layers)
         self.prune_layers, self.keep_rate, self.tome_r = settings.prune_layers, settings.keep_rate, settings.tome_r
-        self.check_pruning_fields()
         self.check_patch_stride()
+        self.check_pruning_fields()
         if self.tied_qk_init not in (None, "mean", "query"):
             raise ValueError(f"tied_qk_init must be 'mean', 'query' or None, got {self.tied_qk_init!r}.")
         super().__post_init__(**kwargs)
@@ -96,7 +96,7 @@ class PrunedViTConfig(ViTConfig, PruningFields):
         Raises:
             ValueError: naming the offending field, its value and what is allowed.
         """
-        PruningSettings.from_config(self).validate(self.num_hidden_layers)
+        PruningSettings.from_config(self).validate(self.num_hidden_layers, self.patch_grid())
 
     def check_patch_stride(self) -> None:
         """Validate `patch_stride` against the patch and image sizes.

@@ -469,11 +469,19 @@ class PrunedViTPreTrainedModel(PruningControlMixin, ViTPreTrainedModel):
         key projections and ties them ([`tie_query_key_weights`]).
 
         Raises:
-            ValueError: for `tie_query_key=True` on an untied checkpoint without `tied_qk_init`, or `False` on a tied
-                one.
+            ValueError: for `tie_query_key=True` on an untied checkpoint without `tied_qk_init`, `False` on a tied
+                one, a `tie_query_key` that is not a boolean (a string such as `"false"` would tie), or `tied_qk_init`
+                without `tie_query_key=True`.
         """
         tie = kwargs.pop("tie_query_key", None)
         tie_init = kwargs.pop("tied_qk_init", None)
+        if tie is not None and not isinstance(tie, bool):
+            raise ValueError(f"tie_query_key must be True or False, got {tie!r} ({type(tie).__name__}).")
+        if tie_init is not None and tie is not True:
+            raise ValueError(
+                f"tied_qk_init={tie_init!r} says how tied query / key weights start, but tie_query_key=True is not "
+                "given: pass both, or neither."
+            )
         if tie is not None:
             tied_checkpoint = cls.config_class.get_config_dict(pretrained_model_name_or_path)[0].get("tie_query_key")
             if bool(tie) != bool(tied_checkpoint):

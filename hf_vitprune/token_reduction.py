@@ -177,8 +177,9 @@ class PruningSettings(PruningFields):
         tome_r = list(self.tome_r) if isinstance(self.tome_r, tuple) else self.tome_r
         return replace(self, keep_rate=keep_rate, prune_layers=layers, tome_r=tome_r)
 
-    def validate(self, num_hidden_layers: int) -> None:
-        """Check every field and how they fit together and with a model of `num_hidden_layers` layers.
+    def validate(self, num_hidden_layers: int, grid: tuple[int, int] | None = None) -> None:
+        """Check every field and how they fit together and with a model of `num_hidden_layers` layers (and, when
+        given, its patch grid `(rows, cols)` at its configured image size).
 
         Raises:
             ValueError: naming the offending field, its value and what is allowed.
@@ -232,6 +233,11 @@ class PruningSettings(PruningFields):
             raise ValueError(f"bspf_block must be an odd integer >= 1 (1: no smoothing), got {self.bspf_block!r}.")
         if self.bspf_block % 2 == 0:
             raise ValueError(f"bspf_block must be odd (a neighbourhood centred on the token), got {self.bspf_block}.")
+        if grid is not None and self.pruning_method == "bspf" and self.bspf_block > min(grid):
+            raise ValueError(
+                f"bspf_block={self.bspf_block} is larger than this model's {grid[0]}x{grid[1]} patch grid: use an odd "
+                f"block from 1 to {min(grid) - (min(grid) + 1) % 2}."
+            )
         if self.bspf_joint not in ("mean", "product"):
             raise ValueError(f"bspf_joint must be 'mean' or 'product', got {self.bspf_joint!r}.")
         if self.entropy_axis not in ENTROPY_AXES:
@@ -858,7 +864,7 @@ def update_pruning(config, num_hidden_layers: int | None = None, **changes) -> d
     check_setting_names(changes)
     depth = num_hidden_layers if num_hidden_layers is not None else config.num_hidden_layers
     settings = replace(PruningSettings.from_config(config), **changes).with_defaults(depth)
-    settings.validate(depth)
+    settings.validate(depth, config_patch_grid(config))
     check_setting_names(changes, settings.pruning_method)
     old = {name: getattr(config, name, getattr(_DEFAULTS, name)) for name in changes}
     for name in changes:
@@ -866,6 +872,20 @@ def update_pruning(config, num_hidden_layers: int | None = None, **changes) -> d
     if getattr(config, "prune_layers", None) is None:
         config.prune_layers = settings.prune_layers
     return old
+
+
+def config_patch_grid(config) -> tuple[int, int] | None:
+    """The patch grid `(rows, cols)` of `config` at its configured image size: `config.patch_grid()` where it has one
+    (PrunedViT, overlapping patches included), else `image_size // patch_size` per side; `None` when the config does
+    not say."""
+    if hasattr(config, "patch_grid"):
+        return config.patch_grid()
+    size, patch = getattr(config, "image_size", None), getattr(config, "patch_size", None)
+    pair = lambda value: tuple(value) if isinstance(value, (list, tuple)) else (value, value)  # noqa: E731
+    if size is None or patch is None:
+        return None
+    (height, width), (patch_h, patch_w) = pair(size), pair(patch)
+    return height // patch_h, width // patch_w
 
 
 @contextlib.contextmanager

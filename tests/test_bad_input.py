@@ -83,3 +83,50 @@ def test_export_keeps_both_of_a_users_files_and_refuses_a_directory(tiny_model, 
     assert "is a directory: give the file to write" in capsys.readouterr().err
     assert cli_main(["export", "--help"]) == 0
     assert "OUTPUT.data" in " ".join(capsys.readouterr().out.split())
+
+
+def test_booleans_are_booleans_through_every_entry_point(tiny_model, tmp_path):
+    """A string `"false"` is truthy: as a boolean setting it would switch the thing on. Refused everywhere."""
+    import transformers
+
+    import hf_vitprune
+    from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification
+
+    folder = tmp_path / "pruned"
+    PrunedViTForImageClassification(PrunedViTConfig(**_TINY)).save_pretrained(folder)
+    with pytest.raises(ValueError, match=r"tie_query_key must be True or False, got 'false'"):
+        PrunedViTForImageClassification.from_pretrained(folder, tie_query_key="false", tied_qk_init="mean")
+    with pytest.raises(ValueError, match="tie_query_key=True is not given"):
+        PrunedViTForImageClassification.from_pretrained(folder, tied_qk_init="mean")
+    with pytest.raises(Exception, match="fuse_pruned"):  # the strict config's type check
+        PrunedViTForImageClassification.from_pretrained(folder, fuse_pruned="false")
+    model = PrunedViTForImageClassification.from_pretrained(folder)
+    with pytest.raises(ValueError, match="fuse_pruned must be True or False, got 'false'"):
+        model.set_pruning(fuse_pruned="false")
+    stock = transformers.ViTModel(transformers.ViTConfig(**{k: v for k, v in _TINY.items() if k != "prune_layers"}))
+    with pytest.raises(ValueError, match="fuse_pruned must be True or False"):
+        hf_vitprune.prune(stock, fuse_pruned="no")
+    assert model.config.fuse_pruned is True and not hasattr(stock.config, "pruning_method")
+
+
+def test_a_bspf_block_larger_than_the_grid_is_refused_when_set(tmp_path):
+    """An 8 x 8 patch grid: bspf_block 99 is refused by set_pruning, prune and the config, nothing changed."""
+    import transformers
+
+    import hf_vitprune
+    from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification
+
+    model = PrunedViTForImageClassification(PrunedViTConfig(**{**_TINY, "patch_size": 4}))  # 32 px / 4 px: 8 x 8
+    with pytest.raises(ValueError, match=r"bspf_block=99 is larger than this model's 8x8 patch grid: .* 1 to 7"):
+        model.set_pruning(pruning_method="bspf", bspf_block=99)
+    assert (model.config.pruning_method, model.config.bspf_block) == ("variance", 3)
+    model.set_pruning(pruning_method="bspf", bspf_block=7)  # the largest that fits
+    stock = transformers.ViTModel(transformers.ViTConfig(**{**_TINY, "patch_size": 4, "prune_layers": None}))
+    with pytest.raises(ValueError, match="larger than this model's 8x8 patch grid"):
+        hf_vitprune.prune(stock, pruning_method="bspf", bspf_block=9)
+    with pytest.raises(ValueError, match="larger than this model's 8x8 patch grid"):
+        PrunedViTConfig(**{**_TINY, "patch_size": 4}, pruning_method="bspf", bspf_block=9)
+
+
+_TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=32,
+             patch_size=8, num_labels=2, prune_layers=[1, 2])  # fmt: skip

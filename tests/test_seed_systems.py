@@ -117,9 +117,12 @@ def test_bspf_model_keeps_the_documented_tokens_with_no_extra_token_and_trains()
 
 
 def test_a_block_larger_than_the_grid_is_a_clear_error():
-    config = PrunedViTConfig(**tiny_config_kwargs(pruning_method="bspf", bspf_block=5))  # 4 x 4 grid
+    with pytest.raises(ValueError, match="bspf_block=5 is larger than this model's 4x4 patch grid"):
+        PrunedViTConfig(**tiny_config_kwargs(pruning_method="bspf", bspf_block=5))  # 4 x 4 grid: refused when set
+    config = PrunedViTConfig(**tiny_config_kwargs(pruning_method="bspf", bspf_block=5, image_size=64))  # 8 x 8
     with pytest.raises(ValueError, match="smaller side of the 4x4 patch grid, got 5"), torch.no_grad():
-        PrunedViTForImageClassification(config).eval()(pixel_values=torch.randn(1, 3, 32, 32))
+        model = PrunedViTForImageClassification(config).eval()  # a 32 px input: a 4 x 4 grid at run time
+        model(pixel_values=torch.randn(1, 3, 32, 32), interpolate_pos_encoding=True)
     with pytest.raises(ValueError, match="bspf_block must be odd"):
         PrunedViTConfig(**tiny_config_kwargs(pruning_method="bspf", bspf_block=2))
 
