@@ -163,6 +163,25 @@ class PrunedViTConfig(ViTConfig, PruningFields):
         return super().from_dict(config_dict, **kwargs)
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """[`~transformers.PretrainedConfig.from_pretrained`]; a field of the wrong type in the checkpoint's
+        config.json (or in the keyword arguments) is reported with the file it came from.
+
+        Raises:
+            ValueError: naming the config file and the field, for a value of the wrong type or out of range.
+        """
+        from huggingface_hub.errors import StrictDataclassFieldValidationError
+
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except (StrictDataclassFieldValidationError, ValueError) as error:
+            if str(pretrained_model_name_or_path) in str(error):
+                raise
+            raise ValueError(
+                f"{pretrained_model_name_or_path} (its config.json, with the keyword arguments given): {error}"
+            ) from error
+
+    @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
         """Read a config dict, adopting a plain ViT/DeiT checkpoint's config as the base of a pruned one.
 

@@ -130,3 +130,15 @@ def test_a_bspf_block_larger_than_the_grid_is_refused_when_set(tmp_path):
 
 _TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=32,
              patch_size=8, num_labels=2, prune_layers=[1, 2])  # fmt: skip
+
+
+def test_a_config_field_of_the_wrong_type_names_the_file(tmp_path):
+    from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification
+
+    folder = tmp_path / "pruned"
+    PrunedViTForImageClassification(PrunedViTConfig(**_TINY)).save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "keep_rate": "0.5"}))
+    for load in (PrunedViTConfig.from_pretrained, PrunedViTForImageClassification.from_pretrained):
+        with pytest.raises(ValueError, match=rf"{folder} \(its config.json.*keep_rate"):
+            load(folder)
