@@ -82,7 +82,8 @@ def resolve_resume_checkpoint(training_args) -> str | None:
 
     Raises:
         FileNotFoundError: for `latest` without any complete checkpoint, or a folder that does not exist.
-        ValueError: for a given folder that is incomplete (naming what it lacks).
+        ValueError: for a given folder that is incomplete (naming what it lacks), or a checkpoint holding a pickled
+            file `torch.load(weights_only=True)` refuses ([`check_pickled_files`], naming the file).
     """
     value = training_args.resume_from_checkpoint
     if value is None or str(value).lower() in ("false", ""):
@@ -94,6 +95,7 @@ def resolve_resume_checkpoint(training_args) -> str | None:
         for name in sorted(found, key=lambda n: int(_CHECKPOINT.match(n).group(1)), reverse=True):
             problems = checkpoint_problems(os.path.join(output_dir, name), only_model)
             if not problems:
+                check_pickled_files(os.path.join(output_dir, name))
                 return os.path.join(output_dir, name)
             message = f"skipping the incomplete checkpoint {output_dir}/{name} ({', '.join(problems)})."
             warnings.warn(message, stacklevel=2)
@@ -110,7 +112,51 @@ def resolve_resume_checkpoint(training_args) -> str | None:
             f"--resume_from_checkpoint {value} is incomplete ({', '.join(problems)}; a run killed while saving leaves "
             "such a folder): resume from an earlier checkpoint, or pass `latest` to take the last complete one."
         )
+    check_pickled_files(value)
     return value
+
+
+PICKLED_FILES = ("pytorch_model.bin", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth")
+"""The files of a checkpoint that `torch.load` reads on resume (`rng_state_N.pth` too, one per process)."""
+
+
+def refused_pickle_error(path: str, error: Exception) -> ValueError:
+    """The one-line error for a file `torch.load(weights_only=True)` refused: which file, and the reason torch gives
+    (e.g. `Trying to load unsupported GLOBAL posix.system ...`), without torch's advice to retry with
+    `weights_only=False`, which would run whatever the file holds."""
+    lines = str(error).splitlines()
+    reason = next((line.strip() for line in lines if "unsupported" in line.lower() and "weights_only" not in line), "")
+    return ValueError(
+        f"refused to load {path}: it holds Python objects that are not tensors or plain data"
+        + (f" ({reason})" if reason else "")
+        + ". Loading such a file can run code it carries: use files from a source you trust, or delete it (a "
+        "checkpoint: resume from another one, or start again)."
+    )
+
+
+def check_pickled_files(folder: str) -> None:
+    """Load every pickled file of a checkpoint folder ([`PICKLED_FILES`]) as the Trainer will on resume
+    (`torch.load(weights_only=True)` under transformers' `safe_globals`), before training starts.
+
+    Raises:
+        ValueError: naming the first file torch refuses ([`refused_pickle_error`]).
+    """
+    import glob
+    import pickle
+
+    import torch
+    from transformers.trainer_pt_utils import safe_globals
+
+    names = [*PICKLED_FILES, *(os.path.basename(p) for p in glob.glob(os.path.join(folder, "rng_state_*.pth")))]
+    for name in names:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            continue
+        try:
+            with safe_globals():
+                torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise refused_pickle_error(path, error) from None
 
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")

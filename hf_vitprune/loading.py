@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 from transformers import PretrainedConfig
@@ -106,6 +107,8 @@ def load_pruned_model(name_or_path: str, **kwargs) -> PrunedViTPreTrainedModel:
             ([`check_model_source`]).
         ValueError: for a checkpoint that is not a ViT / DeiT, or whose weights file is truncated or damaged.
         OSError: from transformers, for a Hub id that cannot be found or downloaded.
+        ValueError: naming `pytorch_model.bin` when `torch.load(weights_only=True)` refuses it (objects that are
+            not tensors: such a file can run code when loaded).
     """
     from safetensors import SafetensorError
 
@@ -116,3 +119,7 @@ def load_pruned_model(name_or_path: str, **kwargs) -> PrunedViTPreTrainedModel:
         return model_class.from_pretrained(name_or_path, **kwargs)
     except SafetensorError as error:
         raise damaged_weights_error(name_or_path, error) from error
+    except pickle.UnpicklingError as error:  # torch.load(weights_only=True) refused pytorch_model.bin
+        from .checkpoints import refused_pickle_error
+
+        raise refused_pickle_error(f"{name_or_path}/pytorch_model.bin", error) from None

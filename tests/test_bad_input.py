@@ -142,3 +142,47 @@ def test_a_config_field_of_the_wrong_type_names_the_file(tmp_path):
     for load in (PrunedViTConfig.from_pretrained, PrunedViTForImageClassification.from_pretrained):
         with pytest.raises(ValueError, match=rf"{folder} \(its config.json.*keep_rate"):
             load(folder)
+
+
+class _Payload:
+    """A pickle that would run a command when loaded without weights_only."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_malicious_pickle_is_refused_in_one_line_naming_the_file(tiny_model, tmp_path, capsys):
+    import random
+
+    import numpy as np
+
+    from hf_vitprune.checkpoints import check_pickled_files
+
+    marker = tmp_path / "pwned"
+    model = tmp_path / "evil_model"
+    model.mkdir()
+    (model / "config.json").write_text((tiny_model / "config.json").read_text())
+    torch.save({"weight": _Payload(marker)}, model / "pytorch_model.bin")
+    data = make_image_folder(tmp_path / "data", {"LABEL_0": 1, "LABEL_1": 1})
+    assert cli_main(_evaluate(model, data, tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert f"refused to load {model}/pytorch_model.bin" in err and "unsupported GLOBAL posix.system" in err
+    assert "weights_only=False" not in err and "Traceback" not in err and not marker.exists()
+
+    checkpoint = tmp_path / "checkpoint-2"
+    checkpoint.mkdir()
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()}
+    torch.save(rng, checkpoint / "rng_state.pth")  # as the Trainer saves it: accepted
+    torch.save({"state": {}, "param_groups": []}, checkpoint / "scheduler.pt")
+    check_pickled_files(str(checkpoint))
+    torch.save({"state": _Payload(marker)}, checkpoint / "optimizer.pt")
+    with pytest.raises(
+        ValueError, match=rf"refused to load {checkpoint}/optimizer.pt: .*unsupported GLOBAL posix.system"
+    ) as error:
+        check_pickled_files(str(checkpoint))
+    assert "weights_only=False" not in str(error.value) and not marker.exists()
