@@ -62,7 +62,14 @@ def class_attention_row(
     Returns:
         `torch.FloatTensor` of shape `(batch, heads, tokens - num_prefix_tokens)`.
     """
-    logits = torch.matmul(query_states[:, :, :1].float(), key_states.float().transpose(2, 3)) * scaling
+    query = query_states[:, :, :1].float()
+    if torch.compiler.is_exporting():
+        # a product and a sum: matmul's decomposition would fix the exported batch to the example's when that is 1
+        # (torch.export specialises sizes 0 and 1); eager and torch.compile keep matmul (same float32 values up to
+        # the order of the sum, ~1e-6)
+        logits = (query * key_states.float()).sum(dim=-1).unsqueeze(2) * scaling
+    else:
+        logits = torch.matmul(query, key_states.float().transpose(2, 3)) * scaling
     if attention_mask is not None:
         row = attention_mask[..., :1, :]
         logits = logits.masked_fill(~row, float("-inf")) if row.dtype == torch.bool else logits + row.float()
@@ -384,6 +391,8 @@ def gather_tokens(hidden_states: torch.Tensor, index: torch.Tensor) -> torch.Ten
         flattened batch; positions are not range-checked per sequence (the callers build them from `argsort`).
     """
     batch_size, num_tokens, hidden_size = hidden_states.shape
+    if torch.compiler.is_exporting():  # the same values; reshaping a sliced batch would fix an exported batch of 1
+        return hidden_states.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden_size))
     offsets = torch.arange(batch_size, device=index.device).unsqueeze(1) * num_tokens
     flat = hidden_states.reshape(batch_size * num_tokens, hidden_size)
     return flat.index_select(0, (index + offsets).reshape(-1)).view(batch_size, index.shape[1], hidden_size)

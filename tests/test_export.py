@@ -99,3 +99,28 @@ def test_export_bad_input_is_one_clear_line(tmp_path, capsys):
     (tmp_path / "there.onnx").write_text("keep me")
     assert cli_main(["export", "--output", str(tmp_path / "there.onnx")]) == 2
     assert "already exists" in capsys.readouterr().err and (tmp_path / "there.onnx").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("method", ["variance", "medad", "evit", "entropy", "bspf", "tome"])
+def test_the_standard_onnx_call_with_a_batch_1_example_stays_dynamic(tmp_path, method):
+    """`torch.onnx.export(model, (pixel_values,), dynamo=True, dynamic_shapes=...)` as HF users write it, with a batch-1
+    example: the exported batch axis is dynamic (torch.export specialises sizes 0 and 1, and pruning's matmul and
+    gathers used to fix the batch at 1), and onnxruntime at batch 4 equals torch."""
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    config = PrunedViTConfig(**tiny_config_kwargs(pruning_method=method, tome_r=2, attn_implementation="eager"))
+    model = PrunedViTForImageClassification(config).eval()
+    path = tmp_path / f"{method}.onnx"
+    batch = torch.export.Dim("batch", min=1, max=64)
+    torch.onnx.export(model, (torch.randn(1, 3, 32, 32),), str(path), dynamo=True, input_names=["pixel_values"],
+                      dynamic_shapes={"pixel_values": {0: batch}})  # fmt: skip
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    logits = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"pixel_values": images.numpy()}
+    )[0]
+    with torch.no_grad():
+        expected = model(pixel_values=images).logits
+    assert logits.shape == (4, config.num_labels) and bool(torch.from_numpy(logits).isfinite().all())
+    if method != "entropy":  # at random init the tokens' entropies tie to float precision: which is kept at the
+        # boundary depends on the backend's rounding (tests/test_conformance.py, the near-equal scores test)
+        torch.testing.assert_close(torch.from_numpy(logits), expected, atol=1e-4, rtol=1e-4)
