@@ -227,6 +227,8 @@ class Backbone:
         attentions (`dict[type, type]`): stock attention class -> its subclass that also returns the statistic.
         num_prefix_tokens (`Callable[[config], int]`): leading tokens of the sequence that are never reduced.
         prefix (`str`): what the prefix tokens are, for docs.
+        takes_mask (`bool`): whether the stock model takes an `attention_mask` (CLIP vision does not: its encoder
+            would hand the raw `(batch, tokens)` mask to SDPA).
     """
 
     family: str
@@ -236,6 +238,7 @@ class Backbone:
     attentions: dict
     num_prefix_tokens: Callable
     prefix: str
+    takes_mask: bool = True
 
 
 BACKBONES: list[Backbone] = [
@@ -283,6 +286,7 @@ BACKBONES: list[Backbone] = [
         {CLIPAttention: PrunedCLIPAttention},
         lambda config: 1,
         "class token",
+        takes_mask=False,
     ),
 ]
 """Every model family `prune` knows. A new backbone is one entry here plus its layer (and attention) subclass."""
@@ -319,6 +323,14 @@ def _start_reduction(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tupl
     if kwargs.get("token_reduction") is None:
         pixel_values = args[0] if args else kwargs.get("pixel_values")
         check_pixel_values(pixel_values, module.config)
+        backbone = backbone_of(module)
+        if kwargs.get("attention_mask") is not None and not backbone.takes_mask:
+            supported = ", ".join(b.family for b in BACKBONES if b.takes_mask)
+            raise ValueError(
+                f"{type(module).__name__} takes no attention_mask (the stock {backbone.family} model does not build "
+                f"one for its layers either): leave it out. Masks travel with the tokens on {supported} and the "
+                "PrunedViT classes."
+            )
         config = module.config
         reduction = start_token_reduction(
             config, backbone_of(module).num_prefix_tokens(config), pixel_values, kwargs.get("attention_mask")

@@ -186,3 +186,26 @@ def test_a_malicious_pickle_is_refused_in_one_line_naming_the_file(tiny_model, t
     ) as error:
         check_pickled_files(str(checkpoint))
     assert "weights_only=False" not in str(error.value) and not marker.exists()
+
+
+def test_clip_vision_refuses_an_attention_mask_naming_the_families_that_take_one():
+    import transformers
+
+    import hf_vitprune
+
+    model = transformers.CLIPVisionModel(
+        transformers.CLIPVisionConfig(
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=32,
+            patch_size=8,
+        )  # fmt: skip
+    ).eval()
+    hf_vitprune.prune(model, pruning_method="variance", keep_rate=0.5, prune_layers=[1, 2])
+    pixel_values = torch.randn(2, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"CLIPVisionModel takes no attention_mask .*Masks travel with the tokens on "
+                       r"ViT, DeiT, DINOv2, DINOv2 with registers"):  # fmt: skip
+        model(pixel_values=pixel_values, attention_mask=torch.ones(2, 17))
+    assert model(pixel_values=pixel_values).last_hidden_state.shape[0] == 2  # without a mask: as before
