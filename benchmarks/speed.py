@@ -30,7 +30,7 @@ Run: `python benchmarks/speed.py --device cpu --output benchmarks/results/benchm
       --processes 6 --bracket 1 --threads 1 --seed 0 --output A.md` (and `--seed 10 --output B.md`; then
       `python benchmarks/speed_agreement.py A.md B.md --model deit-tiny`: do two runs agree within 3 %? Each process
       has its own speed-up, so table 1 pools six fresh processes here; `docs/benchmark_cpu.md`, table 1b)
-     `python benchmarks/speed.py --device cuda --dtype bf16 --output docs/benchmark_gpu.md`
+     `python benchmarks/speed.py --device cuda --dtype bf16 --output benchmarks/results/benchmark_gpu.md`
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def variants(args) -> list[tuple[str, dict]]:
     return out
 
 
-def interleave(steps: dict, rounds: int, images_per_run: int, warmup: int = 1, seed: int = 0,
+def time_steps(steps: dict, rounds: int, images_per_run: int, warmup: int = 1, seed: int = 0,
                device: torch.device | None = None) -> dict:  # fmt: skip
     """`{name: InterleavedTiming}` of the callables in `steps` (the first is the reference), timed by the package's
     one timer, `hf_vitprune.measure.time_interleaved` (one call per step and round, bracketed by the reference)."""
@@ -342,7 +342,7 @@ def attention_table(args, device, dtype: str) -> list[str]:
             models["eager"].set_attn_implementation("eager")
             steps = {impl: (lambda m=models[impl]: m(pixel_values=x)) for impl in ("eager", "sdpa")}  # eager: reference
             with torch.inference_mode(), _autocast(device, dtype):
-                timed = interleave(steps, args.rounds, args.batch_size, seed=args.seed, device=device)
+                timed = time_steps(steps, args.rounds, args.batch_size, seed=args.seed, device=device)
             sdpa, eager = timed["sdpa"].images_per_s, timed["eager"].images_per_s
             rows.append(f"| {shape} | {name} | {sdpa:.1f} | {eager:.1f} | {spread(timed['sdpa'].speedups)} |")
     return rows
@@ -457,7 +457,7 @@ def training_table(args, device, dtype: str) -> list[str]:
                 optimizer.zero_grad(set_to_none=True)
 
             steps[name] = step
-        timed = interleave(steps, args.rounds, batch_size, warmup=2, seed=args.seed, device=device)
+        timed = time_steps(steps, args.rounds, batch_size, warmup=2, seed=args.seed, device=device)
         for name, _ in settings:
             rows.append(f"| {shape} | {name} | {timed[name].images_per_s:.1f} | {spread(timed[name].speedups)} |")
     return rows
@@ -557,7 +557,7 @@ def onnx_table(args, device, dtype: str) -> list[str]:
                     session.run(None, {"pixel_values": x})
 
             steps = {name: (lambda s=session: run(s)) for name, session in sessions.items()}  # unpruned first
-            timed = interleave(steps, args.rounds, repeat * batch_size, seed=args.seed)
+            timed = time_steps(steps, args.rounds, repeat * batch_size, seed=args.seed)
             for name in sessions:
                 t = timed[name]
                 rows.append(f"| {shape} | {name} | {batch_size} | {t.images_per_s:.1f} | {spread(t.speedups)} | "

@@ -12,8 +12,8 @@ setting; the batch-64 speed-up (median over rounds) is compared, and the batch-1
 
 The relative difference of a row is `|a / b - 1|` with `b` the second file's speed-up; with more than two files, the
 largest such difference over every pair of files (`b` the later one). Exits 1 when any shared row differs by more than
-`--tolerance` at batch 64 (the README's drift caveat is dropped only when two runs agree), 2 when the files share no
-row.
+`--tolerance` at batch 64 (the drift caveat of docs/results.md is dropped only when two runs agree), 2 when the files
+share no row.
 
 Per-round speed-ups are in evaluate's `results.json` rows (`speedups`, `latency_speedups`) and in the
 `A.rounds.json` that `benchmarks/speed.py --output A.md` writes beside its table. Where every file has them for a row,

@@ -174,6 +174,8 @@ def _variants(self) -> list[dict]:
     Warns:
         UnreadSettingWarning: for a setting given (away from its default) that no requested method reads.
     """
+    if not self.pruning_method:
+        raise ValueError("--pruning_method must name at least one method (none: the unpruned model only).")
     methods = [_to_value("pruning_method", m) for m in self.pruning_method]
     unknown = [m for m in methods if m is not None and m not in REDUCERS]
     if unknown:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import types
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,7 +44,7 @@ from .modeling_pruned_vit import (
     start_token_reduction,
 )
 from .token_ops import attention_with_statistic
-from .token_reduction import PRUNING_FIELDS, PruningSettings, TokenReduction, update_pruning
+from .token_reduction import PRUNING_FIELDS, PruningSettings, TokenReduction, UnreadSettingWarning, update_pruning
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Layers of the families other than ViT (the ViT ones are modeling_pruned_vit.PrunedViTLayer / PrunedViTAttention)
@@ -404,8 +405,8 @@ def prune(model: nn.Module, **settings) -> nn.Module:
     Args:
         model (`nn.Module`): a transformers model of a supported family, or a PrunedViT model.
         **settings: fields of [`~token_reduction.PruningFields`] (`pruning_method`: a name of
-            `token_reduction.REDUCERS`, or `None` for no pruning; `keep_rate`, `prune_layers`, ...); each must be read
-            by the resulting method (`REDUCERS[method].settings_used`).
+            `token_reduction.REDUCERS`, or `None` for no pruning; `keep_rate`, `prune_layers`, ...); one the resulting
+            method does not read (`REDUCERS[method].settings_used`) is recorded with an `UnreadSettingWarning`.
 
     Returns:
         `model`, changed in place.
@@ -421,8 +422,13 @@ def prune(model: nn.Module, **settings) -> nn.Module:
     backbone = backbone_of(model)
     config = model.config
     recorded = {name: getattr(config, name) for name in PRUNING_FIELDS if hasattr(config, name)}
-    if not recorded:  # start from the defaults: write them all, then the changes
-        update_pruning(types.SimpleNamespace(num_hidden_layers=config.num_hidden_layers), **settings)
+    if not recorded:  # start from the defaults: check the changes on a copy first (nothing written if refused)
+        probe = types.SimpleNamespace(
+            **{k: getattr(config, k) for k in ("num_hidden_layers", "image_size", "patch_size") if hasattr(config, k)}
+        )
+        with warnings.catch_warnings():  # the call below warns, once
+            warnings.simplefilter("ignore", UnreadSettingWarning)
+            update_pruning(probe, **settings)
         PruningSettings().write_to(config)
     update_pruning(config, **settings)
     _swap_layers(model, backbone)

@@ -123,7 +123,14 @@ PICKLED_FILES = ("pytorch_model.bin", "optimizer.pt", "scheduler.pt", "scaler.pt
 def refused_pickle_error(path: str, error: Exception) -> ValueError:
     """The one-line error for a file `torch.load(weights_only=True)` refused: which file, and the reason torch gives
     (e.g. `Trying to load unsupported GLOBAL posix.system ...`), without torch's advice to retry with
-    `weights_only=False`, which would run whatever the file holds."""
+    `weights_only=False`, which would run whatever the file holds.
+
+    Args:
+        path (`str`): the refused file; error (`Exception`): torch's `pickle.UnpicklingError`.
+
+    Returns:
+        `ValueError` to raise (`from None`: torch's advice stays out of the traceback too).
+    """
     lines = str(error).splitlines()
     reason = next((line.strip() for line in lines if "unsupported" in line.lower() and "weights_only" not in line), "")
     return ValueError(
@@ -136,7 +143,8 @@ def refused_pickle_error(path: str, error: Exception) -> ValueError:
 
 def check_pickled_files(folder: str) -> None:
     """Load every pickled file of a checkpoint folder ([`PICKLED_FILES`]) as the Trainer will on resume
-    (`torch.load(weights_only=True)` under transformers' `safe_globals`), before training starts.
+    (`torch.load(weights_only=True)` under transformers' `safe_globals`, on the CPU), before training starts: each file
+    is read into memory once more (an optimizer state is about twice the model's weights).
 
     Raises:
         ValueError: naming the first file torch refuses ([`refused_pickle_error`]).

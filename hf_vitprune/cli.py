@@ -46,14 +46,47 @@ def parse_arguments(dataclass_types, argv: list[str] | None, prog: str, descript
         if not isinstance(values, dict):
             raise ValueError(f"{argv[0]} must hold one mapping of argument names to values.")
         types = dataclass_types if isinstance(dataclass_types, (list, tuple)) else [dataclass_types]
-        aliases = {
-            alias.lstrip("-").replace("-", "_"): spec.name
-            for cls in types
-            for spec in dataclasses.fields(cls)
-            for alias in spec.metadata.get("aliases", [])
-        }
-        return parser.parse_dict({aliases.get(key, key): value for key, value in values.items()})
+        try:
+            return parser.parse_dict(_file_values(values, types, argv[0]))
+        except TypeError as error:  # e.g. a required argument missing from the file
+            raise ValueError(f"{argv[0]}: {error}") from error
     return parser.parse_args_into_dataclasses(argv)
+
+
+def _file_values(values: dict, types: list, source: str) -> dict:
+    """The values of an arguments file as the flags would give them: keys spelled as a flag's alias renamed to the
+    argument, a single value of a list argument wrapped in a list, true / false / on / off strings of a boolean
+    setting read as booleans (`HfArgumentParser.parse_dict` applies no argparse type).
+
+    Raises:
+        ValueError: for an argument given twice (under its name and an alias), naming both keys and the file.
+    """
+    import typing
+
+    from .arguments import OnOff
+
+    aliases, hints = {}, {}
+    for cls in types:
+        resolved = typing.get_type_hints(cls)
+        for spec in dataclasses.fields(cls):
+            hints[spec.name] = resolved.get(spec.name, spec.type)
+            for alias in spec.metadata.get("aliases", []):
+                aliases[alias.lstrip("-").replace("-", "_")] = spec.name
+    out, given_as = {}, {}
+    for key, value in values.items():
+        name = aliases.get(key, key)
+        if name in out:
+            raise ValueError(f"{source} gives {name} twice, as {given_as[name]!r} and {key!r}: keep one.")
+        hint = hints.get(name)
+        members = [m for m in typing.get_args(hint) if m is not type(None)] if typing.get_origin(hint) else [hint]
+        listed = next((m for m in members if typing.get_origin(m) is list), None)
+        if listed is not None and value is not None and not isinstance(value, list):
+            value = [value]
+        element = typing.get_args(listed)[0] if listed is not None else (members[0] if members else None)
+        if element is OnOff and value is not None:
+            value = [OnOff(v) for v in value] if isinstance(value, list) else OnOff(value)
+        out[name], given_as[name] = value, key
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module.main(argv[1:])
     except SystemExit as exit:  # argparse: --help (0) or a flag it could not read (2, already printed)
-        return exit.code if isinstance(exit.code, int) else 2
+        if exit.code is None or isinstance(exit.code, int):
+            return exit.code or 0
+        print(f"hf-vitprune {argv[0]}: error: {exit.code}", file=sys.stderr)
+        return 2
     except (ValueError, OSError, ImportError, StrictDataclassError, CompilerUnavailableError) as error:  # bad input
         if os.environ.get("HF_VITPRUNE_TRACEBACK"):
             raise

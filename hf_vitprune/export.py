@@ -80,9 +80,6 @@ def check_export_arguments(args: ExportArguments) -> Path:
             f"{' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: pass --overwrite to replace "
             f"{'it' if len(existing) == 1 else 'them'}, or another --output."
         )
-    if args.overwrite:  # a stale weights file must not sit beside a new export that has none
-        for path in written[1:]:
-            path.unlink(missing_ok=True)
     return output
 
 

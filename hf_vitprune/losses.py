@@ -25,6 +25,13 @@ def soft_target_loss(label_smoothing: float):
     Evaluation batches carry class indices and get the plain cross-entropy. With gradient accumulation the Trainer
     passes `num_items_in_batch`, which counts target entries: divided by the class count for soft targets, it is the
     number of images.
+
+    Args:
+        label_smoothing (`float`): in [0, 1), applied to training (soft) targets only.
+
+    Returns:
+        `Callable[[outputs, labels, num_items_in_batch], torch.Tensor]`: `outputs["logits"]` `(batch, classes)`,
+        labels `(batch,)` or `(batch, classes)`; a scalar loss ([`reduce_per_image`]).
     """
 
     def loss_fn(outputs, labels, num_items_in_batch=None):
@@ -42,7 +49,15 @@ def soft_target_loss(label_smoothing: float):
 
 def reduce_per_image(per_image: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
     """Mean of a per-image loss `(batch,)`, or its sum over the images of the whole accumulated batch when the Trainer
-    passes `num_items_in_batch` (which counts target entries: `classes` per image for soft targets)."""
+    passes `num_items_in_batch` (which counts target entries: `classes` per image for soft targets).
+
+    Args:
+        per_image (`torch.FloatTensor` of shape `(batch,)`), labels (`(batch,)` class indices or `(batch, classes)`
+            soft targets), num_items_in_batch (`int` or `torch.Tensor`, *optional*): from the Trainer.
+
+    Returns:
+        `torch.FloatTensor`, a scalar.
+    """
     if num_items_in_batch is None:
         return per_image.mean()
     images = num_items_in_batch if labels.ndim == 1 else num_items_in_batch / labels.shape[-1]
@@ -121,8 +136,15 @@ class DistillationLoss:
         self._training = False
 
     def watch(self, model: torch.nn.Module) -> DistillationLoss:
-        """Install the forward pre-hook on the student `model` (the module the Trainer trains); returns `self`."""
-        model.register_forward_pre_hook(self._see_forward, with_kwargs=True)
+        """Install the forward pre-hook on the student `model` (the module the Trainer trains); returns `self`.
+        `self.hook.remove()` takes it off again (e.g. before another Trainer distils into the same model).
+
+        Raises:
+            ValueError: for a `DistillationLoss` without a student loss (`student_loss=None`).
+        """
+        if self.student_loss is None:
+            raise ValueError("DistillationLoss needs the student's loss (e.g. soft_target_loss(label_smoothing)).")
+        self.hook = model.register_forward_pre_hook(self._see_forward, with_kwargs=True)
         return self
 
     def _see_forward(self, module, args, kwargs):

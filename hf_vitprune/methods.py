@@ -74,38 +74,40 @@ SCORES: dict[str, str] = {
 
 
 def source(method: str | None) -> tuple[str, str]:
-    """`(one-line source, BibTeX)` of `method` ([`SOURCES`]); the unpruned model (`None`) has `("", "")`.
-
-    Raises:
-        ValueError: for a name not in [`SOURCES`], listing the known ones.
-    """
-    if method is None:
-        return "", ""
-    if method not in SOURCES:
-        raise ValueError(f"no source is recorded for pruning_method={method!r}; known: {list(SOURCES)}.")
-    return SOURCES[method]
+    """`(one-line source, BibTeX)` of `method` ([`SOURCES`]); `("", "")` for the unpruned model (`None`) and for a
+    method registered without an entry in [`SOURCES`] (its model card then names no paper)."""
+    return SOURCES.get(method, ("", "")) if method is not None else ("", "")
 
 
 def format_rate(rate) -> str:
-    """`0.7` or, for one rate per layer, `0.9/0.7/0.5`."""
+    """`0.7` or, for one rate per layer, `0.9/0.7/0.5`.
+
+    Args:
+        rate (`float` or `list[float]`): a keep rate (or ToMe's `r`), or one per layer.
+    """
     return "/".join(f"{r:g}" for r in rate) if isinstance(rate, (list, tuple)) else f"{rate:g}"
 
 
 def _kind(method: str | None) -> str:
-    """`"none"`, `"tome"` (merging), `"bspf"` (pruning with similarity fusion) or `"pruner"` (keep rate + fused token),
-    by the settings the method reads."""
+    """`"none"`, `"tome"` (merging in every layer), `"bspf"` or `"pruner"` (a keep rate per pruning layer, any other
+    method), by name and by the settings the method reads; a name no longer registered counts as a pruner."""
     if method is None:
         return "none"
-    used = REDUCERS[method].settings_used
-    if "tome_r" in used:
-        return "tome"
-    if "fuse_pruned" not in used:
+    if method == "bspf":
         return "bspf"
-    return "pruner"
+    used = REDUCERS[method].settings_used if method in REDUCERS else ()
+    return "tome" if "tome_r" in used else "pruner"
 
 
 def label(settings: PruningSettings) -> str:
-    """The method's name in tables: `unpruned`, `variance`, `entropy (α=2)`, `ToMe (r=8)`, `BSPF (block 3, mean)`."""
+    """The method's name in tables: `unpruned`, `variance`, `entropy (α=2)`, `ToMe (r=8)`, `BSPF (block 3, mean)`.
+
+    Args:
+        settings ([`~token_reduction.PruningSettings`]): the effective settings of one run of the model.
+
+    Returns:
+        `str`. Raises nothing: a method no longer registered (an old results row) is labelled by its name.
+    """
     method, kind = settings.pruning_method, _kind(settings.pruning_method)
     if kind == "none":
         return "unpruned"
@@ -122,7 +124,15 @@ def label(settings: PruningSettings) -> str:
 def short_name(settings: PruningSettings, explicit: tuple[str, ...] = ()) -> str:
     """A compact label of one setting: `unpruned`, `variance@0.7+fusion`, `entropy(a=2)@0.5`, `tome(r=8)`,
     `bspf(b=3,mean)@0.7`; a fusion temperature in `explicit` (chosen rather than the model's) shows as
-    `+fusion(T=0.3)`."""
+    `+fusion(T=0.3)`.
+
+    Args:
+        settings ([`~token_reduction.PruningSettings`]): the effective settings of one run of the model.
+        explicit (`tuple[str, ...]`): settings chosen for it rather than left at the model's value.
+
+    Returns:
+        `str`. Raises nothing: a method no longer registered (an old results row) is labelled by its name.
+    """
     method, kind = settings.pruning_method, _kind(settings.pruning_method)
     if kind == "none":
         return "unpruned"
@@ -142,7 +152,14 @@ def short_name(settings: PruningSettings, explicit: tuple[str, ...] = ()) -> str
 
 
 def series(settings: PruningSettings) -> str:
-    """The line a setting belongs to in a trade-off plot (its fixed part): `variance + fusion`, `ToMe`, ..."""
+    """The line a setting belongs to in a trade-off plot (its fixed part): `variance + fusion`, `ToMe`, ...
+
+    Args:
+        settings ([`~token_reduction.PruningSettings`]): the effective settings of one run of the model.
+
+    Returns:
+        `str`. Raises nothing: a method no longer registered (an old results row) is labelled by its name.
+    """
     kind = _kind(settings.pruning_method)
     if kind == "tome":
         return "ToMe"
@@ -152,7 +169,14 @@ def series(settings: PruningSettings) -> str:
 
 
 def setting_text(settings: PruningSettings) -> str:
-    """The setting that moves along a trade-off line: `keep 0.7`, `r=8`, or `""` (unpruned)."""
+    """The setting that moves along a trade-off line: `keep 0.7`, `r=8`, or `""` (unpruned).
+
+    Args:
+        settings ([`~token_reduction.PruningSettings`]): the effective settings of one run of the model.
+
+    Returns:
+        `str`. Raises nothing: a method no longer registered (an old results row) is labelled by its name.
+    """
     kind = _kind(settings.pruning_method)
     if kind == "tome":
         return f"r={format_rate(settings.tome_r)}"
@@ -162,7 +186,16 @@ def setting_text(settings: PruningSettings) -> str:
 
 
 def table_cells(settings: PruningSettings, explicit: tuple[str, ...] = ()) -> tuple[str, str]:
-    """The `keep rate` and `fusion` cells of a results table (`—` where the method has no such setting)."""
+    """The `keep rate` and `fusion` cells of a results table (`—` where the method has no such setting).
+
+    Args:
+        settings ([`~token_reduction.PruningSettings`]): the effective settings of one run of the model.
+        explicit (`tuple[str, ...]`): settings chosen for it rather than left at the model's value.
+
+    Returns:
+        `(keep rate, fusion)` strings. Raises nothing: a method no longer registered (an old results row) is
+        labelled by its name.
+    """
     kind = _kind(settings.pruning_method)
     if kind == "bspf":
         return format_rate(settings.keep_rate), "similarity"

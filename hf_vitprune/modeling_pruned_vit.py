@@ -163,7 +163,7 @@ class PrunedViTAttention(ViTAttention):
 
     `forward(hidden_states, attention_mask, statistic, num_prefix_tokens)` returns `(attn_output, attn_weights,
     statistic)`: with `statistic=None` exactly what [`~transformers.ViTAttention`] computes, plus `None`; otherwise the
-    statistic of `token_reduction.attention_with_statistic` (the class token's attention row is computed on the side
+    statistic of `token_ops.attention_with_statistic` (the class token's attention row is computed on the side
     of SDPA at about 1/N of the cost of the full matrix; the full matrix, when a method needs it, is computed once in
     float32 and used for the output too). With `config.tie_query_key` the module has no `k_proj`: the keys are the
     queries, so the attention logits are symmetric (BSPF-ViT's shared Q/K weights).

@@ -17,7 +17,11 @@ if TYPE_CHECKING:
 
 
 def tokens_text(config, num_patches: int) -> str:
-    """`196→138+1→98+1→70+1`: candidate tokens after each pruning layer (+1 = the fused token)."""
+    """`196→138+1→98+1→70+1`: candidate tokens after each pruning layer (+1 = the fused token).
+
+    Args:
+        config: a PrunedViT config (its `token_schedule`); num_patches (`int`): patches of one image.
+    """
     return "→".join(
         [str(num_patches)]
         + [f"{kept}+{fused}" if fused else str(kept) for kept, fused in config.token_schedule(num_patches)]
@@ -39,9 +43,16 @@ def markdown_delimiter(header: str) -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     """Markdown table of evaluation rows (as written by `run_evaluation`); the method, keep-rate and fusion cells
-    come from each method's reducer class. Speed columns (when measured): images/s (median over interleaved rounds),
-    speed-up against the first row (median of the per-round ratios, min-max), realisation (speed-up divided by the
-    GMACs ratio), batch-1 latency (median and p90, ms) and its realisation."""
+    come from `methods.label` and `methods.table_cells`. Speed columns (when measured): images/s (median over
+    interleaved rounds), speed-up against the first row (median of the per-round ratios, min-max), realisation
+    (speed-up divided by the GMACs ratio), batch-1 latency (median and p90, ms) and its realisation.
+
+    Args:
+        rows (`list[dict]`): results rows; the first is the reference.
+
+    Raises:
+        KeyError: for a row without `tokens`, `top1`, `top1_delta` or `gmacs` (not written by `run_evaluation`).
+    """
     timed = any(not math.isnan(r.get("images_per_s", math.nan)) for r in rows)
     header = "| method | keep rate | fusion | tokens per stage | top-1 (%) | Δ top-1 | GMACs |"
     if timed:
@@ -79,7 +90,15 @@ def settings_of(row: dict) -> tuple[PruningSettings, tuple[str, ...]]:
 def evaluation_protocol(
     setup: EvaluationSetup, args: EvaluateArguments, command: str | None, throughput_protocol: str | None
 ) -> dict:
-    """How every number of a run was obtained, for the JSON report."""
+    """How every number of a run was obtained, for the JSON report.
+
+    Args:
+        setup ([`~evaluation.EvaluationSetup`]), args ([`~evaluation.EvaluateArguments`]), command (`str`, *optional*):
+            the command line as recorded, throughput_protocol (`str`, *optional*): the timer's protocol line.
+
+    Returns:
+        `dict` of JSON-ready strings and numbers.
+    """
     from . import __version__
 
     return {
@@ -100,7 +119,15 @@ def evaluation_protocol(
 
 
 def table_footer(report: dict) -> str:
-    """The Markdown lines under a results table: data, model, preprocessing, throughput protocol, command."""
+    """The Markdown lines under a results table: data (and the images `--skip_unreadable` skipped), model,
+    preprocessing, throughput protocol, command.
+
+    Args:
+        report (`dict`): `{"rows": [...], "protocol": {...}}` as `run_evaluation` writes it.
+
+    Raises:
+        KeyError: for a protocol without `images`, `data`, `model`, `preprocessing`, `gmacs`, `throughput`, `command`.
+    """
     protocol = report["protocol"]
     skipped = report["rows"][0].get("unreadable_skipped", 0) if report.get("rows") else 0
     images = f"{protocol['images']} images"

@@ -34,7 +34,7 @@ class ModelArguments(PruningArguments):
 
     model_name_or_path: str = field(
         default="facebook/deit-small-patch16-224",
-        metadata={"help": "Hub id or local folder of a ViT / DeiT / PrunedViT checkpoint."},
+        metadata={"help": "Hub id or local folder of a ViT / DeiT / PrunedViT checkpoint.", "aliases": ["--model"]},
     )
     tie_query_key: str | None = field(
         default=None,

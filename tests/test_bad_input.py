@@ -209,3 +209,41 @@ def test_clip_vision_refuses_an_attention_mask_naming_the_families_that_take_one
                        r"ViT, DeiT, DINOv2, DINOv2 with registers"):  # fmt: skip
         model(pixel_values=pixel_values, attention_mask=torch.ones(2, 17))
     assert model(pixel_values=pixel_values).last_hidden_state.shape[0] == 2  # without a mask: as before
+
+
+def test_a_refused_prune_leaves_a_stock_model_unchanged():
+    import transformers
+
+    import hf_vitprune
+
+    stock = transformers.ViTModel(transformers.ViTConfig(**{**_TINY, "patch_size": 4, "prune_layers": None}))
+    del stock.config.prune_layers  # a stock config records no pruning setting
+    with pytest.raises(ValueError, match="larger than this model's 8x8 patch grid"):
+        hf_vitprune.prune(stock, pruning_method="bspf", bspf_block=9)
+    assert not hasattr(stock.config, "pruning_method") and not hasattr(stock.config, "keep_rate")
+
+
+def test_an_arguments_file_reads_as_the_flags_do(tmp_path):
+    """JSON / YAML files: a single value of a several-valued setting, on/off strings, old key spellings; an argument
+    given twice (under an alias too) or a required one missing is one clear error."""
+    from hf_vitprune.cli import parse_arguments
+    from hf_vitprune.evaluation import EvaluateArguments
+    from hf_vitprune.export import ExportArguments
+
+    def parse(cls, values):
+        path = tmp_path / "args.json"
+        path.write_text(json.dumps(values))
+        return parse_arguments(cls, [str(path)], prog="t")[0]
+
+    args = parse(EvaluateArguments, {"pruning_method": "variance", "keep_rate": 0.5, "fusion": ["on", "off"]})
+    assert args.variants()[1:] == [{"pruning_method": "variance", "keep_rate": 0.5, "fuse_pruned": f} for f in (1, 0)]
+    assert parse(ExportArguments, {"output": "m.onnx", "keep_rate": 0.5, "fuse_pruned": "off"}).settings() == {
+        "keep_rate": 0.5,
+        "fuse_pruned": False,
+    }
+    with pytest.raises(ValueError, match="gives fuse_pruned twice, as 'fusion' and 'fuse_pruned'"):
+        parse(EvaluateArguments, {"fusion": ["on"], "fuse_pruned": [True]})
+    with pytest.raises(ValueError, match="missing 1 required keyword-only argument: 'output'"):
+        parse(ExportArguments, {"pruning_method": "variance"})
+    with pytest.raises(ValueError, match="--pruning_method must name at least one method"):
+        parse(EvaluateArguments, {"pruning_method": []}).variants()
