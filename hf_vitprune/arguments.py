@@ -255,6 +255,16 @@ def grid_arguments(name: str, defaults: dict) -> type:
 PruningGridArguments = grid_arguments("PruningGridArguments", GRID_DEFAULTS)
 
 
+def overwrite_file_field():
+    """The `--overwrite` flag of a command that writes one file (`export`, `visualize`): also spelled
+    `--overwrite_output_dir` / `--overwrite_output`, as the commands that write a folder spell it."""
+    return field(
+        default=False,
+        metadata={"help": "Replace --output if it exists.",
+                  "aliases": ["--overwrite_output_dir", "--overwrite_output"]},
+    )  # fmt: skip
+
+
 __all__ = [
     "ALIASES",
     "GRID_DEFAULTS",

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .arguments import PruningArguments
+from .arguments import PruningArguments, overwrite_file_field
 from .measure import LogitsOnly, _model_image_size
 
 FORMATS = ("onnx", "pt2")
@@ -43,13 +43,7 @@ class ExportArguments(PruningArguments):
     )
     format: str = field(default="onnx", metadata={"help": f"One of {', '.join(FORMATS)}."})
     opset: int = field(default=18, metadata={"help": "ONNX opset (the dynamo exporter needs >= 18)."})
-    overwrite: bool = field(
-        default=False,
-        metadata={
-            "help": "Replace --output if it exists.",
-            "aliases": ["--overwrite_output_dir", "--overwrite_output"],
-        },  # fmt: skip
-    )
+    overwrite: bool = overwrite_file_field()
 
 
 def check_export_arguments(args: ExportArguments) -> Path:

@@ -4,6 +4,12 @@ BibTeX (for model cards).
 Kept apart from [`token_reduction`] (the algorithms), which is shipped to the Hub with every checkpoint; this module is
 not. Every function takes the effective [`~token_reduction.PruningSettings`] of one setting (the model's own values
 merged with the ones a run chose).
+
+Arguments shared by the functions below:
+    settings ([`~token_reduction.PruningSettings`]): the effective settings of one run of the model.
+    explicit (`tuple[str, ...]`): settings chosen for that run rather than left at the model's value (shown in labels).
+
+None raises: a method no longer registered (e.g. in an old results row) is labelled by its name.
 """
 
 from __future__ import annotations
@@ -102,11 +108,7 @@ def _kind(method: str | None) -> str:
 def label(settings: PruningSettings) -> str:
     """The method's name in tables: `unpruned`, `variance`, `entropy (α=2)`, `ToMe (r=8)`, `BSPF (block 3, mean)`.
 
-    Args:
-        settings ([`~token_reduction.PruningSettings`]): the effective settings of one run of the model.
-
-    Returns:
-        `str`. Raises nothing: a method no longer registered (an old results row) is labelled by its name.
+    Args: `settings` (see the module docstring). Returns: `str`.
     """
     method, kind = settings.pruning_method, _kind(settings.pruning_method)
     if kind == "none":
@@ -126,12 +128,7 @@ def short_name(settings: PruningSettings, explicit: tuple[str, ...] = ()) -> str
     `bspf(b=3,mean)@0.7`; a fusion temperature in `explicit` (chosen rather than the model's) shows as
     `+fusion(T=0.3)`.
 
-    Args:
-        settings ([`~token_reduction.PruningSettings`]): the effective settings of one run of the model.
-        explicit (`tuple[str, ...]`): settings chosen for it rather than left at the model's value.
-
-    Returns:
-        `str`. Raises nothing: a method no longer registered (an old results row) is labelled by its name.
+    Args: `settings`, `explicit` (see the module docstring). Returns: `str`.
     """
     method, kind = settings.pruning_method, _kind(settings.pruning_method)
     if kind == "none":
@@ -154,11 +151,7 @@ def short_name(settings: PruningSettings, explicit: tuple[str, ...] = ()) -> str
 def series(settings: PruningSettings) -> str:
     """The line a setting belongs to in a trade-off plot (its fixed part): `variance + fusion`, `ToMe`, ...
 
-    Args:
-        settings ([`~token_reduction.PruningSettings`]): the effective settings of one run of the model.
-
-    Returns:
-        `str`. Raises nothing: a method no longer registered (an old results row) is labelled by its name.
+    Args: `settings` (see the module docstring). Returns: `str`.
     """
     kind = _kind(settings.pruning_method)
     if kind == "tome":
@@ -171,11 +164,7 @@ def series(settings: PruningSettings) -> str:
 def setting_text(settings: PruningSettings) -> str:
     """The setting that moves along a trade-off line: `keep 0.7`, `r=8`, or `""` (unpruned).
 
-    Args:
-        settings ([`~token_reduction.PruningSettings`]): the effective settings of one run of the model.
-
-    Returns:
-        `str`. Raises nothing: a method no longer registered (an old results row) is labelled by its name.
+    Args: `settings` (see the module docstring). Returns: `str`.
     """
     kind = _kind(settings.pruning_method)
     if kind == "tome":
@@ -188,13 +177,7 @@ def setting_text(settings: PruningSettings) -> str:
 def table_cells(settings: PruningSettings, explicit: tuple[str, ...] = ()) -> tuple[str, str]:
     """The `keep rate` and `fusion` cells of a results table (`—` where the method has no such setting).
 
-    Args:
-        settings ([`~token_reduction.PruningSettings`]): the effective settings of one run of the model.
-        explicit (`tuple[str, ...]`): settings chosen for it rather than left at the model's value.
-
-    Returns:
-        `(keep rate, fusion)` strings. Raises nothing: a method no longer registered (an old results row) is
-        labelled by its name.
+    Args: `settings`, `explicit` (see the module docstring). Returns: `(keep rate, fusion)` strings.
     """
     kind = _kind(settings.pruning_method)
     if kind == "bspf":

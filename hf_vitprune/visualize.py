@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .arguments import grid_arguments
+from .arguments import grid_arguments, overwrite_file_field
 from .token_reduction import reducer_from_config
 
 VISUALIZE_DEFAULTS = {"pruning_method": ["variance", "medad", "evit"], "keep_rate": [0.7], "fuse_pruned": [True]}
@@ -157,13 +157,7 @@ class VisualizeArguments(grid_arguments("VisualizePruningArguments", VISUALIZE_D
     )
     patch_stride: int | None = field(default=None, metadata={"help": "Patch-embedding stride (overlap)."})
     output: str = field(default="kept_patches.png", metadata={"help": "PNG file to write."})
-    overwrite: bool = field(
-        default=False,
-        metadata={
-            "help": "Replace --output if it exists.",
-            "aliases": ["--overwrite_output_dir", "--overwrite_output"],
-        },  # fmt: skip
-    )
+    overwrite: bool = overwrite_file_field()
     dpi: int = field(default=110, metadata={"help": "Resolution of the PNG."})
 
 

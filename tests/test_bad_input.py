@@ -11,22 +11,17 @@ from transformers import ViTConfig, ViTForImageClassification
 
 from hf_vitprune.cli import main as cli_main
 
+_TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=32,
+             patch_size=8, num_labels=2, prune_layers=[1, 2])  # fmt: skip
+
 
 @pytest.fixture
 def tiny_model(tmp_path):
     folder = tmp_path / "model"
     torch.manual_seed(0)
-    ViTForImageClassification(
-        ViTConfig(
-            hidden_size=32,
-            num_hidden_layers=4,
-            num_attention_heads=2,
-            intermediate_size=64,
-            image_size=32,
-            patch_size=8,
-            num_labels=2,
-        )  # fmt: skip
-    ).save_pretrained(folder)
+    ViTForImageClassification(ViTConfig(**{k: v for k, v in _TINY.items() if k != "prune_layers"})).save_pretrained(
+        folder
+    )
     return folder
 
 
@@ -126,10 +121,6 @@ def test_a_bspf_block_larger_than_the_grid_is_refused_when_set(tmp_path):
         hf_vitprune.prune(stock, pruning_method="bspf", bspf_block=9)
     with pytest.raises(ValueError, match="larger than this model's 8x8 patch grid"):
         PrunedViTConfig(**{**_TINY, "patch_size": 4}, pruning_method="bspf", bspf_block=9)
-
-
-_TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=32,
-             patch_size=8, num_labels=2, prune_layers=[1, 2])  # fmt: skip
 
 
 def test_a_config_field_of_the_wrong_type_names_the_file(tmp_path):
