@@ -19,7 +19,10 @@ import itertools
 import types
 import typing
 import warnings
+from argparse import ArgumentTypeError
 from dataclasses import field
+
+from transformers.hf_argparser import string_to_bool
 
 from .token_reduction import (
     PRUNING_FIELDS,
@@ -30,11 +33,11 @@ from .token_reduction import (
     settings_read_by,
 )
 
-_TRUE, _FALSE = ("true", "yes", "on", "1", "t", "y"), ("false", "no", "off", "0", "f", "n")
-
 
 class OnOff:
-    """The argparse type of a boolean setting: `true` / `false` (also `yes` / `no`, `on` / `off`, `1` / `0`).
+    """The argparse type of a boolean setting: what `transformers.HfArgumentParser` reads as a boolean
+    (`hf_argparser.string_to_bool`: true / false, yes / no, t / f, y / n, 1 / 0), plus `on` / `off` (the old
+    `--fusion`).
 
     Calling it returns a `bool`, never an `OnOff`.
 
@@ -43,14 +46,11 @@ class OnOff:
     """
 
     def __new__(cls, value) -> bool:  # noqa: D102
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in _TRUE:
-            return True
-        if text in _FALSE:
-            return False
-        raise ValueError(f"expected true or false (or on / off, yes / no, 1 / 0), got {value!r}")
+        text = value if isinstance(value, bool) else {"on": "true", "off": "false"}.get(str(value).strip().lower())
+        try:
+            return string_to_bool(str(value).strip() if text is None else text)
+        except ArgumentTypeError as error:
+            raise ValueError(str(error)) from None
 
 
 def _scalar_type(annotation) -> tuple[type, bool, bool]:
@@ -88,8 +88,11 @@ ALIASES: dict[str, list[str]] = {
 """The flag names of earlier versions, still accepted (README: "Changes")."""
 
 
+_FIELDS = {f.name: f for f in dataclasses.fields(PruningFields)}
+
+
 def _help(name: str, grid: bool) -> str:
-    help = next(f for f in dataclasses.fields(PruningFields) if f.name == name).metadata["help"]
+    help = _FIELDS[name].metadata["help"]
     if name == "pruning_method":
         help += f" Known: {', '.join(REDUCERS)}, none."
     readers = [m for m in REDUCERS if name in REDUCERS[m].settings_used]
@@ -100,7 +103,7 @@ def _help(name: str, grid: bool) -> str:
 
 def _build(grid: bool, defaults: dict) -> list[tuple]:
     specs = []
-    for f in dataclasses.fields(PruningFields):
+    for f in _FIELDS.values():
         scalar, listed, accepts_scalar = _scalar_type(f.type)
         if f.name == "pruning_method":
             scalar = str
@@ -119,7 +122,7 @@ def _to_value(name: str, value):
     if name == "pruning_method" and isinstance(value, str) and value.lower() == "none":
         return None
     if isinstance(value, list):
-        _, _, accepts_scalar = _scalar_type(next(f.type for f in dataclasses.fields(PruningFields) if f.name == name))
+        _, _, accepts_scalar = _scalar_type(_FIELDS[name].type)
         if accepts_scalar and len(value) == 1:
             return value[0]
         return list(value)

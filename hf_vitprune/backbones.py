@@ -334,7 +334,7 @@ def _start_reduction(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tupl
             )
         config = module.config
         reduction = start_token_reduction(
-            config, backbone_of(module).num_prefix_tokens(config), pixel_values, kwargs.get("attention_mask")
+            config, backbone.num_prefix_tokens(config), pixel_values, kwargs.get("attention_mask")
         )
         if reduction is not None:
             kwargs["token_reduction"] = reduction

@@ -15,11 +15,7 @@ require_version(
 from huggingface_hub.dataclasses import strict  # noqa: E402
 from transformers import ViTConfig  # noqa: E402
 
-from .token_reduction import PRUNING_FIELDS, PruningFields, PruningSettings, check_setting_names  # noqa: E402
-
-
-def _pair(value) -> tuple[int, int]:
-    return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
+from .token_reduction import PRUNING_FIELDS, PruningFields, PruningSettings, check_setting_names, pair  # noqa: E402
 
 
 @strict
@@ -106,7 +102,7 @@ class PrunedViTConfig(ViTConfig, PruningFields):
         """
         if self.patch_stride is None:
             return
-        patch = _pair(self.patch_size)
+        patch = pair(self.patch_size)
         if not isinstance(self.patch_stride, int) or isinstance(self.patch_stride, bool):
             raise ValueError(f"patch_stride must be an integer number of pixels or None, got {self.patch_stride!r}.")
         if not 1 <= self.patch_stride <= min(patch):
@@ -123,10 +119,10 @@ class PrunedViTConfig(ViTConfig, PruningFields):
         Raises:
             ValueError: if the input is smaller than one patch.
         """
-        image = _pair(self.image_size)
+        image = pair(self.image_size)
         height, width = height or image[0], width or image[1]
-        patch = _pair(self.patch_size)
-        stride = _pair(self.patch_stride) if self.patch_stride is not None else patch
+        patch = pair(self.patch_size)
+        stride = pair(self.patch_stride) if self.patch_stride is not None else patch
         if height < patch[0] or width < patch[1]:
             raise ValueError(f"An input of {height}x{width} px is smaller than one {patch[0]}x{patch[1]} px patch.")
         return (height - patch[0]) // stride[0] + 1, (width - patch[1]) // stride[1] + 1

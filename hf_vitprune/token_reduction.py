@@ -150,11 +150,6 @@ class PruningSettings(PruningFields):
     """
 
     @classmethod
-    def names(cls) -> tuple[str, ...]:
-        """The field names, in order: what `set_pruning` may change ([`PRUNING_FIELDS`])."""
-        return PRUNING_FIELDS
-
-    @classmethod
     def from_config(cls, config) -> "PruningSettings":
         """The settings recorded on `config` (missing fields take their defaults)."""
         defaults = _DEFAULTS
@@ -874,6 +869,11 @@ def update_pruning(config, num_hidden_layers: int | None = None, **changes) -> d
     return old
 
 
+def pair(value) -> tuple[int, int]:
+    """`(height, width)` of a config size given as one int or a pair (as ViT configs hold `image_size`)."""
+    return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
+
+
 def config_patch_grid(config) -> tuple[int, int] | None:
     """The patch grid `(rows, cols)` of `config` at its configured image size: `config.patch_grid()` where it has one
     (PrunedViT, overlapping patches included), else `image_size // patch_size` per side; `None` when the config does
@@ -881,7 +881,6 @@ def config_patch_grid(config) -> tuple[int, int] | None:
     if hasattr(config, "patch_grid"):
         return config.patch_grid()
     size, patch = getattr(config, "image_size", None), getattr(config, "patch_size", None)
-    pair = lambda value: tuple(value) if isinstance(value, (list, tuple)) else (value, value)  # noqa: E731
     if size is None or patch is None:
         return None
     (height, width), (patch_h, patch_w) = pair(size), pair(patch)
