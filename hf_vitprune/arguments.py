@@ -3,7 +3,7 @@
 Every command takes the same flag for the same setting, named as the setting (`--pruning_method`, `--keep_rate`,
 `--fuse_pruned`, ...), with the help text declared beside the field. Two forms:
 
-- [`PruningArguments`] (train, export, visualize): one value per setting; a flag left out keeps the model's own value.
+- [`PruningArguments`] (train, export): one value per setting; a flag left out keeps the model's own value.
 - [`PruningGridArguments`] (evaluate, sweep): one or more values per setting; each method is crossed with the values
   of the settings it reads ([`PruningGridArguments.variants`]). `prune_layers` is one value for the whole run.
 
@@ -108,7 +108,7 @@ def _build(grid: bool, defaults: dict) -> list[tuple]:
         if f.name == "pruning_method":
             scalar = str
         kind = list[scalar] | None if (grid and accepts_scalar) or listed else scalar | None
-        metadata = {"help": _help(f.name, grid), "aliases": ALIASES.get(f.name, []) if grid else []}
+        metadata = {"help": _help(f.name, grid), "aliases": ALIASES.get(f.name, [])}
         default = defaults.get(f.name)
         spec = field(default_factory=lambda d=default: list(d)) if isinstance(default, list) else field(default=default)
         spec.metadata = types.MappingProxyType(metadata)

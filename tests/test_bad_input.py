@@ -93,7 +93,7 @@ def test_booleans_are_booleans_through_every_entry_point(tiny_model, tmp_path):
         PrunedViTForImageClassification.from_pretrained(folder, tie_query_key="false", tied_qk_init="mean")
     with pytest.raises(ValueError, match="tie_query_key=True is not given"):
         PrunedViTForImageClassification.from_pretrained(folder, tied_qk_init="mean")
-    with pytest.raises(Exception, match="fuse_pruned"):  # the strict config's type check
+    with pytest.raises(ValueError, match=r"\(its config.json, with the keyword arguments given\): .*fuse_pruned"):
         PrunedViTForImageClassification.from_pretrained(folder, fuse_pruned="false")
     model = PrunedViTForImageClassification.from_pretrained(folder)
     with pytest.raises(ValueError, match="fuse_pruned must be True or False, got 'false'"):
@@ -227,7 +227,8 @@ def test_an_arguments_file_reads_as_the_flags_do(tmp_path):
         return parse_arguments(cls, [str(path)], prog="t")[0]
 
     args = parse(EvaluateArguments, {"pruning_method": "variance", "keep_rate": 0.5, "fusion": ["on", "off"]})
-    assert args.variants()[1:] == [{"pruning_method": "variance", "keep_rate": 0.5, "fuse_pruned": f} for f in (1, 0)]
+    assert [v["fuse_pruned"] for v in args.variants()[1:]] == [True, False]
+    assert all(type(v["fuse_pruned"]) is bool for v in args.variants()[1:])  # read as booleans, not strings
     assert parse(ExportArguments, {"output": "m.onnx", "keep_rate": 0.5, "fuse_pruned": "off"}).settings() == {
         "keep_rate": 0.5,
         "fuse_pruned": False,
@@ -238,3 +239,18 @@ def test_an_arguments_file_reads_as_the_flags_do(tmp_path):
         parse(ExportArguments, {"pruning_method": "variance"})
     with pytest.raises(ValueError, match="--pruning_method must name at least one method"):
         parse(EvaluateArguments, {"pruning_method": []}).variants()
+
+
+def test_the_old_flag_spellings_work_on_every_command():
+    from hf_vitprune.cli import parse_arguments
+    from hf_vitprune.export import ExportArguments
+    from hf_vitprune.train import parse_args
+
+    (export,) = parse_arguments(ExportArguments, ["--model", "m", "--fusion", "off", "--output", "m.onnx"], prog="t")
+    assert export.model_name_or_path == "m" and export.settings() == {"fuse_pruned": False}
+    model_args, data_args, _ = parse_args(["--model", "m", "--data", "d", "--fusion", "on", "--output_dir", "o"])
+    assert (model_args.model_name_or_path, data_args.dataset_name, model_args.settings()) == (
+        "m",
+        "d",
+        {"fuse_pruned": True},
+    )

@@ -23,9 +23,6 @@ def test_16_bit_integer_and_float_greyscale_read_as_their_8_bit_picture():
     byte_float = Image.fromarray(grey.astype(np.float32), "F")
     for image in (sixteen, as_int, small_int, unit_float, byte_float):
         assert np.array_equal(np.asarray(to_rgb(image)), expected), image.mode
-    # what PIL alone does (the bug): 16-bit white, 0..1 float black
-    assert np.asarray(sixteen.convert("RGB")).min() == 255 or np.asarray(sixteen.convert("RGB")).mean() > 250
-    assert np.asarray(unit_float.convert("RGB")).max() <= 1
 
 
 def test_modes_pil_converts_keep_pils_conversion():
@@ -54,7 +51,7 @@ def test_a_decompression_bomb_is_one_clear_line(tmp_path, monkeypatch):
 @pytest.mark.parametrize("mode", ["I;16", "F"])
 def test_real_photographs_in_16_bit_and_float_give_the_8_bit_top1(tmp_path, mode):
     """Real Imagenette photographs as 8-bit greyscale PNGs and as the same pictures in 16-bit PNG / float TIFF (0..1):
-    the same top-1, image for image; a decompression bomb among them is skipped and counted under --skip_unreadable."""
+    the same top-1 and top-5 for every variant (the pixels reaching the model are the same, so the logits are)."""
     eight, other = tmp_path / "eight", tmp_path / "other"
     for wnid in ("n01440764", "n02102040"):
         (eight / wnid).mkdir(parents=True)
@@ -74,5 +71,5 @@ def test_real_photographs_in_16_bit_and_float_give_the_8_bit_top1(tmp_path, mode
                 "--output_dir", str(tmp_path / f"out_{name}")]  # fmt: skip
         assert cli_main(argv) == 0
         results[name] = json.loads((tmp_path / f"out_{name}" / "results.json").read_text())["rows"]
-    assert [r["top1"] for r in results["other"]] == [r["top1"] for r in results["eight"]]
+    assert [(r["top1"], r["top5"]) for r in results["other"]] == [(r["top1"], r["top5"]) for r in results["eight"]]
     assert results["eight"][0]["top1"] > 40  # real pictures, recognised (greyscale costs some top-1)

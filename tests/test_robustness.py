@@ -63,10 +63,11 @@ with torch.no_grad():
 """
 
 
-def test_a_hub_token_is_used_for_the_push_and_written_nowhere(workspace, tmp_path, monkeypatch):
+def _fake_hub(monkeypatch, pushed) -> list:
+    """Stand-ins for the Hub calls of a push: the uploaded folder is copied to `pushed`; returns the calls made."""
     import huggingface_hub
 
-    pushed, calls = tmp_path / "pushed", []
+    calls = []
 
     def create_repo(repo_id, token=None, exist_ok=False, **kwargs):
         calls.append(("create_repo", repo_id, token))
@@ -79,6 +80,12 @@ def test_a_hub_token_is_used_for_the_push_and_written_nowhere(workspace, tmp_pat
 
     monkeypatch.setattr(huggingface_hub, "create_repo", create_repo)
     monkeypatch.setattr(huggingface_hub, "upload_folder", upload_folder)
+    return calls
+
+
+def test_a_hub_token_is_used_for_the_push_and_written_nowhere(workspace, tmp_path, monkeypatch):
+    pushed = tmp_path / "pushed"
+    calls = _fake_hub(monkeypatch, pushed)
     out = tmp_path / "run"
     # the dash spelling that --help lists, with a short token no pattern would catch: redacted by its parsed value
     token = "hf_X"
@@ -143,19 +150,20 @@ def test_every_spelling_of_the_hub_token_reaches_the_push_and_no_record(workspac
 
 
 def test_a_hub_token_in_a_json_arguments_file_is_not_recorded(workspace, tmp_path, monkeypatch):
-    import hf_vitprune.train as train
-
+    """A real (tiny) run from a JSON arguments file holding an oauth token: the push gets the token, and no file of
+    the run or of the pushed folder holds it."""
+    pushed, out = tmp_path / "pushed", tmp_path / "run"
+    calls = _fake_hub(monkeypatch, pushed)
     values = {"model_name_or_path": str(workspace / "base"), "dataset": str(workspace / "data"),
-              "ignore_mismatched_sizes": True, "output_dir": str(tmp_path / "run"), "max_steps": 4, "use_cpu": True,
-              "push_to_hub": True, "hub_token": OAUTH_TOKEN}  # fmt: skip
+              "ignore_mismatched_sizes": True, "prune_layers": [1, 2], "keep_rate": 0.5, "output_dir": str(out),
+              "per_device_train_batch_size": 4, "max_steps": 2, "save_strategy": "no", "eval_strategy": "no",
+              "dataloader_num_workers": 0, "use_cpu": True, "throughput_batch_size": 2, "throughput_runs": 1,
+              "push_to_hub": True, "hub_model_id": "someone/pruned", "hub_token": OAUTH_TOKEN}  # fmt: skip
     path = tmp_path / "args.json"
     path.write_text(json.dumps(values))
-    seen = {}
-    monkeypatch.setattr(
-        train, "run_training", lambda m, d, t, command=None: seen.update(token=t.hub_token, cmd=command)
-    )
-    train.main([str(path)])
-    assert seen["token"] == OAUTH_TOKEN and OAUTH_TOKEN not in seen["cmd"]
+    assert cli_main(["train", str(path)]) == 0
+    assert calls == [("create_repo", "someone/pruned", OAUTH_TOKEN), ("upload_folder", "someone/pruned", OAUTH_TOKEN)]
+    assert _files_containing(out, OAUTH_TOKEN.encode()) == [] and _files_containing(pushed, OAUTH_TOKEN.encode()) == []
 
 
 @pytest.mark.parametrize(
