@@ -155,11 +155,39 @@ def resolve_split_folder(path: str, split: str | None) -> str:
     aliases = next((names for names in SPLIT_FOLDERS.values() if split in names), (split,)) if split else ()
     for name in aliases:
         if name in subdirs:
+            check_split_classes(root, name, subdirs)
             return str(root / name)
+    asked = f"has no split {split!r}" if split else "is a folder of splits"
     raise ValueError(
-        f"{path!r} holds the split folders {sorted(subdirs)}: pass --split (or the train / eval split option) naming "
-        "one of them, or point at the split folder itself."
+        f"{path!r} {asked}; the splits found are {sorted(subdirs)}: pass --split (or --train_split / --eval_split) "
+        "naming one of them, or point at the split folder itself."
     )
+
+
+def check_split_classes(root: Path, split: str, splits: set[str]) -> None:
+    """Check that split folder `root/split` holds the same class folders as every other split of `root`.
+
+    Class indices come from the sorted folder names of each split (torchvision's `find_classes`), so a class folder
+    missing from one split would shift the index of every class after it.
+
+    Raises:
+        ValueError: naming each class folder that one split has and another lacks.
+    """
+
+    def classes(name: str) -> set[str]:
+        return {d.name for d in (root / name).iterdir() if d.is_dir()}
+
+    here = classes(split)
+    for other in sorted(splits - {split}):
+        there = classes(other)
+        if here != there:
+            problems = [f"{sorted(there - here)} of {other!r} missing from {split!r}"] if there - here else []
+            problems += [f"{sorted(here - there)} of {split!r} missing from {other!r}"] if here - there else []
+            raise ValueError(
+                f"{str(root)!r}: the splits hold different class folders ({'; '.join(problems)}). Every split needs "
+                "the same class folders (an empty one is fine), or the label index of each class after the missing "
+                "one would differ between the splits."
+            )
 
 
 def load_image_data(
