@@ -159,7 +159,7 @@ GRID_DEFAULTS = {
 fusion."""
 
 _GRID_ORDER = ("entropy_axis", "renyi_alpha", "bspf_block", "bspf_joint", "keep_rate", "fuse_pruned",
-               "fusion_temperature", "tome_r")  # fmt: skip
+               "fusion_temperature", "tome_r", "restore_patch_grid")  # fmt: skip
 """How variants are nested (outermost first): one line of a trade-off plot varies the inner settings."""
 
 

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.backbone_utils import BackboneMixin
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer
 from transformers.models.deit.modeling_deit import DeiTAttention, DeiTLayer
 from transformers.models.dinov2.modeling_dinov2 import Dinov2Attention, Dinov2Layer
@@ -41,6 +42,7 @@ from .modeling_pruned_vit import (
     PrunedViTPreTrainedModel,
     PruningControlMixin,
     check_pixel_values,
+    restore_dense_outputs,
     start_token_reduction,
 )
 from .token_ops import attention_with_statistic
@@ -115,6 +117,9 @@ class PrunedDinov2Layer(Dinov2Layer):
         hidden_states = self.mlp(hidden_states)
         hidden_states = self.layer_scale2(hidden_states)
         hidden_states = self.drop_path(hidden_states) + residual
+
+        if token_reduction is not None:  # the last layer's output back on the patch grid (restore_patch_grid)
+            hidden_states = token_reduction.finish(self.layer_idx, hidden_states)
         return hidden_states
 
 
@@ -208,6 +213,9 @@ class PrunedCLIPEncoderLayer(CLIPEncoderLayer):
         hidden_states = self.layer_norm2(hidden_states)
         hidden_states = self.mlp(hidden_states)
         hidden_states = residual + hidden_states
+
+        if token_reduction is not None:  # the last layer's output back on the patch grid (restore_patch_grid)
+            hidden_states = token_reduction.finish(self.layer_idx, hidden_states)
         return hidden_states
 
 
@@ -264,7 +272,7 @@ BACKBONES: list[Backbone] = [
     Backbone(
         "DINOv2",
         ("dinov2",),
-        ("Dinov2Model", "Dinov2ForImageClassification"),
+        ("Dinov2Model", "Dinov2ForImageClassification", "Dinov2Backbone"),
         {Dinov2Layer: PrunedDinov2Layer},
         {Dinov2Attention: PrunedDinov2Attention},
         lambda config: 1,
@@ -273,7 +281,7 @@ BACKBONES: list[Backbone] = [
     Backbone(
         "DINOv2 with registers",
         ("dinov2_with_registers",),
-        ("Dinov2WithRegistersModel", "Dinov2WithRegistersForImageClassification"),
+        ("Dinov2WithRegistersModel", "Dinov2WithRegistersForImageClassification", "Dinov2WithRegistersBackbone"),
         {Dinov2WithRegistersLayer: PrunedDinov2WithRegistersLayer},
         {Dinov2WithRegistersAttention: PrunedDinov2WithRegistersAttention},
         lambda config: 1 + config.num_register_tokens,
@@ -316,6 +324,7 @@ def backbone_of(model: nn.Module) -> Backbone:
 # ---------------------------------------------------------------------------------------------------------------------
 
 _INSTALLED = "_hf_vitprune_backbone"  # attribute on a pruned stock model: its Backbone's family
+_RESTORING = "_hf_vitprune_restores"  # attribute on each PreTrainedModel of it that restores its hidden states
 
 
 def _start_reduction(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -337,8 +346,42 @@ def _start_reduction(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tupl
             config, backbone.num_prefix_tokens(config), pixel_values, kwargs.get("attention_mask")
         )
         if reduction is not None:
+            if needs_patch_grid(module) and not reduction.restores:
+                raise ValueError(grid_refusal(module))
             kwargs["token_reduction"] = reduction
     return args, kwargs
+
+
+def needs_patch_grid(model: nn.Module) -> bool:
+    """Whether `model`'s outputs are read on the full patch grid: a transformers backbone (`BackboneMixin`, e.g.
+    `Dinov2Backbone`), whose feature maps are `(batch, hidden, rows, cols)` grids, or with `reshape_hidden_states=False`
+    token sequences that dense heads (DPT, Depth Anything) reshape into grids themselves."""
+    return isinstance(model, BackboneMixin)
+
+
+def grid_refusal(model: nn.Module) -> str:
+    """The message refusing token reduction without `restore_patch_grid` on a model that [`needs_patch_grid`]."""
+    return (
+        f"{type(model).__name__} is a backbone: its feature maps are read on the full patch grid, which pruned or "
+        "merged tokens no longer fill (they would come out with the wrong shape): pass "
+        "restore_patch_grid=True (prune(model, ..., restore_patch_grid=True) or model.set_pruning(...)) to put every "
+        "patch back before the feature maps are made, or pruning_method=None."
+    )
+
+
+def _restore_hidden_states(module: nn.Module, args: tuple, kwargs: dict, output):
+    """Forward hook on every `PreTrainedModel` of a pruned model: its captured `hidden_states` back on the patch grid
+    with `restore_patch_grid` ([`~modeling_pruned_vit.restore_dense_outputs`]).
+
+    Raises:
+        ValueError: for hidden states asked for while the outputs are a tuple (`return_dict=False`).
+    """
+    reduction = kwargs.get("token_reduction")
+    if reduction is None or not reduction.restores or isinstance(output, ModelOutput):
+        return restore_dense_outputs(output, reduction)
+    if kwargs.get("output_hidden_states", getattr(module.config, "output_hidden_states", False)):
+        raise ValueError("restore_patch_grid needs outputs returned as a ModelOutput: leave return_dict=True.")
+    return output
 
 
 def _report_reduction(module: nn.Module, args: tuple, kwargs: dict, output):
@@ -422,6 +465,9 @@ def prune(model: nn.Module, **settings) -> nn.Module:
     backbone = backbone_of(model)
     config = model.config
     recorded = {name: getattr(config, name) for name in PRUNING_FIELDS if hasattr(config, name)}
+    final = {**PruningSettings().as_dict(), **recorded, **settings}
+    if needs_patch_grid(model) and final["pruning_method"] is not None and final["restore_patch_grid"] is not True:
+        raise ValueError(grid_refusal(model))
     if not recorded:  # start from the defaults: check the changes on a copy first (nothing written if refused)
         probe = types.SimpleNamespace(
             **{k: getattr(config, k) for k in ("num_hidden_layers", "image_size", "patch_size") if hasattr(config, k)}
@@ -438,6 +484,10 @@ def prune(model: nn.Module, **settings) -> nn.Module:
             target.register_forward_pre_hook(_start_reduction, with_kwargs=True)
             target.register_forward_hook(_report_reduction, with_kwargs=True)
             setattr(target, _INSTALLED, backbone.family)
+    for submodel in model.modules():  # where transformers captures the hidden states (model, base model or encoder)
+        if isinstance(submodel, PreTrainedModel) and not getattr(submodel, _RESTORING, False):
+            submodel.register_forward_hook(_restore_hidden_states, with_kwargs=True)
+            setattr(submodel, _RESTORING, True)
     model.set_pruning = types.MethodType(PruningControlMixin.set_pruning, model)
     model.pruning = types.MethodType(PruningControlMixin.pruning, model)
     return model

@@ -38,7 +38,7 @@ from transformers.models.vit.modeling_vit import (
     eager_attention_forward,
 )
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, logging
+from transformers.utils import ModelOutput, TransformersKwargs, logging
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
@@ -118,6 +118,40 @@ def start_token_reduction(
     return TokenReduction.from_config(
         config, num_prefix_tokens, attention_mask, functools.partial(layer_attention_mask, config), grid=grid
     )
+
+
+def restore_dense_outputs(output, token_reduction: TokenReduction | None):
+    """`output`'s `hidden_states` back on the full patch grid when `token_reduction` restores it
+    (`restore_patch_grid=True`; the last hidden state already is, the last layer restores it): each entry
+    `(batch, prefix + patches, hidden)` in patch order ([`~token_reduction.TokenReduction.restore_hidden_states`]).
+    Anything else is returned unchanged.
+
+    Raises:
+        ValueError: for outputs returned as a tuple while hidden states are restored (`return_dict=False`): which
+            entry is which is unknown there.
+    """
+    if token_reduction is None or not token_reduction.restores:
+        return output
+    if not isinstance(output, ModelOutput):
+        raise ValueError("restore_patch_grid needs outputs returned as a ModelOutput: leave return_dict=True.")
+    if output.get("hidden_states") is not None:
+        output["hidden_states"] = token_reduction.restore_hidden_states(output["hidden_states"])
+    return output
+
+
+def restores_hidden_states(forward: Callable) -> Callable:
+    """Decorator of a `forward` under transformers' `capture_outputs`: the hidden states it captured, back on the
+    patch grid with `restore_patch_grid` ([`restore_dense_outputs`]; the forward leaves its `TokenReduction` on the
+    output as `_token_reduction`). Honours `return_dict` as `capture_outputs` does."""
+
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        return_dict = kwargs.pop("return_dict", getattr(self.config, "return_dict", True))
+        output = forward(self, *args, return_dict=True, **kwargs)
+        output = restore_dense_outputs(output, output.__dict__.pop("_token_reduction", None))
+        return output if return_dict else output.to_tuple()
+
+    return wrapper
 
 
 class PruningControlMixin:
@@ -268,6 +302,8 @@ class PrunedViTLayer(ViTLayer):
         hidden_states = self.dropout(hidden_states)
         hidden_states = hidden_states + residual
 
+        if token_reduction is not None:  # the last layer's output back on the patch grid (restore_patch_grid)
+            hidden_states = token_reduction.finish(self.layer_idx, hidden_states)
         return hidden_states
 
 
@@ -607,6 +643,7 @@ class PrunedViTModel(PrunedViTPreTrainedModel):
         return self.embeddings.patch_embeddings
 
     @merge_with_config_defaults
+    @restores_hidden_states
     @capture_outputs(tie_last_hidden_states=False)
     def forward(
         self,
@@ -657,11 +694,14 @@ class PrunedViTModel(PrunedViTPreTrainedModel):
         sequence_output = self.layernorm(hidden_states)
         pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
 
-        return PrunedViTModelOutput(
+        output = PrunedViTModelOutput(
             last_hidden_state=sequence_output,
             pooler_output=pooled_output,
             kept_patch_indices=token_reduction.kept_patch_indices if token_reduction is not None else (),
         )
+        if token_reduction is not None and token_reduction.restores:
+            output._token_reduction = token_reduction  # for the captured hidden states (`restores_hidden_states`)
+        return output
 
 
 class PrunedViTForImageClassification(PrunedViTPreTrainedModel):

@@ -409,6 +409,9 @@ class PrunedTokens(NamedTuple):
     """`(batch, num_keep)`: the kept candidates' patch ids."""
     key_mask: torch.Tensor | None
     """`(batch, prefix + num_keep [+ 1])` bool, True = attended; `None` without a candidate mask."""
+    destination: torch.Tensor
+    """`(batch, candidates)`: for each entering candidate, the index among the new candidates of the token that now
+    carries it: its own place if kept, the fused token's (`num_keep`) if fused, -1 if dropped (no fusion)."""
 
 
 def prune_tokens(
@@ -448,7 +451,7 @@ def prune_tokens(
         key_mask (`torch.BoolTensor` of shape `(batch, prefix + candidates)`, *optional*): True = attended.
 
     Returns:
-        [`PrunedTokens`]: `(hidden_states, patch_ids, kept_patch_ids, key_mask)`.
+        [`PrunedTokens`]: `(hidden_states, patch_ids, kept_patch_ids, key_mask, destination)`.
 
     Raises:
         ValueError: if `num_keep` is outside [1, candidates].
@@ -466,9 +469,13 @@ def prune_tokens(
     prefix = hidden_states[:, :num_prefix_tokens]
     kept_patch_ids = patch_ids.gather(1, kept)
     new_mask = None if valid is None else torch.cat([key_mask[:, :num_prefix_tokens], valid.gather(1, kept)], dim=1)
+    fused_index = num_keep if fuse and num_keep < num_candidates else -1
+    destination = kept.new_full((batch_size, num_candidates), fused_index).scatter(
+        1, kept, torch.arange(num_keep, device=kept.device).expand(batch_size, -1)
+    )
     if not (fuse and num_keep < num_candidates):
         output = torch.cat([prefix, gather_tokens(hidden_states, kept + num_prefix_tokens)], dim=1)
-        return PrunedTokens(output, kept_patch_ids, kept_patch_ids, new_mask)
+        return PrunedTokens(output, kept_patch_ids, kept_patch_ids, new_mask, destination)
     # one gather of every candidate: the kept tokens lead, the pruned ones (fused) follow
     pruned = order[:, num_keep:].sort(dim=1).values
     selected = gather_tokens(hidden_states, torch.cat([kept, pruned], dim=1) + num_prefix_tokens)
@@ -478,7 +485,7 @@ def prune_tokens(
     if new_mask is not None:
         new_mask = torch.cat([new_mask, valid.gather(1, pruned).any(dim=1, keepdim=True)], dim=1)
     output = torch.cat([prefix, selected[:, :num_keep], fused], dim=1)
-    return PrunedTokens(output, new_patch_ids, kept_patch_ids, new_mask)
+    return PrunedTokens(output, new_patch_ids, kept_patch_ids, new_mask, destination)
 
 
 def fusion_weights(
@@ -522,6 +529,9 @@ class MergedTokens(NamedTuple):
     """`(batch, candidates - r)`: a merged B token keeps its own patch id."""
     key_mask: torch.Tensor | None
     """`(batch, prefix + candidates - r)` bool, True = attended; `None` without a mask."""
+    destination: torch.Tensor
+    """`(batch, candidates)`: for each entering candidate, the index among the new candidates of the token that now
+    carries it (its own, or the B token it was merged into)."""
 
 
 def merge_tokens(
@@ -557,7 +567,8 @@ def merge_tokens(
         key_mask (`torch.BoolTensor` of shape `(batch, prefix + candidates)`, *optional*): True = attended.
 
     Returns:
-        [`MergedTokens`]: `(hidden_states, token_sizes, patch_ids, key_mask)` with `candidates - r` candidates.
+        [`MergedTokens`]: `(hidden_states, token_sizes, patch_ids, key_mask, destination)` with `candidates - r`
+        candidates.
     """
     batch_size, _, hidden_size = hidden_states.shape
     first_a = num_prefix_tokens % 2  # candidate c sits at position c + num_prefix_tokens; even positions are A
@@ -568,7 +579,8 @@ def merge_tokens(
     side_a, side_b = slice(first_a, None, 2), slice(1 - first_a, None, 2)
     num_merge = min(num_merge, tome_merge_limit(candidates.shape[1], num_prefix_tokens))
     if num_merge <= 0:
-        return MergedTokens(hidden_states, token_sizes, patch_ids, key_mask)
+        unchanged = torch.arange(candidates.shape[1], device=hidden_states.device).expand(batch_size, -1)
+        return MergedTokens(hidden_states, token_sizes, patch_ids, key_mask, unchanged)
 
     similarity = metric[:, side_a] @ metric[:, side_b].transpose(1, 2)  # (batch, |A|, |B|)
     if key_mask is not None:
@@ -603,7 +615,15 @@ def merge_tokens(
         key_mask = torch.cat(
             [key_mask[:, :num_prefix_tokens], valid[:, side_a].gather(1, unmerged_a), valid[:, side_b]], dim=1
         )
-    return MergedTokens(hidden_states, token_sizes, patch_ids, key_mask)
+    # where each candidate went: unmerged A tokens lead (in order), the B tokens follow, merged A tokens in their B
+    num_a, num_b, num_unmerged = sizes_a.shape[1], sizes_b.shape[1], unmerged_a.shape[1]
+    index = torch.arange(num_a + num_b, device=hidden_states.device).expand(batch_size, -1)
+    destination_a = torch.zeros_like(index[:, :num_a]).scatter(1, unmerged_a, index[:, :num_unmerged])
+    destination_a = destination_a.scatter(1, merged_a, num_unmerged + destination)
+    positions_a, positions_b = first_a + 2 * index[:, :num_a], 1 - first_a + 2 * index[:, :num_b]
+    moved = torch.zeros_like(index).scatter(1, positions_a, destination_a)
+    moved = moved.scatter(1, positions_b, num_unmerged + index[:, :num_b])
+    return MergedTokens(hidden_states, token_sizes, patch_ids, key_mask, moved)
 
 
 def joint_importance(
@@ -704,6 +724,18 @@ def block_smooth(scores: torch.Tensor, patch_ids: torch.Tensor, grid: tuple[int,
     return averaged.gather(1, index.clamp_max(cells - 1)).where(placed, scores)
 
 
+class FusedTokens(NamedTuple):
+    """What [`similarity_fusion`] returns."""
+
+    hidden_states: torch.Tensor
+    """`(batch, prefix + k, hidden)`: prefix tokens unchanged, the kept tokens in the order of `kept`."""
+    token_sizes: torch.Tensor
+    """`(batch, prefix + k)`: patches each token stands for."""
+    destination: torch.Tensor
+    """`(batch, candidates)`: for each entering candidate, the index among the `k` kept tokens of the token that now
+    carries it (its own if kept, the one it was merged into if pruned)."""
+
+
 def similarity_fusion(
     hidden_states: torch.Tensor,
     token_sizes: torch.Tensor,
@@ -711,7 +743,7 @@ def similarity_fusion(
     kept: torch.Tensor,
     pruned: torch.Tensor,
     num_prefix_tokens: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> FusedTokens:
     """Merge each pruned token into its most similar kept token: size-weighted average, sizes summed.
 
     BSPF-ViT's "similarity fusion" (reconstructed from the abstract of arXiv:2507.12125), written as ToMe's merge
@@ -726,8 +758,7 @@ def similarity_fusion(
         num_prefix_tokens (`int`).
 
     Returns:
-        `(hidden_states (batch, prefix + k, hidden), token_sizes (batch, prefix + k))`: prefix tokens unchanged, the
-        kept tokens in the order of `kept`.
+        [`FusedTokens`]: `(hidden_states, token_sizes, destination)`.
     """
     prefix = num_prefix_tokens
     metric = keys[:, prefix:].float()
@@ -745,7 +776,46 @@ def similarity_fusion(
     )
     new_sizes = kept_sizes.scatter_add(1, destination, pruned_sizes)
     merged = (summed / new_sizes.unsqueeze(-1)).to(hidden_states.dtype)
-    return torch.cat([hidden_states[:, :prefix], merged], dim=1), torch.cat([token_sizes[:, :prefix], new_sizes], dim=1)
+    batch_size, num_kept = kept.shape
+    moved = torch.empty_like(metric[..., 0], dtype=torch.long).scatter(
+        1, kept, torch.arange(num_kept, device=kept.device).expand(batch_size, -1)
+    )
+    return FusedTokens(
+        torch.cat([hidden_states[:, :prefix], merged], dim=1),
+        torch.cat([token_sizes[:, :prefix], new_sizes], dim=1),
+        moved.scatter(1, pruned, destination),
+    )
+
+
+def restore_patch_grid(
+    hidden_states: torch.Tensor,
+    patch_map: torch.Tensor,
+    num_prefix_tokens: int,
+    dropped: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The tokens of a reduced sequence put back on the full patch grid: one token per patch, in patch order.
+
+    Patch `p` gets the token that carries it, `hidden_states[:, prefix + patch_map[:, p]]`: its own token if it was
+    kept, the fused token it went into (fusion), or the token it was merged into (ToMe, BSPF's similarity fusion).
+    A patch dropped without fusion (`patch_map == -1`) gets its row of `dropped`: its value at the layer that dropped
+    it (after that layer's attention). Prefix tokens stay in front, unchanged. The idea of ToMe-SD's "unmerge" (Bolya
+    & Hoffman, "Token Merging for Fast Stable Diffusion", 2023), for every reduction of this package.
+
+    Args:
+        hidden_states (`torch.Tensor` of shape `(batch, prefix + candidates, hidden)`).
+        patch_map (`torch.LongTensor` of shape `(batch, patches)`): for each patch, the candidate that carries it, or
+            -1 for a dropped patch.
+        num_prefix_tokens (`int`).
+        dropped (`torch.Tensor` of shape `(batch, patches, hidden)`, *optional*): the values of dropped patches;
+            required when `patch_map` holds -1.
+
+    Returns:
+        `torch.Tensor` of shape `(batch, prefix + patches, hidden)`.
+    """
+    tokens = gather_tokens(hidden_states[:, num_prefix_tokens:], patch_map.clamp_min(0))
+    if dropped is not None:
+        tokens = tokens.where((patch_map >= 0).unsqueeze(-1), dropped.to(tokens.dtype))
+    return torch.cat([hidden_states[:, :num_prefix_tokens], tokens], dim=1)
 
 
 def check_key_mask(mask: torch.Tensor, batch_size: int, num_tokens: int, num_prefix_tokens: int) -> torch.Tensor:
@@ -781,6 +851,7 @@ __all__ = [
     "ATTENTION_AND_KEYS",
     "CLASS_ATTENTION",
     "ENTROPY_AXES",
+    "FusedTokens",
     "KEYS",
     "MergedTokens",
     "PrunedTokens",
@@ -801,6 +872,7 @@ __all__ = [
     "prune_tokens",
     "random_scores",
     "renyi_entropy",
+    "restore_patch_grid",
     "similarity_fusion",
     "tome_merge_limit",
     "true_median",

@@ -48,6 +48,7 @@ from .token_ops import (
     entropy_scores,
     evit_scores,
     exact_keep_count,
+    gather_tokens,
     head_entropy_scores,
     joint_importance,
     key_entropy_scores,
@@ -55,6 +56,7 @@ from .token_ops import (
     merge_tokens,
     prune_tokens,
     random_scores,
+    restore_patch_grid,
     similarity_fusion,
     tome_merge_limit,
     variance_scores,
@@ -130,6 +132,12 @@ class PruningFields:
         3, "Odd size of the patch-grid neighbourhood BSPF smooths its scores over (1: no smoothing); docs/bspf.md."
     )
     bspf_joint: str = _setting("mean", "How BSPF combines a token's key and query importance: mean or product.")
+    restore_patch_grid: bool = _setting(
+        False,
+        "Return every hidden state on the full patch grid (batch, prefix + patches, hidden), in patch order: a pruned "
+        "patch gets the token it was fused or merged into, or without fusion its value where it was dropped. For "
+        "dense heads (Dinov2Backbone feature maps, DPT, Depth Anything); docs/dense.md.",
+    )
 
 
 PRUNING_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(PruningFields))
@@ -146,7 +154,7 @@ class PruningSettings(PruningFields):
         prune_layers (`list[int]` or `None`): 0-indexed, strictly increasing; `None`: [`default_prune_layers`].
         fuse_pruned (`bool`), fusion_temperature (`float` > 0), renyi_alpha (`float` > 0), tome_r (`int` >= 0 or one
         per layer), entropy_axis (`"query"`, `"key"` or `"heads"`), bspf_block (odd `int` >= 1), bspf_joint
-        (`"mean"` or `"product"`): see each field's help in [`PruningFields`].
+        (`"mean"` or `"product"`), restore_patch_grid (`bool`): see each field's help in [`PruningFields`].
     """
 
     @classmethod
@@ -207,8 +215,9 @@ class PruningSettings(PruningFields):
                     f"keep_rate must be a number in (0, 1] (or a list of such numbers, one per pruning layer); "
                     f"got {self.keep_rate!r}. 1.0 keeps every token; a keep rate of 0 would drop them all."
                 )
-        if not isinstance(self.fuse_pruned, bool):
-            raise ValueError(f"fuse_pruned must be True or False, got {self.fuse_pruned!r}.")
+        for name in ("fuse_pruned", "restore_patch_grid"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         if not _is_number(self.fusion_temperature) or not self.fusion_temperature > 0:
             raise ValueError(f"fusion_temperature must be a number > 0, got {self.fusion_temperature!r}.")
         if not _is_number(self.renyi_alpha) or not self.renyi_alpha > 0:
@@ -334,6 +343,14 @@ class ReductionState:
             reduction changed them (`None`: no mask needed); the string `"model"` while the model's own mask still
             fits (no reduction has changed the tokens).
         grid (`(rows, cols)`, *optional*): the patch grid the patch ids index (for block-based methods).
+        destination (`torch.LongTensor` of shape `(batch, candidates before)`, *optional*): set by the reduction that
+            made this state: for each candidate entering it, the index among this state's candidates of the token that
+            carries it now, -1 if dropped (see `token_ops.PrunedTokens.destination`). A reducer that leaves it `None`
+            cannot restore the patch grid.
+        patch_map (`torch.LongTensor` of shape `(batch, patches)`, *optional*): with `restore_patch_grid`, for each
+            patch of the image the candidate that carries it, -1 for a patch dropped without fusion.
+        dropped (`torch.Tensor` of shape `(batch, patches, hidden)`, *optional*): with `restore_patch_grid`, the value
+            of each dropped patch at the layer that dropped it (after its attention); `None` while none was dropped.
     """
 
     patch_ids: torch.Tensor
@@ -342,6 +359,9 @@ class ReductionState:
     key_mask: torch.Tensor | None = None
     layer_mask: Any = "model"
     grid: tuple[int, int] | None = None
+    destination: torch.Tensor | None = None
+    patch_map: torch.Tensor | None = None
+    dropped: torch.Tensor | None = None
 
     @classmethod
     def start(
@@ -478,7 +498,7 @@ class AttentionPruner(TokenReducer):
     every candidate as kept.
     """
 
-    settings_used = ("keep_rate", "prune_layers", "fuse_pruned", "fusion_temperature")
+    settings_used = ("keep_rate", "prune_layers", "fuse_pruned", "fusion_temperature", "restore_patch_grid")
 
     def score(self, statistic: torch.Tensor | None, batch_size: int, num_candidates: int, device) -> torch.Tensor:
         """One importance score per candidate, `(batch_size, num_candidates)`, higher = kept."""
@@ -519,7 +539,7 @@ class AttentionPruner(TokenReducer):
         )
         kept = (*state.kept_patch_indices, pruned.kept_patch_ids)
         return pruned.hidden_states, ReductionState(
-            pruned.patch_ids, state.token_sizes, kept, pruned.key_mask, grid=state.grid
+            pruned.patch_ids, state.token_sizes, kept, pruned.key_mask, grid=state.grid, destination=pruned.destination
         )
 
     def _schedule_step(self, amount, num_candidates):
@@ -606,7 +626,7 @@ class BSPFPruner(AttentionPruner):
 
     name = "bspf"
     statistic = ATTENTION_AND_KEYS
-    settings_used = ("keep_rate", "prune_layers", "bspf_block", "bspf_joint")
+    settings_used = ("keep_rate", "prune_layers", "bspf_block", "bspf_joint", "restore_patch_grid")
 
     def reduce(self, hidden_states, statistic, state, amount):
         prefix = self.num_prefix_tokens
@@ -635,7 +655,7 @@ class BSPFPruner(AttentionPruner):
             sizes = hidden_states.new_ones(hidden_states.shape[:2], dtype=torch.float32)
         if valid is not None:  # a masked token is dropped, never merged into another
             sizes = torch.cat([sizes[:, :prefix], sizes[:, prefix:].where(valid, 0)], dim=1)
-        hidden_states, sizes = similarity_fusion(hidden_states, sizes, keys, kept, pruned, prefix)
+        hidden_states, sizes, destination = similarity_fusion(hidden_states, sizes, keys, kept, pruned, prefix)
         if valid is not None:
             sizes = sizes.clamp_min(torch.finfo(sizes.dtype).tiny)  # a kept masked token weighs (almost) nothing
         patch_ids = state.patch_ids.gather(1, kept)
@@ -643,7 +663,9 @@ class BSPFPruner(AttentionPruner):
         if valid is not None:
             key_mask = torch.cat([state.key_mask[:, :prefix], valid.gather(1, kept)], dim=1)
         record = (*state.kept_patch_indices, patch_ids)
-        return hidden_states, ReductionState(patch_ids, sizes, record, key_mask, grid=state.grid)
+        return hidden_states, ReductionState(
+            patch_ids, sizes, record, key_mask, grid=state.grid, destination=destination
+        )
 
     def _schedule_step(self, amount, num_candidates):
         return amount, 0
@@ -656,7 +678,7 @@ class ToMeMerger(TokenReducer):
 
     name = "tome"
     statistic = KEYS
-    settings_used = ("tome_r",)
+    settings_used = ("tome_r", "restore_patch_grid")
 
     def amount(self, layer_idx, num_candidates):
         r = self.settings.tome_r
@@ -673,7 +695,7 @@ class ToMeMerger(TokenReducer):
         )
         kept = (*state.kept_patch_indices, merged.patch_ids)
         return merged.hidden_states, ReductionState(
-            merged.patch_ids, merged.token_sizes, kept, merged.key_mask, grid=state.grid
+            merged.patch_ids, merged.token_sizes, kept, merged.key_mask, grid=state.grid, destination=merged.destination
         )
 
     def _schedule_step(self, amount, num_candidates):
@@ -731,9 +753,14 @@ class TokenReduction:
             given tokens and key mask; required with `key_mask`.
         grid (`(rows, cols)`, *optional*): the patch grid of this input (block-based methods); by default the square
             grid when the patch count is a square number.
+        num_hidden_layers (`int`, *optional*): the model's depth; with the reducer's `restore_patch_grid` setting,
+            [`TokenReduction.finish`] puts the output of the last layer back on the patch grid.
+
+    With `restore_patch_grid` the state also follows every patch to the token that carries it (`patch_map`), so that
+    [`TokenReduction.restore`] can put any layer's output back on the full grid (`token_ops.restore_patch_grid`).
 
     Raises:
-        ValueError: with `key_mask` but no `mask_builder`.
+        ValueError: with `key_mask` but no `mask_builder`; with `restore_patch_grid` but no `num_hidden_layers`.
     """
 
     def __init__(
@@ -744,9 +771,15 @@ class TokenReduction:
         key_mask: torch.Tensor | None = None,
         mask_builder=None,
         grid: tuple[int, int] | None = None,
+        num_hidden_layers: int | None = None,
     ):
         if key_mask is not None and mask_builder is None:
             raise ValueError("a TokenReduction with a key_mask needs the mask_builder that rebuilds the layers' mask.")
+        self.restores = bool(getattr(reducer.settings, "restore_patch_grid", False))
+        if self.restores and num_hidden_layers is None:
+            raise ValueError("a TokenReduction that restores the patch grid needs the model's num_hidden_layers.")
+        self.num_hidden_layers = num_hidden_layers
+        self._restored_hidden_states: tuple | None = None
         self.reducer = reducer
         self.num_prefix_tokens = num_prefix_tokens
         self.key_mask = key_mask
@@ -762,7 +795,9 @@ class TokenReduction:
     ) -> "TokenReduction | None":
         """The reduction `config`'s pruning fields describe, or `None` when pruning is off (`pruning_method=None`)."""
         reducer = reducer_from_config(config, num_prefix_tokens)
-        return None if reducer is None else cls(reducer, num_prefix_tokens, None, key_mask, mask_builder, grid)
+        if reducer is None:
+            return None
+        return cls(reducer, num_prefix_tokens, None, key_mask, mask_builder, grid, config.num_hidden_layers)
 
     def enter(
         self, layer_idx: int, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -783,6 +818,8 @@ class TokenReduction:
             state = self._current
             if state is None:
                 state = ReductionState.start(hidden_states, self.num_prefix_tokens, self.key_mask, self.grid)
+                if self.restores:
+                    state.patch_map = state.patch_ids
             self._entering[layer_idx] = state
         num_candidates = int(hidden_states.shape[1]) - self.num_prefix_tokens  # int(): a tensor while tracing
         amount = self.reducer.amount(layer_idx, num_candidates)
@@ -813,15 +850,80 @@ class TokenReduction:
         """
         entering = state = self._entering[plan.layer_idx]
         if plan.amount is not None:
+            before = hidden_states
             hidden_states, state = self.reducer.reduce(hidden_states, statistic, entering, plan.amount)
             if state.patch_ids is not entering.patch_ids:  # the tokens changed: the model's mask no longer fits
                 # without a key mask nothing is masked (a mask the model built anyway, e.g. while exporting, held
                 # only "attend"); with one, the mask is rebuilt for the tokens left
                 state.layer_mask = None if state.key_mask is None else self.mask_builder(hidden_states, state.key_mask)
+                if self.restores:
+                    self._follow_patches(entering, state, before)
+            elif self.restores:
+                state.patch_map, state.dropped = entering.patch_map, entering.dropped
         if plan.layer_idx not in self._leaving:  # a recomputation must not move the pass's end state back
             self._leaving[plan.layer_idx] = state
             self._current = state
         return hidden_states
+
+    def _follow_patches(self, entering: ReductionState, state: ReductionState, before: torch.Tensor) -> None:
+        """Update the patch map (and the values of dropped patches) of `state` after a reduction from `entering`;
+        `before` `(batch, prefix + candidates, hidden)` is what the reduction was given."""
+        if state.destination is None:
+            raise ValueError(
+                f"pruning_method={self.reducer.name!r} does not record where each token goes, so restore_patch_grid "
+                "cannot be used with it: set restore_patch_grid=False, or use a method that records it "
+                "(its reducer sets ReductionState.destination)."
+            )
+        old = entering.patch_map
+        carried = old >= 0
+        new = state.destination.gather(1, old.clamp_min(0)).where(carried, -1)
+        newly_dropped = (carried & (new < 0)).unsqueeze(-1)
+        values = gather_tokens(before[:, self.num_prefix_tokens :], old.clamp_min(0))
+        dropped = entering.dropped if entering.dropped is not None else torch.zeros_like(values)
+        state.patch_map, state.dropped = new, values.where(newly_dropped, dropped)
+
+    def restore(self, hidden_states: torch.Tensor, layer_idx: int) -> torch.Tensor:
+        """The output of layer `layer_idx`, `(batch, prefix + candidates, hidden)`, back on the full patch grid:
+        `(batch, prefix + patches, hidden)` (`token_ops.restore_patch_grid`).
+
+        Raises:
+            ValueError: when the reduction does not restore the patch grid (`restore_patch_grid=False`).
+        """
+        if not self.restores:
+            raise ValueError("this forward pass does not follow the patches: set restore_patch_grid=True.")
+        state = self._leaving[layer_idx]
+        return restore_patch_grid(hidden_states, state.patch_map, self.num_prefix_tokens, state.dropped)
+
+    def finish(self, layer_idx: int, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Called by each layer with its output: the last layer's output back on the patch grid with
+        `restore_patch_grid` (so the final norm, pooler, heads and `last_hidden_state` see every patch), any other
+        output unchanged."""
+        if self.restores and layer_idx == self.num_hidden_layers - 1:
+            return self.restore(hidden_states, layer_idx)
+        return hidden_states
+
+    def restore_hidden_states(self, hidden_states: tuple) -> tuple:
+        """A model's `hidden_states` (the embeddings, then each layer's output; `None` for the ones not selected)
+        back on the patch grid. The embeddings are on it already and so is the last layer's output ([`finish`]); a
+        tuple this method returned is returned as it is (the models around an encoder pass it on).
+
+        Raises:
+            ValueError: for a tuple that is not `num_hidden_layers + 1` long (then which layer made which entry is
+                unknown).
+        """
+        if hidden_states is self._restored_hidden_states:
+            return hidden_states
+        if len(hidden_states) != self.num_hidden_layers + 1:
+            raise ValueError(
+                f"restore_patch_grid needs the model's {self.num_hidden_layers + 1} hidden states (the embeddings and "
+                f"every layer's output), got {len(hidden_states)}."
+            )
+        last = self.num_hidden_layers
+        restored = tuple(
+            h if h is None or k in (0, last) else self.restore(h, k - 1) for k, h in enumerate(hidden_states)
+        )
+        self._restored_hidden_states = restored
+        return restored
 
     @property
     def state(self) -> ReductionState | None:

@@ -107,7 +107,7 @@ def _example():
 def test_prune_keeps_the_best_and_fuses_the_rest_with_softmax_weights():
     hidden, scores, patch_ids = _example()
     temperature = 0.5
-    out, new_ids, kept, _ = prune_tokens(hidden, scores, 2, 1, patch_ids, fuse=True, fusion_temperature=temperature)
+    out, new_ids, kept, _, _ = prune_tokens(hidden, scores, 2, 1, patch_ids, fuse=True, fusion_temperature=temperature)
     # kept: candidates 1 (0.4) and 2 (0.3), best first; pruned: 3 (0.2) and 0 (0.1)
     assert kept.tolist() == [[1, 2]]
     assert new_ids.tolist() == [[1, 2, -1]]
@@ -121,21 +121,21 @@ def test_prune_keeps_the_best_and_fuses_the_rest_with_softmax_weights():
 
 def test_without_fusion_nothing_is_appended():
     hidden, scores, patch_ids = _example()
-    out, new_ids, kept, _ = prune_tokens(hidden, scores, 3, 1, patch_ids, fuse=False)
+    out, new_ids, kept, _, _ = prune_tokens(hidden, scores, 3, 1, patch_ids, fuse=False)
     assert out.shape == (1, 4, 2)
     assert kept.tolist() == [[1, 2, 3]] and new_ids.tolist() == [[1, 2, 3]]
 
 
 def test_fusion_weights_do_not_depend_on_the_score_scale():
     hidden, scores, patch_ids = _example()
-    a, _, _, _ = prune_tokens(hidden, scores, 2, 1, patch_ids)
-    b, _, _, _ = prune_tokens(hidden, scores * 1e-5, 2, 1, patch_ids)
+    a, _, _, _, _ = prune_tokens(hidden, scores, 2, 1, patch_ids)
+    b, _, _, _, _ = prune_tokens(hidden, scores * 1e-5, 2, 1, patch_ids)
     torch.testing.assert_close(a, b)
 
 
 def test_equal_scores_fuse_to_the_plain_mean():
     hidden, _, patch_ids = _example()
-    out, _, _, _ = prune_tokens(hidden, torch.zeros(1, 4), 2, 1, patch_ids)
+    out, _, _, _, _ = prune_tokens(hidden, torch.zeros(1, 4), 2, 1, patch_ids)
     pruned = out.new_tensor([[2.0, 2.0], [4.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # any two: ties keep input order
     kept_ids = out[0, 1:3]
     fused = out[0, 3]
@@ -147,7 +147,7 @@ def test_prefix_tokens_are_never_pruned_and_a_kept_fused_token_is_minus_one():
     hidden = torch.arange(2 * 6 * 3, dtype=torch.float32).view(2, 6, 3)  # 2 prefix + 4 candidates
     scores = torch.tensor([[0.9, 0.1, 0.2, 0.3], [0.1, 0.2, 0.3, 0.9]])
     patch_ids = torch.tensor([[5, 7, 8, -1], [5, 7, 8, -1]])
-    out, new_ids, kept, _ = prune_tokens(hidden, scores, 2, 2, patch_ids)
+    out, new_ids, kept, _, _ = prune_tokens(hidden, scores, 2, 2, patch_ids)
     assert torch.equal(out[:, :2], hidden[:, :2])
     assert kept.tolist() == [[5, -1], [8, -1]]  # in sequence order: the kept fused token stays last
     assert new_ids.tolist() == [[5, -1, -1], [8, -1, -1]]
@@ -158,7 +158,7 @@ def test_gradients_reach_pruned_tokens_only_through_the_fused_token():
     hidden, scores, patch_ids = _example()
     for fuse, expect_grad in ((True, True), (False, False)):
         x = hidden.clone().requires_grad_(True)
-        out, _, _, _ = prune_tokens(x, scores, 2, 1, patch_ids, fuse=fuse)
+        out, _, _, _, _ = prune_tokens(x, scores, 2, 1, patch_ids, fuse=fuse)
         (out * torch.arange(1.0, out.numel() + 1).view_as(out)).sum().backward()
         pruned_grad = x.grad[0, [1, 4]]  # candidates 0 and 3 are pruned
         assert bool(pruned_grad.abs().sum() > 0) is expect_grad

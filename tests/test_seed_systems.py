@@ -100,7 +100,7 @@ def test_similarity_fusion_merges_into_the_most_similar_kept_token_by_size():
     keys = torch.tensor([[[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.1]]])
     sizes = torch.tensor([[1.0, 1.0, 1.0, 3.0]])
     kept, pruned = torch.tensor([[0, 1]]), torch.tensor([[2]])  # candidate 2 is closest to candidate 0
-    out, new_sizes = similarity_fusion(x, sizes, keys, kept, pruned, 1)
+    out, new_sizes, _ = similarity_fusion(x, sizes, keys, kept, pruned, 1)
     assert torch.allclose(out[0, 1], torch.tensor([(1 * 1.0 + 3 * 3.0) / 4, 0.0]))
     assert torch.equal(out[0, 0], x[0, 0]) and torch.equal(out[0, 2], x[0, 2])
     assert new_sizes.tolist() == [[1.0, 4.0, 1.0]]

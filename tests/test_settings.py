@@ -28,10 +28,11 @@ VALUES = {
     "entropy_axis": "key",
     "bspf_block": 1,
     "bspf_joint": "product",
+    "restore_patch_grid": True,
 }
 """A valid value of every setting, away from its default."""
 
-FLAGS = {"fuse_pruned": "false"}
+FLAGS = {"fuse_pruned": "false", "restore_patch_grid": "true"}
 """How a value is spelled on the command line where `str(value)` does not do."""
 
 STOCK = dict(

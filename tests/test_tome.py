@@ -18,7 +18,7 @@ IDS = torch.tensor([[0, 1, 2, 3]])
 
 
 def test_merge_one_token_into_its_most_similar():
-    out, sizes, ids, _ = merge_tokens(X, torch.ones(1, 5), KEYS, 1, 1, IDS)
+    out, sizes, ids, _, _ = merge_tokens(X, torch.ones(1, 5), KEYS, 1, 1, IDS)
     # candidate 1 (A) merges into candidate 0 (B): mean of (1, 0) and (3, 0); order: unmerged A, then B
     assert torch.equal(out, torch.tensor([[[9.0, 9.0], [0.0, 4.0], [2.0, 0.0], [0.0, 2.0]]]))
     assert sizes.tolist() == [[1.0, 1.0, 2.0, 1.0]]
@@ -27,7 +27,7 @@ def test_merge_one_token_into_its_most_similar():
 
 def test_merge_two_tokens_and_sizes_weight_the_average():
     sizes_in = torch.tensor([[1.0, 1.0, 3.0, 1.0, 1.0]])  # candidate 1 already stands for 3 patches
-    out, sizes, ids, _ = merge_tokens(X, sizes_in, KEYS, 2, 1, IDS)
+    out, sizes, ids, _, _ = merge_tokens(X, sizes_in, KEYS, 2, 1, IDS)
     assert torch.allclose(out[0, 1], torch.tensor([(1 * 1.0 + 3 * 3.0) / 4, 0.0]))
     assert torch.allclose(out[0, 2], torch.tensor([0.0, (2.0 + 4.0) / 2]))
     assert sizes.tolist() == [[1.0, 4.0, 2.0]] and ids.tolist() == [[0, 2]]
@@ -36,7 +36,7 @@ def test_merge_two_tokens_and_sizes_weight_the_average():
 def test_one_destination_can_absorb_several_tokens():
     keys = KEYS.clone()
     keys[0, 4] = torch.tensor([1.0, 0.05])  # now candidate 3 is also closest to candidate 0
-    out, sizes, ids, _ = merge_tokens(X, torch.ones(1, 5), keys, 2, 1, IDS)
+    out, sizes, ids, _, _ = merge_tokens(X, torch.ones(1, 5), keys, 2, 1, IDS)
     assert torch.allclose(out[0, 1], torch.tensor([(1.0 + 3.0 + 0.0) / 3, 4.0 / 3]))
     assert torch.equal(out[0, 2], X[0, 3])
     assert sizes.tolist() == [[1.0, 3.0, 1.0]] and ids.tolist() == [[0, 2]]
@@ -45,7 +45,7 @@ def test_one_destination_can_absorb_several_tokens():
 def test_prefix_tokens_never_merge_even_when_identical():
     keys = KEYS.clone()
     keys[0, 0] = keys[0, 1]  # the class token's key equals candidate 0's
-    out, sizes, _, _ = merge_tokens(X, torch.ones(1, 5), keys, 2, 1, IDS)
+    out, sizes, _, _, _ = merge_tokens(X, torch.ones(1, 5), keys, 2, 1, IDS)
     assert torch.equal(out[0, 0], X[0, 0]) and sizes[0, 0] == 1
 
 
@@ -53,7 +53,7 @@ def test_two_prefix_tokens_shift_the_sides():
     # class + distillation token, then 3 candidates at positions 2, 3, 4: A = {0, 2}, B = {1}
     x = torch.tensor([[[9.0, 9.0], [8.0, 8.0], [1.0, 0.0], [3.0, 0.0], [5.0, 0.0]]])
     keys = torch.tensor([[[0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.2]]])
-    out, sizes, ids, _ = merge_tokens(x, torch.ones(1, 5), keys, 1, 2, torch.tensor([[0, 1, 2]]))
+    out, sizes, ids, _, _ = merge_tokens(x, torch.ones(1, 5), keys, 1, 2, torch.tensor([[0, 1, 2]]))
     # candidate 0 is the closer A token to B's candidate 1 (cosine 1 vs .98)
     assert torch.equal(out, torch.tensor([[[9.0, 9.0], [8.0, 8.0], [5.0, 0.0], [2.0, 0.0]]]))
     assert ids.tolist() == [[2, 1]] and sizes.tolist() == [[1.0, 1.0, 1.0, 2.0]]
@@ -62,7 +62,7 @@ def test_two_prefix_tokens_shift_the_sides():
 def test_merge_limit_is_side_a():
     assert [tome_merge_limit(n, 1) for n in range(6)] == [0, 0, 1, 1, 2, 2]
     assert [tome_merge_limit(n, 2) for n in range(6)] == [0, 0, 1, 2, 2, 3]
-    out, _, ids, _ = merge_tokens(X, torch.ones(1, 5), KEYS, 100, 1, IDS)
+    out, _, ids, _, _ = merge_tokens(X, torch.ones(1, 5), KEYS, 100, 1, IDS)
     assert out.shape[1] == 3 and ids.shape[1] == 2
 
 
