@@ -32,6 +32,7 @@ class ImageData:
         class_names (`list[str]`): the label column's class names, in label order.
         source (`str`): where it came from (folder path, or `hub_id:split`).
         image_column (`str`), label_column (`str`).
+        streaming (`bool`): `dataset` is a `datasets.IterableDataset` (read as a stream: no length, no random access).
     """
 
     dataset: object
@@ -39,8 +40,11 @@ class ImageData:
     source: str
     image_column: str = "image"
     label_column: str = "label"
+    streaming: bool = False
 
     def __len__(self) -> int:
+        if self.streaming:
+            raise TypeError(f"{self.source} is streamed: its length is known only once it has been read.")
         return len(self.dataset)
 
 
@@ -98,7 +102,9 @@ def _folder_dataset(path: str, image_column: str, label_column: str):
     return datasets.Dataset.from_dict(columns, features=features), classes
 
 
-def _hub_dataset(name: str, split: str | None, image_column: str, label_column: str, data_dir, revision):
+def _hub_dataset(
+    name: str, split: str | None, image_column: str, label_column: str, data_dir, revision, streaming: bool = False
+):
     """`(datasets.Dataset, class names)` of split `split` of Hub dataset `name`, images undecoded.
 
     Raises:
@@ -110,14 +116,14 @@ def _hub_dataset(name: str, split: str | None, image_column: str, label_column: 
     if split is None:
         raise ValueError(f"{name!r} looks like a Hub dataset id: pass its split, e.g. --split validation.")
     try:
-        dataset = datasets.load_dataset(name, split=split, data_dir=data_dir, revision=revision)
+        dataset = datasets.load_dataset(name, split=split, data_dir=data_dir, revision=revision, streaming=streaming)
     except Exception as error:  # noqa: BLE001 - re-raised with what to do
         raise ValueError(
             f"Could not load the Hub dataset {name!r} (split {split!r}), and no local folder of that name "
             f"exists: {type(error).__name__}: {error}. Check the id and split, your network access "
             "(HF_HUB_OFFLINE must be unset to download), or pass a local folder with one sub-folder per class."
         ) from error
-    missing = [c for c in (image_column, label_column) if c not in dataset.column_names]
+    missing = [c for c in (image_column, label_column) if c not in (dataset.column_names or dataset.features or ())]
     if missing:
         raise ValueError(
             f"Dataset {name!r} has no column(s) {missing}; its columns are {dataset.column_names}. Pass "
@@ -199,6 +205,7 @@ def load_image_data(
     seed: int = 0,
     data_dir: str | None = None,
     revision: str | None = None,
+    streaming: bool = False,
 ) -> ImageData:
     """Load a labelled image data set: a local folder with one sub-folder per class, or a Hub dataset.
 
@@ -212,11 +219,14 @@ def load_image_data(
         split (`str`, *optional*): Hub split; required for Hub ids. For a local folder of split folders
             (`train/`, `val/`), the one to read (see [`resolve_split_folder`]); ignored for a folder of classes.
         image_column (`str`), label_column (`str`): column names of a Hub dataset.
-        max_samples (`int`, *optional*): keep a random subset of this size (seeded), for quick runs.
+        max_samples (`int`, *optional*): keep a random subset of this size (seeded), for quick runs; when streaming,
+            the first `max_samples` images.
         seed (`int`): seed of that subset.
         data_dir (`str`, *optional*), revision (`str`, *optional*): for a Hub dataset, the folder of the repository
             to read and the branch / commit (e.g. `data_dir="320px", revision="refs/convert/parquet"` for the Hub's
             Parquet export of a dataset that only has a loading script); ignored for local folders.
+        streaming (`bool`): read a Hub dataset (or a local copy of one) as a `datasets` stream, nothing downloaded
+            ahead; ignored for a folder of class folders (read file by file anyway).
 
     Returns:
         [`ImageData`] whose image column is not decoded yet (decoding happens in the transform, which names the file
@@ -228,18 +238,21 @@ def load_image_data(
         ValueError: for a Hub dataset that cannot be loaded, lacks the columns, or whose label is not a class label.
     """
     if is_dataset_repository(data):  # a local copy of a Hub dataset: the same code path as the Hub id
-        dataset, classes = _hub_dataset(data, split, image_column, label_column, data_dir, revision)
+        dataset, classes = _hub_dataset(data, split, image_column, label_column, data_dir, revision, streaming)
         source = f"{data}:{split}"
     elif os.path.exists(data) or data.startswith((".", "/", "~")):
         data = resolve_split_folder(data, split)
         dataset, classes = _folder_dataset(data, image_column, label_column)
-        source = str(data)
+        source, streaming = str(data), False
     else:
-        dataset, classes = _hub_dataset(data, split, image_column, label_column, data_dir, revision)
+        dataset, classes = _hub_dataset(data, split, image_column, label_column, data_dir, revision, streaming)
         source = f"{data}:{split}" if data_dir is None else f"{data}/{data_dir}:{split}"
-    if max_samples is not None and max_samples < len(dataset):
+    if streaming:
+        if max_samples is not None:
+            dataset = dataset.take(max_samples)
+    elif max_samples is not None and max_samples < len(dataset):
         dataset = dataset.shuffle(seed=seed).select(range(max_samples))
-    return ImageData(dataset, classes, source, image_column, label_column)
+    return ImageData(dataset, classes, source, image_column, label_column, streaming)
 
 
 BUILTIN_CLASS_LISTS = ("imagenet1k",)
@@ -592,6 +605,8 @@ class TransformedImages(torch.utils.data.Dataset):
             resumed from a checkpoint draws the augmentations the uninterrupted run drew. Set the epoch with
             `set_epoch` (it is shared with DataLoader workers, persistent ones included). With a seed the item is
             `(pixel_values, label, sample_seed)`.
+        with_ids (`bool`): items are `(pixel_values, label, index, image_seed)` ([`image_seed`]), for evaluation
+            that follows each image across processes ([`collate_with_ids`]).
     """
 
     def __init__(
@@ -601,7 +616,9 @@ class TransformedImages(torch.utils.data.Dataset):
         label_ids: Sequence[int] | None = None,
         skip_unreadable: bool = False,
         seed: int | None = None,
+        with_ids: bool = False,
     ):
+        self.with_ids = with_ids
         self.data = data
         self.transform = transform
         self.label_ids = list(label_ids) if label_ids is not None else None
@@ -613,11 +630,19 @@ class TransformedImages(torch.utils.data.Dataset):
         """The epoch whose augmentations the next items draw (used with `seed`)."""
         self._epoch[0] = int(epoch)
 
+    def streamed(self) -> torch.utils.data.IterableDataset:
+        """The items of a streamed data set ([`ImageData`] with `streaming`), as a torch `IterableDataset`: item `i`
+        of the stream is `self[i]` (with `with_ids`, `i` is the position in this process's part of the stream)."""
+        return _StreamedImages(self)
+
     def __len__(self) -> int:
         return len(self.data.dataset)
 
     def __getitem__(self, index: int):
-        row = self.data.dataset[index]
+        return self.item(self.data.dataset[index], index)
+
+    def item(self, row: dict, index: int):
+        """The item of data-set row `row` (at position `index`): decoded, converted, transformed."""
         label = int(row[self.data.label_column])
         if self.label_ids is not None:
             label = self.label_ids[label]
@@ -628,6 +653,8 @@ class TransformedImages(torch.utils.data.Dataset):
                 raise ValueError(f"{error} (pass --skip_unreadable to skip and count such images)") from error
             warnings.warn(f"skipped: {error}", stacklevel=2)
             return None
+        if self.with_ids:
+            return self.transform(image), label, index, image_seed(row[self.data.image_column])
         if self.seed is None:
             return self.transform(image), label
         seed = sample_seed(self.seed, int(self._epoch[0]), index)
@@ -636,10 +663,53 @@ class TransformedImages(torch.utils.data.Dataset):
             return self.transform(image), label, seed
 
 
+class _StreamedImages(torch.utils.data.IterableDataset):
+    """[`TransformedImages`] over a `datasets.IterableDataset` (see `TransformedImages.streamed`)."""
+
+    def __init__(self, images: TransformedImages):
+        self.images = images
+
+    def __iter__(self):
+        dataset = self.images.data.dataset
+        info = torch.utils.data.get_worker_info()
+        if info is not None and info.num_workers > 1:  # DataLoader workers: each reads its own part of the stream
+            from datasets.distributed import split_dataset_by_node
+
+            dataset = split_dataset_by_node(dataset, info.id, info.num_workers)
+        for index, row in enumerate(dataset):
+            yield self.images.item(row, index)
+
+
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """The generator seed of item `index` in epoch `epoch` of a run seeded with `seed`: distinct for every
     `(epoch, index)` pair (indices below 10,000,019, epochs below 1,000,003), non-negative, below 2**63."""
     return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63)
+
+
+def image_seed(image: dict | object) -> int:
+    """A seed that names one image wherever it is read: the CRC-32 of its file path, or of its bytes when it has none
+    (a Hub dataset row), or of its pixels for an in-memory PIL image. Used for random pruning in evaluation, so that
+    an image gets the same draw in every process and batch."""
+    import zlib
+
+    if isinstance(image, dict):
+        key = image.get("path") or image.get("bytes") or b""
+        return zlib.crc32(key.encode() if isinstance(key, str) else key)
+    return zlib.crc32(image.tobytes())
+
+
+def collate_with_ids(items: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Stack `(pixel_values, label, index, image_seed)` items ([`TransformedImages`] with `with_ids`), dropping
+    `None` (unreadable images).
+
+    Returns:
+        `(pixel_values (n, 3, H, W), labels (n,), indices (n,), seeds (n,), skipped)`.
+    """
+    kept = [item for item in items if item is not None]
+    pixel_values, labels, skipped = collate_skipping([item[:2] for item in kept])
+    indices = torch.tensor([item[2] for item in kept], dtype=torch.long)
+    seeds = torch.tensor([item[3] for item in kept], dtype=torch.long)
+    return pixel_values, labels, indices, seeds, skipped + len(items) - len(kept)
 
 
 def collate_skipping(items: list) -> tuple[torch.Tensor, torch.Tensor, int]:

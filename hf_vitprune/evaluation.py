@@ -6,6 +6,7 @@ import json
 import math
 import shlex
 import sys
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -40,17 +41,34 @@ class Variant:
 
 
 def evaluate_variants(
-    model, loader, variants: list[Variant], device: torch.device, dtype: str = "fp32", progress: bool = True
+    model,
+    loader,
+    variants: list[Variant],
+    device: torch.device,
+    dtype: str = "fp32",
+    progress: bool = True,
+    accelerator=None,
+    predictions: dict | None = None,
 ) -> list[dict]:
     """Top-1 / top-5 of every variant, in one pass over the data (each batch is decoded once, run by each variant).
+
+    Under `accelerate launch` each process runs its shard of `loader` and the counts are summed over the processes
+    (each image is in exactly one shard). Random pruning draws each image's scores from the image's own seed
+    ([`~token_reduction.per_sample_random_seeds`]) when the loader gives seeds, so the predictions do not depend on
+    how the data were sharded or batched.
 
     Args:
         model: a pruned image classifier (`model.pruning(...)` sets each variant; the model's own setting is
             untouched).
-        loader: yields `(pixel_values (B, 3, H, W), labels (B,))`, labels already in the model's output indices, or
-            `(pixel_values, labels, skipped)` ([`data.collate_skipping`]: `skipped` unreadable images left out).
+        loader: yields `(pixel_values (B, 3, H, W), labels (B,))`, labels already in the model's output indices;
+            `(pixel_values, labels, skipped)` ([`data.collate_skipping`]: `skipped` unreadable images left out); or
+            `(pixel_values, labels, indices, seeds, skipped)` ([`data.collate_with_ids`]).
         variants (`list[Variant]`).
         device (`torch.device`); dtype (`str`): "fp32", or "bf16" / "fp16" autocast.
+        progress (`bool`): a progress bar (images, with images/s) on the main process.
+        accelerator (`accelerate.Accelerator`, *optional*): sums the counts over its processes.
+        predictions (`dict`, *optional*): filled with `{image index: [top-1 class per variant]}` over every process
+            (with a loader that gives indices).
 
     Returns:
         One dict per variant: `correct_top1`, `correct_top5`, `images` (evaluated), `skipped` (unreadable images).
@@ -58,30 +76,51 @@ def evaluate_variants(
     Raises:
         NonFiniteLogitsError: when a variant's logits hold NaN or infinity (a ValueError naming the variant).
     """
-    counts = [{"correct_top1": 0, "correct_top5": 0, "images": 0, "skipped": 0} for _ in variants]
+    from .token_reduction import per_sample_random_seeds
+
+    counts = torch.zeros(len(variants), 4, dtype=torch.long)  # top-1, top-5, images, skipped
+    mine: dict[int, list[int]] = {}
     autocast = (
         torch.autocast(device.type, dtype=DTYPES[dtype])
         if DTYPES[dtype]
         else torch.autocast(device.type, enabled=False)
     )
+    main = accelerator is None or accelerator.is_main_process
+    processes = 1 if accelerator is None else accelerator.num_processes
     model.eval()
+    bar = tqdm(desc=f"evaluate {len(variants)} variants", unit="img", disable=not (progress and main))
     with torch.inference_mode(), autocast:
-        for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
-            pixel_values, labels, skipped = batch if len(batch) == 3 else (*batch, 0)
-            for count in counts:
-                count["skipped"] += skipped
+        for batch in loader:
+            if len(batch) != 5:  # no image ids: no per-image predictions, random pruning from the global generator
+                batch = (*batch[:2], None, None, batch[2] if len(batch) == 3 else 0)
+            pixel_values, labels, indices, seeds, skipped = batch
+            counts[:, 3] += skipped
+            bar.update((len(labels) + skipped) * processes)  # the shards advance together
             if len(labels) == 0:
                 continue
             pixel_values, labels = pixel_values.to(device), labels.to(device)
-            for variant, count in zip(variants, counts):
-                with model.pruning(**variant.changes):
+            top1s = []
+            for index, variant in enumerate(variants):
+                with model.pruning(**variant.changes), per_sample_random_seeds(seeds):
                     logits = model(pixel_values=pixel_values).logits
-                check_finite(logits, variant, count["images"], model.config)
+                check_finite(logits, variant, int(counts[index, 2]), model.config)
                 top1, top5 = top_k_hits(logits, labels)
-                count["correct_top1"] += top1
-                count["correct_top5"] += top5
-                count["images"] += len(labels)
-    return counts
+                counts[index] += torch.tensor([top1, top5, len(labels), 0])
+                top1s.append(logits.argmax(dim=-1).tolist())
+            if predictions is not None and indices is not None:
+                mine.update({i: list(p) for i, p in zip(indices.tolist(), zip(*top1s, strict=True), strict=True)})
+    bar.close()
+    if accelerator is not None and accelerator.num_processes > 1:
+        counts = accelerator.reduce(counts.to(accelerator.device), "sum").cpu()
+        if predictions is not None:
+            from accelerate.utils import gather_object
+
+            for part in gather_object([mine]):
+                predictions.update(part)
+    elif predictions is not None:
+        predictions.update(mine)
+    keys = ("correct_top1", "correct_top5", "images", "skipped")
+    return [dict(zip(keys, (int(v) for v in row), strict=True)) for row in counts]
 
 
 def top_k_hits(logits: torch.Tensor, labels: torch.Tensor, k: int = 5) -> tuple[int, int]:
@@ -186,6 +225,16 @@ class EvaluateArguments(PruningGridArguments):
         metadata={"help": "With --compile: where torch.compile cannot run, time eager instead (recorded) of stopping."},
     )
     skip_throughput: bool = field(default=False, metadata={"help": "Do not measure images/s and latency."})
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Stream a Hub dataset (datasets streaming: nothing is downloaded ahead, for data sets that "
+                  "do not fit on disk; --max_samples then takes the first N). Local folders are read file by file "
+                  "anyway."},
+    )  # fmt: skip
+    save_predictions: bool = field(
+        default=False,
+        metadata={"help": "Also write predictions.json: every image's top-1 class under every variant, in data order."},
+    )  # fmt: skip
     output_dir: str = field(default="outputs/evaluate", metadata={"help": "Where results.json / results.md go."})
     overwrite_output_dir: bool = field(
         default=False,
@@ -226,9 +275,18 @@ class EvaluationSetup:
     image_size: int
     num_patches: int
     preprocessing: str
+    predictions: dict | None = None
+    """With `--save_predictions`: `{image index: [top-1 class per variant]}` (set by the accuracy pass)."""
+    accelerator: object = None
+    """The `accelerate.Accelerator` of the run: one process, or several under `accelerate launch`, each with its
+    shard of the data."""
+    accuracy_pass_s: float | None = None
+    """Wall seconds of the accuracy pass (every variant over every image; data loading included)."""
+    num_images: int | None = None
+    """Images evaluated, all processes together (set by the accuracy pass; known ahead except when streaming)."""
 
 
-EVALUATE_OUTPUTS = ("results.json", "results.md")
+EVALUATE_OUTPUTS = ("results.json", "results.md", "predictions.json")
 """The files `hf-vitprune evaluate` writes into its `--output_dir`."""
 
 
@@ -275,11 +333,32 @@ def prepare_evaluation(args: EvaluateArguments) -> EvaluationSetup:
     Raises:
         ValueError / OSError: for a bad model, data set or class list.
     """
-    from .data import TransformedImages, collate_skipping, load_image_data, load_preprocessing, resolve_label_mapping
+    from accelerate import Accelerator
+
+    from .data import TransformedImages, collate_with_ids, load_image_data, load_preprocessing, resolve_label_mapping
     from .loading import load_pruned_model
 
     torch.manual_seed(args.seed)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    # each process its own shard (no image twice: even_batches=False), its own device under accelerate launch
+    from datetime import timedelta
+
+    from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
+
+    # the other processes wait at a barrier while the main one counts GMACs and times: allow it hours
+    waiting = InitProcessGroupKwargs(timeout=timedelta(hours=6))
+    accelerator = Accelerator(
+        cpu=device.type == "cpu",
+        dataloader_config=DataLoaderConfiguration(even_batches=False),
+        kwargs_handlers=[waiting],
+    )
+    if accelerator.num_processes > 1:
+        device = accelerator.device
+        if args.max_samples is not None and args.max_samples < accelerator.num_processes:
+            raise ValueError(
+                f"--max_samples {args.max_samples} is smaller than the {accelerator.num_processes} processes: every "
+                "process needs at least one image. Evaluate more images or launch fewer processes."
+            )
     extra = args.model_settings()
     if args.patch_stride is not None:
         extra["patch_stride"] = args.patch_stride
@@ -292,18 +371,28 @@ def prepare_evaluation(args: EvaluateArguments) -> EvaluationSetup:
     )
     data = load_image_data(
         args.dataset_name, args.split, args.image_column, args.label_column, max_samples=args.max_samples,
-        seed=args.seed, data_dir=args.data_dir, revision=args.data_revision,
+        seed=args.seed, data_dir=args.data_dir, revision=args.data_revision, streaming=args.streaming,
     )  # fmt: skip
     label_ids = resolve_label_mapping(data.class_names, model.config.id2label, args.class_list)
     image_size = model.config.image_size
     preprocessing = load_preprocessing(args.model_name_or_path, image_size)
+    streamed = data.streaming
+    if streamed:  # each process reads its own part of the stream
+        from datasets.distributed import split_dataset_by_node
+
+        data.dataset = split_dataset_by_node(data.dataset, accelerator.process_index, accelerator.num_processes)
+    images = TransformedImages(
+        data, preprocessing.eval_transform(), label_ids, skip_unreadable=args.skip_unreadable, with_ids=True
+    )
     loader = torch.utils.data.DataLoader(
-        TransformedImages(data, preprocessing.eval_transform(), label_ids, skip_unreadable=args.skip_unreadable),
+        images.streamed() if streamed else images,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         pin_memory=device.type == "cuda",
-        collate_fn=collate_skipping,
+        collate_fn=collate_with_ids,
     )
+    if not streamed:
+        loader = accelerator.prepare_data_loader(loader, device_placement=False)
     return EvaluationSetup(
         model=model,
         loader=loader,
@@ -312,6 +401,8 @@ def prepare_evaluation(args: EvaluateArguments) -> EvaluationSetup:
         image_size=image_size,
         num_patches=model.base_model.embeddings.patch_embeddings.num_patches,
         preprocessing=preprocessing.describe(),
+        accelerator=accelerator,
+        num_images=None if streamed else len(data),
     )
 
 
@@ -326,13 +417,24 @@ def measure_variants(
         `top1_delta`, `gmacs_ratio`, `speedup` and `realisation`), and the timing protocol line (`None` if not
         measured).
     """
-    model, device = setup.model, setup.device
-    print(
-        f"Evaluating {len(variants)} variants of {args.model_name_or_path} on {len(setup.data)} images of "
-        f"{setup.data.source}"
-    )
+    model, device, accelerator = setup.model, setup.device, setup.accelerator
+    main = accelerator is None or accelerator.is_main_process
+    processes = 1 if accelerator is None else accelerator.num_processes
+    if main:
+        print(
+            f"Evaluating {len(variants)} variants of {args.model_name_or_path} on "
+            f"{setup.num_images if setup.num_images is not None else 'the streamed'} images of {setup.data.source}"
+            + (f", sharded over {processes} processes" if processes > 1 else "")
+        )
     torch.manual_seed(args.seed)  # the random criterion's draws do not depend on what ran before (e.g. GMACs counts)
-    counts = evaluate_variants(model, setup.loader, variants, device, args.dtype)
+    predictions = {} if args.save_predictions else None
+    started = time.perf_counter()
+    counts = evaluate_variants(
+        model, setup.loader, variants, device, args.dtype, accelerator=accelerator, predictions=predictions
+    )
+    setup.accuracy_pass_s = time.perf_counter() - started  # the counts are summed at the end: the slowest shard
+    setup.num_images = counts[0]["images"] + counts[0]["skipped"]
+    setup.predictions = predictions
     if counts[0]["images"] == 0:  # nothing was evaluated: a top-1 of 0.00 % would be a silently wrong result
         raise ValueError(
             f"no image was evaluated: all {counts[0]['skipped']} images of {setup.data.source} were unreadable and "
@@ -340,6 +442,8 @@ def measure_variants(
             if counts[0]["skipped"]
             else f"no image was evaluated: {setup.data.source} holds no image; no results are written."
         )
+    if not main:  # GMACs, timing and writing are the main process's; the others wait at the end of the run
+        return None, None
     rows = []
     for variant, count in tqdm(list(zip(variants, counts)), desc="GMACs", unit="variant"):
         with model.pruning(**variant.changes):
@@ -378,6 +482,8 @@ def measure_variants(
     )
     if args.compile and compile_mode is None:
         protocol += "; --compile asked but torch.compile could not run here: eager (--compile_fallback_eager)"
+    if processes > 1:
+        protocol += f"; timed on the main process alone, the other {processes - 1} idle at a barrier"
     for row, timing in zip(rows, timings):
         row.update({k: v for k, v in asdict(timing).items() if k != "name"})
         row["realisation"] = row["speedup"] * row["gmacs_ratio"]  # speed-up / (GMACs of the reference / own)
@@ -413,17 +519,36 @@ def run_evaluation(args: EvaluateArguments, command: str | None = None) -> dict:
         FileExistsError: if `output_dir` already holds results and `overwrite` is not set (nothing is replaced).
         ValueError / OSError: for bad data, class lists, models or settings, before any evaluation starts.
     """
-    results_file = check_output_dir(args.output_dir, args.overwrite_output_dir)
+    results_file = check_output_dir(args.output_dir, args.overwrite_output_dir, EVALUATE_OUTPUTS)
     variants = variants_from_args(args)
     setup = prepare_evaluation(args)
     rows, throughput_protocol = measure_variants(setup, variants, args)
+    if rows is None:  # not the main process: wait until the main one has timed and written
+        setup.accelerator.wait_for_everyone()
+        return {}
     report = {"rows": rows, "protocol": evaluation_protocol(setup, args, command, throughput_protocol)}
-    results_file.parent.mkdir(parents=True, exist_ok=True)
-    results_file.write_text(json.dumps(report, indent=2))
     text = markdown_table(rows) + table_footer(report)
-    (results_file.parent / "results.md").write_text(text)
+    write_results(results_file.parent, {"results.json": json.dumps(report, indent=2), "results.md": text},
+                  setup, variants)  # fmt: skip
     print(text)
+    setup.accelerator.wait_for_everyone()
     return report
+
+
+def write_results(output_dir: Path, files: dict[str, str], setup: EvaluationSetup, variants: list[Variant]) -> None:
+    """Write a run's files (`{name: text}`, plus `predictions.json` when the run kept predictions) into
+    `output_dir`, each to a temporary name first and then renamed: a file of that name is always complete."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    predictions = getattr(setup, "predictions", None)
+    if predictions is not None:
+        names = [variant.name(setup.model.config) for variant in variants]
+        files = {**files, "predictions.json": json.dumps(
+            {"variants": names, "top1_class": [predictions[i] for i in sorted(predictions)],
+             "image_index": sorted(predictions)})}  # fmt: skip
+    for name, text in files.items():
+        temporary = output_dir / f".{name}.partial"
+        temporary.write_text(text)
+        temporary.replace(output_dir / name)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -22,13 +22,14 @@ from .evaluation import (
     measure_variants,
     prepare_evaluation,
     variants_from_args,
+    write_results,
 )
 from .measure import count_gmacs
 from .report import evaluation_protocol, markdown_table, settings_of, table_footer
 from .token_reduction import REDUCERS
 
 SWEEP_OUTPUTS = ("sweep.json", "sweep.csv", "sweep.md", "top1_vs_gmacs.png", "top1_vs_images_per_s.png",
-                 "matched_gmacs.md")  # fmt: skip
+                 "matched_gmacs.md", "predictions.json")  # fmt: skip
 """The files `hf-vitprune sweep` writes into its `--output_dir`."""
 
 
@@ -181,6 +182,9 @@ def run_sweep(args: SweepArguments, command: str | None = None) -> dict:
             matched.append((target, variant))
     all_variants = variants + [v for _, v in matched]
     rows, throughput_protocol = measure_variants(setup, all_variants, args)
+    if rows is None:  # not the main process: wait until the main one has timed and written
+        setup.accelerator.wait_for_everyone()
+        return {}
     for row, variant in zip(rows, all_variants):
         row["series"] = series_name(variant, setup.model.config)
         row["matched_target"] = None
@@ -189,8 +193,7 @@ def run_sweep(args: SweepArguments, command: str | None = None) -> dict:
 
     report = {"rows": rows, "protocol": evaluation_protocol(setup, args, command, throughput_protocol)}
     out = results_file.parent
-    out.mkdir(parents=True, exist_ok=True)
-    results_file.write_text(json.dumps(report, indent=2))
+    write_results(out, {"sweep.json": json.dumps(report, indent=2)}, setup, all_variants)
     columns = ["name", "series", "pruning_method", "keep_rate", "fuse_pruned", "renyi_alpha", "entropy_axis", "tome_r",
                "tokens",
                "top1", "top5", "gmacs", "images_per_s", "speedup", "realisation", "latency_ms", "latency_p90_ms",
@@ -204,7 +207,7 @@ def run_sweep(args: SweepArguments, command: str | None = None) -> dict:
     (out / "sweep.md").write_text(text)
     print(text)
     name = args.model_name_or_path.rstrip("/").split("/")[-1]
-    title = f"{name} on {report['protocol']['data']} ({len(setup.data)} images)"
+    title = f"{name} on {report['protocol']['data']} ({setup.num_images} images)"
     plot_tradeoff(rows, "gmacs", "GMACs per image (fvcore)", out / "top1_vs_gmacs.png", title)
     if not args.skip_throughput:
         plot_tradeoff(rows, "images_per_s", "images/s", out / "top1_vs_images_per_s.png", title)
@@ -212,6 +215,7 @@ def run_sweep(args: SweepArguments, command: str | None = None) -> dict:
         text = matched_table(rows) + footer
         (out / "matched_gmacs.md").write_text(text)
         print(text)
+    setup.accelerator.wait_for_everyone()
     return report
 
 

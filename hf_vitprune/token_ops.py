@@ -318,16 +318,31 @@ ENTROPY_AXES = ("query", "key", "heads")
 class token's attention to it across heads."""
 
 
-def random_scores(batch_size: int, num_candidates: int, device: torch.device | str) -> torch.Tensor:
+def random_scores(
+    batch_size: int, num_candidates: int, device: torch.device | str, seeds: torch.Tensor | None = None
+) -> torch.Tensor:
     """Uniform random scores in [0, 1): the sanity floor every criterion must beat.
 
-    Drawn from torch's global generator (seed it with `torch.manual_seed` for repeatable runs). Under gradient
-    checkpointing the recomputation replays the same draws (torch preserves the RNG state).
+    Drawn from torch's global generator (seed it with `torch.manual_seed` for repeatable runs), or with `seeds` one
+    CPU generator per image, seeded from the image's seed and `num_candidates` (a different draw at each pruning
+    layer): an image's scores then depend on the image alone, not on the batch or the process it is evaluated in
+    (sharded evaluation gives the predictions of a single process). Under gradient checkpointing the recomputation
+    replays the same draws (torch preserves the RNG state).
+
+    Args:
+        batch_size (`int`), num_candidates (`int`), device: of the scores.
+        seeds (`torch.LongTensor` of shape `(batch_size,)`, *optional*): one seed per image.
 
     Returns:
         `torch.FloatTensor` of shape `(batch_size, num_candidates)`.
     """
-    return torch.rand(batch_size, num_candidates, device=device)
+    if seeds is None:
+        return torch.rand(batch_size, num_candidates, device=device)
+    draws = [
+        torch.rand(num_candidates, generator=torch.Generator().manual_seed(int(seed) * 1_009 + num_candidates))
+        for seed in seeds.tolist()
+    ]
+    return torch.stack(draws).to(device)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ sibling `token_ops.py`.
 """
 
 import contextlib
+import contextvars
 import math
 import warnings
 from collections.abc import Iterator
@@ -603,14 +604,31 @@ class EntropyPruner(AttentionPruner):
         return entropy_scores(statistic[:, :, self.num_prefix_tokens :], alpha)
 
 
+_SAMPLE_SEEDS: contextvars.ContextVar = contextvars.ContextVar("hf_vitprune_sample_seeds", default=None)
+
+
+@contextlib.contextmanager
+def per_sample_random_seeds(seeds: torch.Tensor | None) -> Iterator[None]:
+    """Within the block, random pruning draws each image's scores from its own seed (`seeds`, `(batch,)`, one per
+    image of the batch the model is called with) instead of torch's global generator: an image's kept tokens no
+    longer depend on the batch or process it is evaluated in. `hf-vitprune evaluate` / `sweep` seed every image
+    this way ([`~token_ops.random_scores`]); `None` leaves the global generator in use."""
+    token = _SAMPLE_SEEDS.set(seeds)
+    try:
+        yield
+    finally:
+        _SAMPLE_SEEDS.reset(token)
+
+
 class RandomPruner(AttentionPruner):
-    """Keep uniformly random tokens (torch's global generator): the floor every criterion must beat. No statistic."""
+    """Keep uniformly random tokens (torch's global generator, or one seed per image inside
+    [`per_sample_random_seeds`]): the floor every criterion must beat. No statistic."""
 
     name = "random"
     statistic = None
 
     def score(self, statistic, batch_size, num_candidates, device):
-        return random_scores(batch_size, num_candidates, device)
+        return random_scores(batch_size, num_candidates, device, _SAMPLE_SEEDS.get())
 
 
 class BSPFPruner(AttentionPruner):
