@@ -101,8 +101,8 @@ def test_top1(run_dir: Path, flags: tuple[str, ...], log: Path) -> tuple[float, 
     if not results.exists():
         command = ["hf-vitprune", "evaluate", "--model_name_or_path", str(run_dir), "--dataset_name", str(DATA),
                    "--split", "test", "--skip_throughput", "--output_dir", str(run_dir / "test")]  # fmt: skip
-        if "none" not in flags:  # the run's own setting (evaluate's grid would add the setting without fusion)
-            command += [*flags, *([] if "bspf" in flags else ["--fuse_pruned", "on"])]
+        # the run's own setting only (evaluate's default grid would add others, and the setting without fusion)
+        command += [*flags, *([] if "bspf" in flags or "none" in flags else ["--fuse_pruned", "on"])]
         run(command, log)
     rows = json.loads(results.read_text())["rows"]
     row = rows[0] if "none" in flags else rows[1]  # the unpruned reference comes first, then the setting
@@ -133,25 +133,26 @@ def main(argv: list[str] | None = None) -> None:
     log = args.out / "study.log"
 
     settings = dict(SETTINGS)
+    # seed by seed (every setting's seed 0 first), so that an interrupted study is balanced across settings; the
+    # entropy reading for keep 0.5 is the one with the higher mean val top-1 at keep 0.7 over the seeds run so far
     first = [n for n in settings if not n.endswith("-0.5")]
-    for name in first:
-        for seed in args.seeds:
-            train(name, settings[name], seed, args, log)
-    # the entropy reading for keep 0.5: the one with the higher mean val top-1 at keep 0.7 (chosen on val)
-    means = {}
-    for alpha in ("1", "0.5"):
-        runs = [args.out / f"entropy-a{alpha}-0.7-seed{s}" for s in args.seeds]
-        if all((r / "pruning_results.json").exists() for r in runs):
-            means[alpha] = statistics.fmean(val_top1(r) for r in runs)
     order = list(first)
-    if means:
-        best = max(means, key=means.get)
-        print(f"entropy reading for keep 0.5 (mean val top-1 at keep 0.7 by alpha: {means}): alpha {best}", flush=True)
-        settings[f"entropy-a{best}-0.5"] = (*ENTROPY, "--renyi_alpha", best, "--keep_rate", "0.5")
-        order.append(f"entropy-a{best}-0.5")
-    order += [n for n in SETTINGS if n.endswith("-0.5")]
-    for name in order[len(first) :]:
-        for seed in args.seeds:
+    for seed in args.seeds:
+        for name in first:
+            train(name, settings[name], seed, args, log)
+        if len(order) == len(first):
+            means = {}
+            for alpha in ("1", "0.5"):
+                runs = [args.out / f"entropy-a{alpha}-0.7-seed{s}" for s in args.seeds]
+                runs = [r for r in runs if (r / "pruning_results.json").exists()]
+                if runs:
+                    means[alpha] = statistics.fmean(val_top1(r) for r in runs)
+            if len(means) == 2:
+                best = max(means, key=means.get)
+                print(f"entropy reading for keep 0.5 (mean val top-1 at keep 0.7: {means}): alpha {best}", flush=True)
+                settings[f"entropy-a{best}-0.5"] = (*ENTROPY, "--renyi_alpha", best, "--keep_rate", "0.5")
+                order += [f"entropy-a{best}-0.5", *(n for n in SETTINGS if n.endswith("-0.5"))]
+        for name in order[len(first) :]:
             train(name, settings[name], seed, args, log)
 
     lines = [

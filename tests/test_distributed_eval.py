@@ -76,6 +76,14 @@ def test_more_processes_than_images_and_the_refusals(tiny_model, tmp_path):
     report = json.loads((tmp_path / "out" / "results.json").read_text())
     assert report["protocol"]["num_processes"] == 2 and [r["images"] for r in report["rows"]] == [1] * 4
 
+    # sweep: the same sharding, one set of files from the main process
+    sweep = ["sweep", *_evaluate_args(tiny_model, tmp_path / "one_image", tmp_path / "sweep")[1:], *VARIANTS]
+    result = _launch(*sweep)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert report["protocol"]["num_processes"] == 2 and [r["images"] for r in report["rows"]] == [1] * 4
+    assert not list((tmp_path / "sweep").glob(".*partial"))
+
     # --max_samples below the number of processes: refused before any work, naming both
     make_image_folder(tmp_path / "images", {"cat": 3, "dog": 3})
     refused = _launch(*_evaluate_args(tiny_model, tmp_path / "images", tmp_path / "refused", "--max_samples", "1"))
