@@ -87,7 +87,7 @@ class KeepFirstTokens(AttentionPruner):
     name = "ceiling"
     statistic = None
 
-    def reduce(self, hidden_states, statistic, state, amount):
+    def reduce(self, hidden_states, statistic, state, amount, layer_idx):
         tokens = 1 + amount + 1
         kept = (*state.kept_patch_indices, state.patch_ids[:, :amount])
         return hidden_states[:, :tokens].contiguous(), ReductionState(state.patch_ids[:, : amount + 1], None, kept)
@@ -390,7 +390,7 @@ def pruning_overhead(model, batch_size: int, dtype: str, device: torch.device) -
 
         def pruning_work():
             statistic = _side_statistic(reducer.statistic, query, key, layer.attention.scaling)
-            reducer.reduce(hidden, statistic, state, amount)
+            reducer.reduce(hidden, statistic, state, amount, layer_idx)
 
         times = {}
         for name, fn in (("layer", whole_layer), ("pruning", pruning_work)):

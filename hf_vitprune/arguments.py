@@ -158,8 +158,8 @@ GRID_DEFAULTS = {
 """What `hf-vitprune evaluate` compares when a flag is left out: the criteria at three keep rates, with and without
 fusion."""
 
-_GRID_ORDER = ("entropy_axis", "renyi_alpha", "bspf_block", "bspf_joint", "keep_rate", "fuse_pruned",
-               "fusion_temperature", "tome_r", "restore_patch_grid")  # fmt: skip
+_GRID_ORDER = ("entropy_axis", "renyi_alpha", "bspf_block", "bspf_joint", "pitome_margin", "pitome_alpha", "keep_rate",
+               "fuse_pruned", "fusion_temperature", "tome_r", "restore_patch_grid")  # fmt: skip
 """How variants are nested (outermost first): one line of a trade-off plot varies the inner settings."""
 
 

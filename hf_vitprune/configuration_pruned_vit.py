@@ -34,7 +34,7 @@ class PrunedViTConfig(ViTConfig, PruningFields):
 
     Args:
         pruning_method, keep_rate, prune_layers, fuse_pruned, fusion_temperature, renyi_alpha, tome_r, entropy_axis,
-        bspf_block, bspf_joint:
+        bspf_block, bspf_joint, pitome_margin, pitome_alpha, restore_patch_grid:
             The pruning settings, inherited from [`~token_reduction.PruningFields`], where each is declared once
             (type, default, help; `hf-vitprune train --help` prints them). The paper's setting is the default:
             `"variance"`, keep 0.7 at layers 3, 6, 9 (of 12; other depths the same fractions), one fused token per
@@ -138,7 +138,7 @@ class PrunedViTConfig(ViTConfig, PruningFields):
             layer (DeiT-S at keep 0.7 with fusion: `[(138, 1), (98, 1), (70, 1)]`; ToMe: one per layer with `r > 0`,
             `fused` 0). Empty when pruning is off.
         """
-        reducer = PruningSettings.from_config(self).reducer(self.num_prefix_tokens)
+        reducer = PruningSettings.from_config(self).reducer(self.num_prefix_tokens, self.num_hidden_layers)
         return [] if reducer is None else reducer.token_schedule(num_patches, self.num_hidden_layers)
 
     @classmethod

@@ -49,6 +49,14 @@ BIBTEX_BSPF = """@article{hsieh2025block,
   year    = {2025}
 }"""
 
+BIBTEX_PITOME = """@inproceedings{tran2024pitome,
+  title     = {Accelerating Transformers with Spectrum-Preserving Token Merging},
+  author    = {Tran, Hoai-Chau and Nguyen, Duy M. H. and Nguyen, Duy M. and Nguyen, Trung-Tin and Le, Ngan and Xie,
+               Pengtao and Sonntag, Daniel and Zou, James Y. and Nguyen, Binh T. and Niepert, Mathias},
+  booktitle = {Advances in Neural Information Processing Systems},
+  year      = {2024}
+}"""
+
 SOURCES: dict[str, tuple[str, str]] = {
     "variance": ("Igaue & Aizawa, arXiv:2507.19175 (2025)", BIBTEX_IGAUE2025),
     "medad": ("Igaue & Aizawa, arXiv:2507.19175 (2025)", BIBTEX_IGAUE2025),
@@ -63,6 +71,7 @@ SOURCES: dict[str, tuple[str, str]] = {
         "BSPF-ViT: Hsieh et al., arXiv:2507.12125 (2025), reconstructed from the abstract by hf_vitprune",
         BIBTEX_BSPF,
     ),
+    "pitome": ("PiToMe: Tran et al., NeurIPS 2024 (arXiv:2405.16148)", BIBTEX_PITOME),
 }
 """`(one-line source, BibTeX)` of each method's paper by `pruning_method` name: authors, venue / arXiv id, and whether
 hf_vitprune reconstructed the method from an abstract."""
@@ -75,6 +84,7 @@ SCORES: dict[str, str] = {
     "random": "uniform random scores (the floor every criterion must beat)",
     "tome": "merges the most similar token pairs (keys, bipartite soft matching)",
     "bspf": "joint query/key importance smoothed over a patch block; pruned tokens merged into the most similar kept",
+    "pitome": "energy of each token's key similarities protects informative tokens; the redundant ones merged (keys)",
 }
 """What each method scores, in one line (README's methods table)."""
 
@@ -95,12 +105,13 @@ def format_rate(rate) -> str:
 
 
 def _kind(method: str | None) -> str:
-    """`"none"`, `"tome"` (merging in every layer), `"bspf"` or `"pruner"` (a keep rate per pruning layer, any other
-    method), by name and by the settings the method reads; a name no longer registered counts as a pruner."""
+    """`"none"`, `"tome"` (merging in every layer), `"bspf"`, `"pitome"` (a keep rate in every layer) or `"pruner"` (a
+    keep rate per pruning layer, any other method), by name and by the settings the method reads; a name no longer
+    registered counts as a pruner."""
     if method is None:
         return "none"
-    if method == "bspf":
-        return "bspf"
+    if method in ("bspf", "pitome"):
+        return method
     used = REDUCERS[method].settings_used if method in REDUCERS else ()
     return "tome" if "tome_r" in used else "pruner"
 
@@ -117,6 +128,8 @@ def label(settings: PruningSettings) -> str:
         return f"ToMe (r={format_rate(settings.tome_r)})"
     if kind == "bspf":
         return f"BSPF (block {settings.bspf_block}, {settings.bspf_joint})"
+    if kind == "pitome":
+        return "PiToMe" if settings.pitome_margin is None else f"PiToMe (margin {settings.pitome_margin:g})"
     if method == "entropy":
         axis = "" if settings.entropy_axis == "query" else f", {settings.entropy_axis}"
         return f"entropy (α={settings.renyi_alpha:g}{axis})"
@@ -137,6 +150,9 @@ def short_name(settings: PruningSettings, explicit: tuple[str, ...] = ()) -> str
         return f"tome(r={format_rate(settings.tome_r)})"
     if kind == "bspf":
         return f"bspf(b={settings.bspf_block},{settings.bspf_joint})@{format_rate(settings.keep_rate)}"
+    if kind == "pitome":
+        margin = "" if settings.pitome_margin is None else f"(m={settings.pitome_margin:g})"
+        return f"pitome{margin}@{format_rate(settings.keep_rate)}"
     fusion = ""
     if settings.fuse_pruned:
         shown = "fusion_temperature" in explicit
@@ -182,6 +198,8 @@ def table_cells(settings: PruningSettings, explicit: tuple[str, ...] = ()) -> tu
     kind = _kind(settings.pruning_method)
     if kind == "bspf":
         return format_rate(settings.keep_rate), "similarity"
+    if kind == "pitome":
+        return format_rate(settings.keep_rate), "merging"
     if kind != "pruner":
         return "—", "—"
     fusion = "no"

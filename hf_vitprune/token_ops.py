@@ -7,11 +7,13 @@ them.
 
 Sources: Igaue & Aizawa, arXiv:2507.19175 (2025) (variance, MedAD, fusion, eqs. 5-8); EViT (Liang et al., ICLR 2022);
 attention entropy (Igaue & Aizawa, arXiv:2604.03803, 2026, reconstructed from its abstract); ToMe (Bolya et al.,
-ICLR 2023); BSPF-ViT (Hsieh et al., arXiv:2507.12125, 2025, reconstructed from its abstract).
+ICLR 2023); PiToMe (Tran et al., NeurIPS 2024); BSPF-ViT (Hsieh et al., arXiv:2507.12125, 2025, reconstructed from
+its abstract).
 
 This file is shipped to the Hugging Face Hub with `trust_remote_code`: it stays flat and imports only torch.
 """
 
+import math
 from fractions import Fraction
 from typing import NamedTuple
 
@@ -641,6 +643,173 @@ def merge_tokens(
     return MergedTokens(hidden_states, token_sizes, patch_ids, key_mask, moved)
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# PiToMe: energy-protected token merging
+# ---------------------------------------------------------------------------------------------------------------------
+
+PITOME_MATCHINGS = ("bipartite", "energy")
+"""The two ways PiToMe pairs tokens (`pitome_merge(matching=...)`), as the official code's `pitome_bsm` and `pitome`."""
+
+
+def pitome_merge_count(keep_rate: float, num_candidates: int) -> int:
+    """Tokens one PiToMe layer merges away: `floor(T - T * keep_rate)` for `T = num_candidates`, computed in float as
+    the official code does (`math.floor(T - T*ratio)` in `algo/pitome/merge.py`), so the token counts are the
+    official ones (`T=100, keep_rate=0.55` merges 44, where `T - ceil(0.55 T)` is 45).
+
+    Args:
+        keep_rate (`float`): PiToMe's `ratio`, the fraction of tokens each layer keeps, in [0.5, 1].
+        num_candidates (`int`): non-prefix tokens entering the layer, >= 0.
+
+    Returns:
+        `int` in [0, num_candidates // 2]; 0 for `keep_rate` 1.
+
+    Raises:
+        ValueError: for a keep rate outside [0.5, 1] (each merged token needs a token to merge into).
+    """
+    if not _is_number(keep_rate) or not 0.5 <= keep_rate <= 1:
+        raise ValueError(
+            f"PiToMe's keep_rate must lie in [0.5, 1] (a layer merges at most half of its tokens), got {keep_rate!r}."
+        )
+    if keep_rate >= 1:
+        return 0
+    return max(0, min(math.floor(num_candidates - num_candidates * keep_rate), num_candidates // 2))
+
+
+def pitome_energy(
+    similarity: torch.Tensor, margin: float, alpha: float = 1.0, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """PiToMe's energy score of each token: the mean over tokens `j` of `elu(cos(k_i, k_j) - margin, alpha)`.
+
+    Tran et al., "Accelerating Transformers with Spectrum-Preserving Token Merging", NeurIPS 2024, eq. 4, as the
+    official code computes it (`pitome_vision` in `algo/pitome/merge.py`: `F.elu(sim - margin, alpha).mean(-1)`,
+    self-similarity included). A high energy means many similar tokens (redundant: merged first); a low one an
+    isolated, informative token (protected).
+
+    Args:
+        similarity (`torch.Tensor` of shape `(batch, T, T)`): cosine similarity of the tokens' keys.
+        margin (`float`): similarities above it count linearly, below it through `alpha * (exp(x) - 1)`.
+        alpha (`float`): the ELU's `alpha`.
+        valid (`torch.BoolTensor` of shape `(batch, T)`, *optional*): unmasked tokens; the mean then runs over them
+            only and a masked token's energy is `-inf` (ranked last).
+
+    Returns:
+        `torch.Tensor` of shape `(batch, T)`, in `similarity`'s dtype.
+    """
+    energy = nn.functional.elu(similarity - margin, alpha=alpha)
+    if valid is None:
+        return energy.mean(dim=-1)
+    weight = valid[:, None, :].to(energy.dtype)
+    energy = (energy * weight).sum(dim=-1) / weight.sum(dim=-1).clamp_min(1)
+    return energy.masked_fill(~valid, float("-inf"))
+
+
+def pitome_merge(
+    hidden_states: torch.Tensor,
+    token_sizes: torch.Tensor,
+    keys: torch.Tensor,
+    num_merge: int,
+    num_prefix_tokens: int,
+    patch_ids: torch.Tensor,
+    margin: float,
+    alpha: float = 1.0,
+    matching: str = "energy",
+    key_mask: torch.Tensor | None = None,
+) -> MergedTokens:
+    """PiToMe: merge `num_merge` tokens, protecting the informative (low-energy) ones.
+
+    Tran et al., "Accelerating Transformers with Spectrum-Preserving Token Merging", NeurIPS 2024 (sec. 3), written
+    from the official code (github.com/hchautran/PiToMe, `algo/pitome/merge.py`: `pitome_vision`, `pitome`,
+    `pitome_bsm`, `merge_wavg`) and equal to it (benchmarks/pitome_reference.py). The candidates' keys (averaged over
+    heads) are L2-normalised; their cosine similarities give each token an energy ([`pitome_energy`]); the tokens are
+    ordered by decreasing energy and then
+
+    - `matching="energy"` (official `pitome`): the `2 r` highest-energy tokens alternate between sides A and B (in that
+      order); every A token merges into its most similar B token; the other tokens are protected. Output: prefix,
+      protected tokens (by decreasing energy), B tokens.
+    - `matching="bipartite"` (official `pitome_bsm`): all tokens alternate between A and B in energy order; the `r` A
+      tokens with the most similar B token merge into it (ToMe's soft matching). Output: prefix, unmerged A tokens (by
+      decreasing link similarity), B tokens.
+
+    Merges are size-weighted averages (`merge_wavg`: `sum(size * x) / sum(size)`), sizes are summed. The official
+    DeiT patch uses `"bipartite"` in the first `ceil(layers / 2)` layers and `"energy"` in the others. Prefix tokens
+    never merge. Computed in float32, cast back.
+
+    With a `key_mask`, masked tokens never merge with unmasked ones: their energy is `-inf` (protected in `"energy"`,
+    last in `"bipartite"`), unmasked tokens' energies average over unmasked tokens only, links between a masked and an
+    unmasked token are impossible and links between two masked tokens rank after every other link.
+
+    Args:
+        hidden_states (`torch.Tensor` of shape `(batch, prefix + T, hidden)`).
+        token_sizes (`torch.FloatTensor` of shape `(batch, prefix + T)`): patches per token (1 at first).
+        keys (`torch.Tensor` of shape `(batch, prefix + T, head_dim)`): keys averaged over heads.
+        num_merge (`int`): `r`, in [1, T // 2] ([`pitome_merge_count`]).
+        num_prefix_tokens (`int`).
+        patch_ids (`torch.LongTensor` of shape `(batch, T)`).
+        margin (`float`), alpha (`float`): of [`pitome_energy`].
+        matching (`str`): `"energy"` or `"bipartite"`.
+        key_mask (`torch.BoolTensor` of shape `(batch, prefix + T)`, *optional*): True = attended.
+
+    Returns:
+        [`MergedTokens`] with `T - r` candidates (a merged B token keeps its patch id).
+
+    Raises:
+        ValueError: for another `matching`, or `num_merge` outside [1, T // 2].
+    """
+    if matching not in PITOME_MATCHINGS:
+        raise ValueError(f"matching must be one of {list(PITOME_MATCHINGS)}, got {matching!r}.")
+    batch_size, num_tokens, hidden_size = hidden_states.shape
+    prefix, num_candidates = num_prefix_tokens, num_tokens - num_prefix_tokens
+    r = num_merge
+    if not 1 <= r <= num_candidates // 2:
+        raise ValueError(f"num_merge must lie in [1, {num_candidates // 2}] for {num_candidates} tokens, got {r}.")
+    metric = nn.functional.normalize(keys[:, prefix:].float(), p=2, dim=-1)
+    similarity = metric @ metric.transpose(-1, -2)  # (batch, T, T)
+    valid = None if key_mask is None else key_mask[:, prefix:]
+    order = torch.argsort(pitome_energy(similarity, margin, alpha, valid), dim=-1, descending=True)
+
+    if matching == "energy":
+        side_a, side_b = order[:, : 2 * r : 2], order[:, 1 : 2 * r : 2]
+        kept = order[:, 2 * r :]  # protected
+    else:
+        side_a, side_b = order[:, ::2], order[:, 1::2]
+    links = similarity.gather(-1, side_b.unsqueeze(-2).expand(-1, num_candidates, -1))
+    links = links.gather(-2, side_a.unsqueeze(-1).expand(-1, -1, side_b.shape[1]))  # (batch, |A|, |B|)
+    if valid is not None:
+        valid_a, valid_b = valid.gather(1, side_a)[:, :, None], valid.gather(1, side_b)[:, None, :]
+        links = links.where(valid_a | valid_b, links - 4)  # masked-masked: after every real link
+        links = links.masked_fill(valid_a != valid_b, float("-inf"))
+    best, best_b = links.max(dim=-1)
+    if matching == "energy":
+        merged_a, into = torch.arange(r, device=order.device).expand(batch_size, -1), best_b
+    else:
+        ranked = best.argsort(dim=-1, descending=True)
+        merged_a, unmerged_a = ranked[:, :r], ranked[:, r:]
+        into = best_b.gather(1, merged_a)
+        kept = side_a.gather(1, unmerged_a)
+
+    candidates = hidden_states[:, prefix:].float()
+    sizes = token_sizes[:, prefix:].float()
+    weighted = candidates * sizes.unsqueeze(-1)  # merge_wavg: merge(x * size, "sum") / merge(size, "sum")
+    source = gather_tokens(weighted, side_a.gather(1, merged_a))
+    index = into.unsqueeze(-1).expand(-1, -1, hidden_size)
+    summed_b = gather_tokens(weighted, side_b).scatter_reduce(1, index, source, reduce="sum")
+    sizes_b = sizes.gather(1, side_b).scatter_reduce(1, into, sizes.gather(1, side_a.gather(1, merged_a)), "sum")
+    new_sizes = torch.cat([sizes.gather(1, kept), sizes_b], dim=1)
+    merged = torch.cat([gather_tokens(weighted, kept), summed_b], dim=1) / new_sizes.unsqueeze(-1)
+    hidden_states = torch.cat([hidden_states[:, :prefix], merged.to(hidden_states.dtype)], dim=1)
+    token_sizes = torch.cat([token_sizes[:, :prefix], new_sizes.to(token_sizes.dtype)], dim=1)
+    new_patch_ids = torch.cat([patch_ids.gather(1, kept), patch_ids.gather(1, side_b)], dim=1)
+    if key_mask is not None:
+        key_mask = torch.cat([key_mask[:, :prefix], valid.gather(1, kept), valid.gather(1, side_b)], dim=1)
+    # where each candidate went: the kept tokens lead (in their order), then the B tokens; a merged A token to its B
+    num_kept = kept.shape[1]
+    position = torch.arange(num_candidates, device=order.device).expand(batch_size, -1)
+    moved = torch.zeros_like(position).scatter(1, kept, position[:, :num_kept])
+    moved = moved.scatter(1, side_b, num_kept + position[:, : side_b.shape[1]])
+    moved = moved.scatter(1, side_a.gather(1, merged_a), num_kept + into)
+    return MergedTokens(hidden_states, token_sizes, new_patch_ids, key_mask, moved)
+
+
 def joint_importance(
     attention: torch.Tensor, num_prefix_tokens: int, joint: str = "mean", valid: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -869,6 +1038,7 @@ __all__ = [
     "FusedTokens",
     "KEYS",
     "MergedTokens",
+    "PITOME_MATCHINGS",
     "PrunedTokens",
     "attention_with_statistic",
     "block_smooth",
@@ -884,6 +1054,9 @@ __all__ = [
     "key_entropy_scores",
     "medad_scores",
     "merge_tokens",
+    "pitome_energy",
+    "pitome_merge",
+    "pitome_merge_count",
     "prune_tokens",
     "random_scores",
     "renyi_entropy",

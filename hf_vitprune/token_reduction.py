@@ -55,6 +55,8 @@ from .token_ops import (
     key_entropy_scores,
     medad_scores,
     merge_tokens,
+    pitome_merge,
+    pitome_merge_count,
     prune_tokens,
     random_scores,
     restore_patch_grid,
@@ -133,6 +135,12 @@ class PruningFields:
         3, "Odd size of the patch-grid neighbourhood BSPF smooths its scores over (1: no smoothing); docs/bspf.md."
     )
     bspf_joint: str = _setting("mean", "How BSPF combines a token's key and query importance: mean or product.")
+    pitome_margin: int | float | None = _setting(
+        None,
+        "PiToMe's energy margin in [-1, 1): cosine similarities above it count as redundancy; None: the official "
+        "schedule 0.75 - 0.75 * layer / layers (0.75 at the first layer, down to 0.0625 at the last of 12).",
+    )
+    pitome_alpha: int | float = _setting(1.0, "PiToMe's ELU alpha for similarities below the margin, > 0.")
     restore_patch_grid: bool = _setting(
         False,
         "Return every hidden state on the full patch grid (batch, prefix + patches, hidden), in patch order: a pruned "
@@ -205,7 +213,15 @@ class PruningSettings(PruningFields):
         if any(b <= a for a, b in zip(layers, layers[1:])):
             raise ValueError(f"prune_layers must be strictly increasing (sorted, no repeats), got {layers}.")
         rates = self.keep_rate if isinstance(self.keep_rate, list) else [self.keep_rate]
-        if isinstance(self.keep_rate, list) and len(rates) != len(layers):
+        reducer = REDUCERS.get(self.pruning_method)
+        if isinstance(self.keep_rate, list) and reducer is not None and reducer.keep_rate_per_layer:
+            if len(rates) != num_hidden_layers:
+                raise ValueError(
+                    f"keep_rate is a list of {len(rates)} values but pruning_method={self.pruning_method!r} reduces "
+                    f"in every layer and the model has {num_hidden_layers}: give one keep rate per layer, or a single "
+                    "float for all of them."
+                )
+        elif isinstance(self.keep_rate, list) and len(rates) != len(layers):
             raise ValueError(
                 f"keep_rate is a list of {len(rates)} values but prune_layers={layers} has {len(layers)} pruning "
                 "layers: give one keep rate per pruning layer, or a single float for all of them."
@@ -245,17 +261,28 @@ class PruningSettings(PruningFields):
             )
         if self.bspf_joint not in ("mean", "product"):
             raise ValueError(f"bspf_joint must be 'mean' or 'product', got {self.bspf_joint!r}.")
+        margin = self.pitome_margin
+        if margin is not None and (not _is_number(margin) or not -1 <= margin < 1):
+            raise ValueError(
+                f"pitome_margin must be a number in [-1, 1) (a cosine similarity) or None (the official per-layer "
+                f"schedule), got {margin!r}."
+            )
+        if not _is_number(self.pitome_alpha) or not self.pitome_alpha > 0:
+            raise ValueError(f"pitome_alpha must be a number > 0 (the ELU's alpha), got {self.pitome_alpha!r}.")
+        if reducer is not None:
+            reducer.check_settings(self, num_hidden_layers)
         if self.entropy_axis not in ENTROPY_AXES:
             raise ValueError(
                 f"entropy_axis={self.entropy_axis!r} is not known: use one of {list(ENTROPY_AXES)} (the token's own "
                 "attention row, the attention it receives, or the class token's attention to it across heads)."
             )
 
-    def reducer(self, num_prefix_tokens: int) -> "TokenReducer | None":
-        """The reducer these settings describe (`None` when pruning is off)."""
+    def reducer(self, num_prefix_tokens: int, num_hidden_layers: int | None = None) -> "TokenReducer | None":
+        """The reducer these settings describe (`None` when pruning is off), for a model of `num_hidden_layers`
+        layers (needed by methods whose schedule follows the depth, e.g. PiToMe)."""
         if self.pruning_method is None:
             return None
-        return REDUCERS[self.pruning_method](self, num_prefix_tokens)
+        return REDUCERS[self.pruning_method](self, num_prefix_tokens, num_hidden_layers)
 
 
 _DEFAULTS = PruningSettings()
@@ -352,6 +379,8 @@ class ReductionState:
             patch of the image the candidate that carries it, -1 for a patch dropped without fusion.
         dropped (`torch.Tensor` of shape `(batch, patches, hidden)`, *optional*): with `restore_patch_grid`, the value
             of each dropped patch at the layer that dropped it (after its attention); `None` while none was dropped.
+        proportional_attention (`bool`): whether later layers add `log(token_sizes)` to their attention logits (ToMe:
+            yes; PiToMe, as its official DeiT patch: no, the sizes weight its merges only).
     """
 
     patch_ids: torch.Tensor
@@ -363,6 +392,7 @@ class ReductionState:
     destination: torch.Tensor | None = None
     patch_map: torch.Tensor | None = None
     dropped: torch.Tensor | None = None
+    proportional_attention: bool = True
 
     @classmethod
     def start(
@@ -402,8 +432,9 @@ class ReductionState:
         return cls(patch_ids=patch_ids, key_mask=key_mask, grid=grid)
 
     def attention_bias(self, dtype: torch.dtype) -> torch.Tensor | None:
-        """ToMe's proportional attention: `log(token_sizes)` as an additive bias `(batch, 1, 1, tokens)`, or `None`."""
-        if self.token_sizes is None:
+        """ToMe's proportional attention: `log(token_sizes)` as an additive bias `(batch, 1, 1, tokens)`, or `None`
+        (no sizes, or `proportional_attention` off)."""
+        if self.token_sizes is None or not self.proportional_attention:
             return None
         return self.token_sizes.log().to(dtype)[:, None, None, :]
 
@@ -439,15 +470,27 @@ class TokenReducer:
     Args:
         settings ([`PruningSettings`]): validated settings.
         num_prefix_tokens (`int`): leading tokens never reduced (class token, distillation token, registers).
+        num_hidden_layers (`int`, *optional*): the model's depth (methods whose schedule follows it require it).
     """
 
     name: ClassVar[str]
     statistic: ClassVar[str | None] = None
     settings_used: ClassVar[tuple[str, ...]] = ()
+    keep_rate_per_layer: ClassVar[bool] = False
+    """Whether a list `keep_rate` holds one rate per layer (else one per entry of `prune_layers`)."""
 
-    def __init__(self, settings: PruningSettings, num_prefix_tokens: int):
+    def __init__(self, settings: PruningSettings, num_prefix_tokens: int, num_hidden_layers: int | None = None):
         self.settings = settings
         self.num_prefix_tokens = num_prefix_tokens
+        self.num_hidden_layers = num_hidden_layers
+
+    @classmethod
+    def check_settings(cls, settings: PruningSettings, num_hidden_layers: int) -> None:
+        """Checks of the settings that only this method needs (called by [`PruningSettings.validate`]).
+
+        Raises:
+            ValueError: naming the setting, its value and what is allowed.
+        """
 
     def amount(self, layer_idx: int, num_candidates: int) -> int | None:
         """Tokens kept (or merged) at `layer_idx` when `num_candidates` non-prefix tokens enter it; `None` if the
@@ -459,10 +502,16 @@ class TokenReducer:
         return self.statistic is not None
 
     def reduce(
-        self, hidden_states: torch.Tensor, statistic: torch.Tensor | None, state: ReductionState, amount: int
+        self,
+        hidden_states: torch.Tensor,
+        statistic: torch.Tensor | None,
+        state: ReductionState,
+        amount: int,
+        layer_idx: int,
     ) -> tuple[torch.Tensor, ReductionState]:
-        """Reduce the tokens of `hidden_states` `(batch, prefix + candidates, hidden)` after a layer's attention
-        residual; return the new hidden states and the new state (the given one is not changed)."""
+        """Reduce the tokens of `hidden_states` `(batch, prefix + candidates, hidden)` after the attention residual of
+        layer `layer_idx` (0-indexed), by `amount` (what `amount` returned for it); return the new hidden states and
+        the new state (the given one is not changed)."""
         raise NotImplementedError
 
     def token_schedule(self, num_patches: int, num_hidden_layers: int) -> list[tuple[int, int]]:
@@ -520,7 +569,7 @@ class AttentionPruner(TokenReducer):
     def needs_statistic(self, amount: int, num_candidates: int) -> bool:
         return self.statistic is not None and amount < num_candidates
 
-    def reduce(self, hidden_states, statistic, state, amount):
+    def reduce(self, hidden_states, statistic, state, amount, layer_idx):
         num_candidates = hidden_states.shape[1] - self.num_prefix_tokens
         if amount >= num_candidates:  # keeps everything: an ordinary layer that lists what it kept
             kept = (*state.kept_patch_indices, state.patch_ids)
@@ -591,8 +640,8 @@ class EntropyPruner(AttentionPruner):
     statistic = ATTENTION
     settings_used = AttentionPruner.settings_used + ("renyi_alpha", "entropy_axis")
 
-    def __init__(self, settings: PruningSettings, num_prefix_tokens: int):
-        super().__init__(settings, num_prefix_tokens)
+    def __init__(self, settings: PruningSettings, num_prefix_tokens: int, num_hidden_layers: int | None = None):
+        super().__init__(settings, num_prefix_tokens, num_hidden_layers)
         self.statistic = CLASS_ATTENTION if settings.entropy_axis == "heads" else ATTENTION
 
     def score(self, statistic, batch_size, num_candidates, device):
@@ -646,11 +695,11 @@ class BSPFPruner(AttentionPruner):
     statistic = ATTENTION_AND_KEYS
     settings_used = ("keep_rate", "prune_layers", "bspf_block", "bspf_joint", "restore_patch_grid")
 
-    def reduce(self, hidden_states, statistic, state, amount):
+    def reduce(self, hidden_states, statistic, state, amount, layer_idx):
         prefix = self.num_prefix_tokens
         num_candidates = hidden_states.shape[1] - prefix
         if amount >= num_candidates:
-            return super().reduce(hidden_states, statistic, state, amount)
+            return super().reduce(hidden_states, statistic, state, amount, layer_idx)
         if state.grid is None:
             raise ValueError(
                 "bspf smooths scores over the patch grid, but the grid of this input is unknown (the patch count is "
@@ -704,7 +753,7 @@ class ToMeMerger(TokenReducer):
         merges = min(r, tome_merge_limit(num_candidates, self.num_prefix_tokens))
         return merges if merges > 0 else None
 
-    def reduce(self, hidden_states, statistic, state, amount):
+    def reduce(self, hidden_states, statistic, state, amount, layer_idx):
         sizes = state.token_sizes
         if sizes is None:
             sizes = hidden_states.new_ones(hidden_states.shape[:2], dtype=torch.float32)
@@ -720,6 +769,89 @@ class ToMeMerger(TokenReducer):
         return num_candidates - amount, 0
 
 
+class PiToMeMerger(TokenReducer):
+    """PiToMe: every layer merges `floor(T - T * keep_rate)` of its `T` tokens, protecting the informative ones by
+    an energy score (Tran et al., "Accelerating Transformers with Spectrum-Preserving Token Merging", NeurIPS 2024;
+    [`~token_ops.pitome_merge`], equal to the official code). As the official DeiT patch: the first
+    `ceil(layers / 2)` layers match by bipartite soft matching over the energy order, the others merge the `2 r`
+    highest-energy tokens pairwise; the margin falls from 0.75 at the first layer to `0.75 / layers` at the last
+    unless `pitome_margin` fixes it; merges are size-weighted averages, and, as in the official DeiT patch, the
+    attention does not take the token sizes (no proportional attention). `keep_rate` is the official `ratio`: one
+    float for every layer, or a list of one per layer, each in [0.5, 1]. Statistic: [`KEYS`].
+
+    Raises:
+        ValueError: when built without `num_hidden_layers` (its schedule follows the depth).
+    """
+
+    name = "pitome"
+    statistic = KEYS
+    settings_used = ("keep_rate", "pitome_margin", "pitome_alpha", "restore_patch_grid")
+    keep_rate_per_layer = True
+
+    def __init__(self, settings: PruningSettings, num_prefix_tokens: int, num_hidden_layers: int | None = None):
+        if num_hidden_layers is None:
+            raise ValueError("PiToMe's schedule follows the model's depth: build its reducer with num_hidden_layers.")
+        super().__init__(settings, num_prefix_tokens, num_hidden_layers)
+
+    @classmethod
+    def check_settings(cls, settings, num_hidden_layers):
+        rates = settings.keep_rate if isinstance(settings.keep_rate, list) else [settings.keep_rate]
+        if any(rate < 0.5 for rate in rates):
+            raise ValueError(
+                f"pruning_method='pitome' keeps at least half of each layer's tokens (a merged token needs a token to "
+                f"merge into): keep_rate must lie in [0.5, 1], got {settings.keep_rate!r}."
+            )
+
+    def keep_rate(self, layer_idx: int) -> float:
+        """The fraction of its tokens layer `layer_idx` keeps."""
+        rate = self.settings.keep_rate
+        return rate[layer_idx] if isinstance(rate, list) else rate
+
+    def margin(self, layer_idx: int) -> float:
+        """The energy margin of layer `layer_idx`: `pitome_margin`, or the official `0.75 - 0.75 * layer / layers`."""
+        if self.settings.pitome_margin is not None:
+            return float(self.settings.pitome_margin)
+        return 0.75 - 0.75 * (layer_idx / self.num_hidden_layers)
+
+    def matching(self, layer_idx: int) -> str:
+        """`"bipartite"` in the first `ceil(layers / 2)` layers, `"energy"` after (the official DeiT patch)."""
+        return "bipartite" if layer_idx < math.ceil(self.num_hidden_layers * 0.5) else "energy"
+
+    def amount(self, layer_idx, num_candidates):
+        merges = pitome_merge_count(self.keep_rate(layer_idx), num_candidates)
+        return merges if merges > 0 else None
+
+    def reduce(self, hidden_states, statistic, state, amount, layer_idx):
+        sizes = state.token_sizes
+        if sizes is None:
+            sizes = hidden_states.new_ones(hidden_states.shape[:2], dtype=torch.float32)
+        merged = pitome_merge(
+            hidden_states,
+            sizes,
+            statistic,
+            amount,
+            self.num_prefix_tokens,
+            state.patch_ids,
+            self.margin(layer_idx),
+            self.settings.pitome_alpha,
+            self.matching(layer_idx),
+            state.key_mask,
+        )
+        kept = (*state.kept_patch_indices, merged.patch_ids)
+        return merged.hidden_states, ReductionState(
+            merged.patch_ids,
+            merged.token_sizes,
+            kept,
+            merged.key_mask,
+            grid=state.grid,
+            destination=merged.destination,
+            proportional_attention=False,
+        )
+
+    def _schedule_step(self, amount, num_candidates):
+        return num_candidates - amount, 0
+
+
 REDUCERS: dict[str, type[TokenReducer]] = {
     "variance": VariancePruner,
     "medad": MedADPruner,
@@ -728,6 +860,7 @@ REDUCERS: dict[str, type[TokenReducer]] = {
     "random": RandomPruner,
     "tome": ToMeMerger,
     "bspf": BSPFPruner,
+    "pitome": PiToMeMerger,
 }
 """Every token-reduction method by its `pruning_method` name. Config validation, the command line's choices, the
 sweep and the docs read this registry: a new method is one `TokenReducer` subclass plus one line here."""
@@ -739,7 +872,7 @@ def reducer_from_config(config, num_prefix_tokens: int) -> TokenReducer | None:
     if getattr(config, "pruning_method", None) is None:
         return None
     settings = PruningSettings.from_config(config).with_defaults(config.num_hidden_layers)
-    return settings.reducer(num_prefix_tokens)
+    return settings.reducer(num_prefix_tokens, config.num_hidden_layers)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -869,7 +1002,7 @@ class TokenReduction:
         entering = state = self._entering[plan.layer_idx]
         if plan.amount is not None:
             before = hidden_states
-            hidden_states, state = self.reducer.reduce(hidden_states, statistic, entering, plan.amount)
+            hidden_states, state = self.reducer.reduce(hidden_states, statistic, entering, plan.amount, plan.layer_idx)
             if state.patch_ids is not entering.patch_ids:  # the tokens changed: the model's mask no longer fits
                 # without a key mask nothing is masked (a mask the model built anyway, e.g. while exporting, held
                 # only "attend"); with one, the mask is rebuilt for the tokens left

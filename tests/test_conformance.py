@@ -34,7 +34,7 @@ from transformers import (
 import hf_vitprune
 from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification, prune
 
-METHODS = ["variance", "medad", "evit", "entropy", "random", "tome", "bspf"]
+METHODS = ["variance", "medad", "evit", "entropy", "random", "tome", "bspf", "pitome"]
 TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, image_size=32, patch_size=8)  # 16 patches
 PRUNING = dict(keep_rate=0.5, prune_layers=[1, 2], tome_r=3)
 
@@ -91,6 +91,8 @@ def _expected_token_counts(method, prefix, patches=16, layers=4):
             side_a = sum(1 for p in range(prefix, prefix + candidates) if p % 2 == 0)  # even positions
             merges = min(PRUNING["tome_r"], side_a if candidates - side_a > 0 else 0)
             candidates -= merges
+        elif method == "pitome":  # floor(T - T * keep_rate) merged in every layer: 16 -> 8 -> 4 -> 2 -> 1
+            candidates -= int(candidates - candidates * PRUNING["keep_rate"])
         elif layer in PRUNING["prune_layers"]:
             kept = -(-Fraction(PRUNING["keep_rate"]).limit_denominator() * candidates // 1)
             fused = 1 if kept < candidates and method != "bspf" else 0  # bspf merges into kept tokens: no extra one
@@ -119,7 +121,7 @@ def test_token_counts_gradients_and_batch_independence(backbone, method, pixel_v
     prune(model, pruning_method=method, **PRUNING)
     main, hidden, out = _outputs(model, pixel_values)
     assert [h.shape[1] for h in hidden] == _expected_token_counts(method, prefix)
-    reducing = 4 if method == "tome" else 2
+    reducing = 4 if method in ("tome", "pitome") else 2
     assert len(out.kept_patch_indices) == reducing
     for kept in out.kept_patch_indices:
         assert kept.shape[0] == 3 and kept.max() < 16 and kept.min() >= -1
@@ -322,6 +324,8 @@ def test_real_deit_tiny_through_prune(method):
     assert torch.equal(_outputs(native, x)[0], logits)
     if method == "tome":
         assert hidden[-1].shape[1] == 1 + 196 - 12 * 13
+    elif method == "pitome":  # every layer keeps T - floor(T - 0.7 T): 196 -> 138 -> 97 -> 68 -> ... -> 4
+        assert [k.shape[1] for k in out.kept_patch_indices] == [138, 97, 68, 48, 34, 24, 17, 12, 9, 7, 5, 4]
     elif method == "bspf":  # pruned tokens merge into kept ones: no fused token, 196 -> 138 -> 97 -> 68
         assert [k.shape[1] for k in out.kept_patch_indices] == [138, 97, 68]
         assert hidden[-1].shape[1] == 1 + 68

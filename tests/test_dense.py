@@ -42,6 +42,7 @@ SETTINGS = {
     "evit": dict(keep_rate=0.5, prune_layers=[1, 2]),
     "tome": dict(tome_r=3),
     "bspf": dict(keep_rate=0.5, prune_layers=[1, 2], bspf_block=1),
+    "pitome": dict(keep_rate=0.75),
 }
 
 
@@ -306,8 +307,8 @@ def test_a_method_that_does_not_record_destinations_cannot_restore(pixel_values)
         def score(self, statistic, batch_size, num_candidates, device):
             return torch.arange(num_candidates, device=device, dtype=torch.float).expand(batch_size, -1)
 
-        def reduce(self, hidden_states, statistic, state, amount):
-            hidden_states, new = super().reduce(hidden_states, statistic, state, amount)
+        def reduce(self, hidden_states, statistic, state, amount, layer_idx):
+            hidden_states, new = super().reduce(hidden_states, statistic, state, amount, layer_idx)
             return hidden_states, ReductionState(new.patch_ids, new.token_sizes, new.kept_patch_indices, grid=new.grid)
 
     REDUCERS["forgetful"] = Forgetful

@@ -214,10 +214,10 @@ def test_bspf_scores_get_no_gradient_so_a_learnable_block_filter_could_not_learn
     attention = torch.randn(batch, 2, tokens, tokens).softmax(dim=-1).requires_grad_()
     keys = torch.randn(batch, tokens, 4)
     bspf = PruningSettings(pruning_method="bspf", keep_rate=0.5, prune_layers=[0]).reducer(prefix)
-    out, _ = bspf.reduce(hidden, (attention, keys), ReductionState.start(hidden, prefix, grid=grid), 8)
+    out, _ = bspf.reduce(hidden, (attention, keys), ReductionState.start(hidden, prefix, grid=grid), 8, 0)
     assert torch.autograd.grad(out.square().sum(), [hidden, attention], allow_unused=True)[1] is None
     variance = PruningSettings(pruning_method="variance", keep_rate=0.5, prune_layers=[0]).reducer(prefix)
     class_attention = attention[:, :, 0, prefix:]
-    out, _ = variance.reduce(hidden, class_attention, ReductionState.start(hidden, prefix, grid=grid), 8)
+    out, _ = variance.reduce(hidden, class_attention, ReductionState.start(hidden, prefix, grid=grid), 8, 0)
     (gradient,) = torch.autograd.grad(out.square().sum(), [attention])
     assert gradient.abs().sum() > 0

@@ -28,6 +28,8 @@ VALUES = {
     "entropy_axis": "key",
     "bspf_block": 1,
     "bspf_joint": "product",
+    "pitome_margin": 0.5,
+    "pitome_alpha": 2.0,
     "restore_patch_grid": True,
 }
 """A valid value of every setting, away from its default."""
