@@ -15,7 +15,14 @@ from tqdm.auto import tqdm
 
 from . import methods
 from .arguments import PruningGridArguments
-from .measure import DTYPES, CompilerUnavailableError, check_compiler, count_gmacs, time_pruning_settings
+from .measure import (
+    DTYPES,
+    CompilerUnavailableError,
+    check_compiler,
+    check_timings,
+    count_gmacs,
+    time_pruning_settings,
+)
 from .report import evaluation_protocol, markdown_table, table_footer, tokens_text
 from .token_reduction import PruningSettings
 
@@ -284,6 +291,8 @@ class EvaluationSetup:
     """Wall seconds of the accuracy pass (every variant over every image; data loading included)."""
     num_images: int | None = None
     """Images evaluated, all processes together (set by the accuracy pass; known ahead except when streaming)."""
+    timing_check: dict | None = None
+    """[`~measure.TimingCheck`] of the timing rounds as a dict (`quiet`, spreads, `reasons`); `None` if not timed."""
 
 
 EVALUATE_OUTPUTS = ("results.json", "results.md", "predictions.json")
@@ -484,6 +493,7 @@ def measure_variants(
         protocol += "; --compile asked but torch.compile could not run here: eager (--compile_fallback_eager)"
     if processes > 1:
         protocol += f"; timed on the main process alone, the other {processes - 1} idle at a barrier"
+    setup.timing_check = asdict(check_timings(timings))  # time_pruning_settings warned already when not quiet
     for row, timing in zip(rows, timings):
         row.update({k: v for k, v in asdict(timing).items() if k != "name"})
         row["realisation"] = row["speedup"] * row["gmacs_ratio"]  # speed-up / (GMACs of the reference / own)

@@ -359,6 +359,99 @@ def time_interleaved(
     return timings
 
 
+QUIET_LIMITS = {"reference_spread": 0.25, "speedup_spread": 0.6, "latency_tail": 1.6}
+"""What a quiet machine gives, from this project's quiet runs (benchmarks/results/benchmark_cpu_deit_tiny.md, 2-core
+CPU, 7 rounds): the reference's images/s vary by at most ~15 % of their median over its timings, a variant's
+per-round speed-ups by at most ~30 % of their median, and batch-1 passes have a 90th percentile at most ~1.3x their
+median. [`check_timings`] flags a run beyond about twice that, where the numbers say more about the other jobs on
+the machine than about the model."""
+
+
+class BusyMachineWarning(UserWarning):
+    """The timing rounds disagreed beyond what a quiet machine gives ([`check_timings`]): other work was probably
+    running; the speed numbers are not to be trusted."""
+
+
+@dataclass
+class TimingCheck:
+    """Whether a [`time_interleaved`] run looks like a quiet machine's ([`check_timings`]).
+
+    Attributes:
+        quiet (`bool`): every measure within [`QUIET_LIMITS`].
+        reference_spread (`float`): (max - min) / median of the reference's images/s over all its timings.
+        speedup_spread (`float`): the largest (max - min) / median of a variant's per-round speed-ups (0 with one
+            round).
+        latency_tail (`float` or `None`): the largest 90th percentile / median of a variant's batch-1 passes (`None`
+            when not measured).
+        reasons (`list[str]`): one sentence per measure beyond its limit.
+    """
+
+    quiet: bool
+    reference_spread: float
+    speedup_spread: float
+    latency_tail: float | None
+    reasons: list[str] = field(default_factory=list)
+
+    def message(self) -> str:
+        """The warning printed and written next to the numbers (`""` when quiet)."""
+        if self.quiet:
+            return ""
+        return (
+            "the timing rounds disagree beyond what a quiet machine gives ("
+            + "; ".join(self.reasons)
+            + "): other jobs were probably running, so these speeds are not reliable. Re-run on an idle machine "
+            "(or with more --throughput_rounds)."
+        )
+
+
+def check_timings(timings: list[InterleavedTiming], limits: dict | None = None) -> TimingCheck:
+    """Tell a busy machine from a quiet one by how much the interleaved rounds of one run disagree.
+
+    The reference is timed many times (before and after every group of variants, every round): on a quiet machine those
+    timings agree closely, and so do a variant's per-round speed-ups and its batch-1 passes. Other jobs sharing the
+    machine make them scatter (a user on a shared machine saw batch-1 medians of 821 ms with a 90th percentile of
+    2,203 ms, and realisations of 5.01). Our check, with limits from this project's quiet runs ([`QUIET_LIMITS`]).
+
+    Args:
+        timings (`list[InterleavedTiming]`): one run's timings, the reference first.
+        limits (`dict`, *optional*): overrides of [`QUIET_LIMITS`] (`reference_spread`, `speedup_spread`,
+            `latency_tail`).
+
+    Returns:
+        [`TimingCheck`].
+
+    Raises:
+        ValueError: for no timings.
+    """
+    if not timings:
+        raise ValueError("check_timings needs the timings of at least the reference.")
+    limits = {**QUIET_LIMITS, **(limits or {})}
+    reference = timings[0]
+    reference_spread = (reference.images_per_s_max - reference.images_per_s_min) / reference.images_per_s
+    speedup_spread = max(
+        ((t.speedup_max - t.speedup_min) / t.speedup for t in timings[1:] if t.speedup > 0), default=0.0
+    )
+    tails = [t.latency_p90_ms / t.latency_ms for t in timings if t.latency_ms and t.latency_p90_ms is not None]
+    latency_tail = max(tails) if tails else None
+    reasons = []
+    if reference_spread > limits["reference_spread"]:
+        reasons.append(
+            f"the reference's own images/s varied by {100 * reference_spread:.0f} % of their median over its timings, "
+            f"limit {100 * limits['reference_spread']:.0f} %"
+        )
+    if speedup_spread > limits["speedup_spread"]:
+        reasons.append(
+            f"a variant's per-round speed-ups varied by {100 * speedup_spread:.0f} % of their median, limit "
+            f"{100 * limits['speedup_spread']:.0f} %"
+        )
+    if latency_tail is not None and latency_tail > limits["latency_tail"]:
+        reasons.append(
+            f"batch-1 passes had a 90th percentile {latency_tail:.1f}x their median, "
+            f"limit {limits['latency_tail']:.1f}x"
+        )
+    return TimingCheck(not reasons, reference_spread, speedup_spread, latency_tail, reasons)
+
+
 def interleaving_protocol(reference: str, rounds: int, runs: int, warmup: int, latency_runs: int, seed: int,
                           bracket: int, num_steps: int) -> str:  # fmt: skip
     """The protocol line of a [`time_interleaved`] run (its rounds, passes and bracketing)."""
@@ -407,6 +500,10 @@ def time_pruning_settings(
 
     Raises:
         ValueError: for an unknown `dtype`, `batch_size` < 1, or what [`time_interleaved`] refuses.
+
+    Warns:
+        BusyMachineWarning: when the rounds disagree beyond what a quiet machine gives ([`check_timings`]); the
+            protocol line then ends with the same warning.
     """
     _check_protocol(dtype, runs, batch_size)
     if not variants:
@@ -428,11 +525,15 @@ def time_pruning_settings(
     ]
     with torch.inference_mode(), _autocast(device, dtype):
         timings = time_interleaved(steps, batch_size, rounds, runs, warmup, latency_runs, seed, bracket, device)
+    check = check_timings(timings)
+    if not check.quiet:
+        warnings.warn(check.message(), BusyMachineWarning, stacklevel=2)
     protocol = (
         f"batch {batch_size}, {size} px, {dtype}, {getattr(model.config, '_attn_implementation', None) or 'eager'} "
         f"attention, {device_name(device)}, {torch.get_num_threads()} threads, torch {torch.__version__}"
         + (f", torch.compile(mode={compile_mode!r})" if compile_mode else "")
         + "; "
         + interleaving_protocol(variants[0][0], rounds, runs, warmup, latency_runs, seed, bracket, len(variants))
+        + ("" if check.quiet else f". WARNING: {check.message()}")
     )
     return timings, protocol

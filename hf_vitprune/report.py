@@ -113,6 +113,7 @@ def evaluation_protocol(
         "top1": "argmax over all model outputs; torch.manual_seed(seed) right before the pass (random pruning)",
         "gmacs": "fvcore, one image, SDPA counted through an op handle (hf_vitprune.measure.count_gmacs)",
         "throughput": throughput_protocol,
+        "timing_check": setup.timing_check,
         "machine": device_name(setup.device),
         "torch": torch.__version__,
         "hf_vitprune": __version__,

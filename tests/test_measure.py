@@ -307,3 +307,61 @@ def test_the_machine_line_of_a_cpu(monkeypatch):
     assert measure.device_name(torch.device("cpu")).endswith(" cores, 480 MiB L3)")
     monkeypatch.setattr(measure, "_last_level_cache", lambda: None)  # sysfs does not say: the line without it
     assert measure.device_name(torch.device("cpu")).endswith(" cores)")
+
+
+def _fake_clock_timings(monkeypatch, costs, latency_runs=0):
+    """Time steps on a fake clock where each call of a step costs the next value of its cost list (cycled)."""
+    import itertools
+    import types
+
+    from hf_vitprune import measure
+
+    clock = {"now": 0.0}
+
+    def step(cycle):
+        def run():
+            clock["now"] += next(cycle)
+
+        return run
+
+    monkeypatch.setattr(measure, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+    steps = [TimedStep(name, step(itertools.cycle(c)), step(itertools.cycle(c))) for name, c in costs.items()]
+    return time_interleaved(steps, rounds=4, runs=1, warmup=0, latency_runs=latency_runs, bracket=1)
+
+
+def test_a_quiet_machine_passes_the_check(monkeypatch):
+    from hf_vitprune.measure import check_timings
+
+    timings = _fake_clock_timings(monkeypatch, {"unpruned": [2.0, 2.1], "half": [1.0, 1.05]}, latency_runs=3)
+    check = check_timings(timings)
+    assert check.quiet and check.reasons == [] and check.message() == ""
+    # the reference is timed before and after the variant in each of 4 rounds, costs alternating 2.0 / 2.1
+    assert check.reference_spread == pytest.approx((1 / 2.0 - 1 / 2.1) / ((1 / 2.0 + 1 / 2.1) / 2), rel=1e-6)
+
+
+def test_a_busy_machine_is_said_not_measured(monkeypatch):
+    """The reference's own timings scatter 3x (another job took the cores in some rounds): flagged, with the reason;
+    batch-1 passes with a long tail are flagged too."""
+    from hf_vitprune.measure import check_timings
+
+    timings = _fake_clock_timings(monkeypatch, {"unpruned": [2.0, 6.0, 2.0], "half": [1.0]})
+    check = check_timings(timings)
+    assert not check.quiet and "reference's own images/s varied by" in check.message()
+    assert "not reliable" in check.message()
+    tail = _fake_clock_timings(monkeypatch, {"unpruned": [2.0] * 9 + [8.0], "half": [1.0]}, latency_runs=10)
+    tail_check = check_timings(tail, limits={"reference_spread": 10.0, "speedup_spread": 10.0})
+    assert not tail_check.quiet and tail_check.latency_tail > 1.6 and "90th percentile" in tail_check.reasons[0]
+    with pytest.raises(ValueError, match="at least the reference"):
+        check_timings([])
+
+
+def test_time_pruning_settings_warns_and_says_so_in_the_protocol(monkeypatch, tiny_config):
+    from hf_vitprune import measure
+
+    model = PrunedViTForImageClassification(tiny_config)
+    busy = measure.TimingCheck(False, 2.0, 0.0, None, ["the reference's own images/s varied by 200 %"])
+    monkeypatch.setattr(measure, "check_timings", lambda timings: busy)
+    with pytest.warns(measure.BusyMachineWarning, match="not reliable"):
+        _, protocol = measure.time_pruning_settings(model, [("unpruned", {"pruning_method": None})], batch_size=2,
+                                                    rounds=1, runs=1, warmup=0, latency_runs=0)  # fmt: skip
+    assert protocol.endswith(busy.message()) and "WARNING" in protocol
