@@ -14,6 +14,7 @@ COMMANDS = {
     "visualize": ("hf_vitprune.visualize", "draw which patches each pruning layer keeps on images (PNG)"),
     "train": ("hf_vitprune.train", "fine-tune with pruning switched on (HF Trainer; accelerate launch -m works too)"),
     "export": ("hf_vitprune.export", "export a pruned model to ONNX (onnxruntime) or a torch.export program"),
+    "tune": ("hf_vitprune.tune", "choose the reduction schedule by latency measured on this device (greedy search)"),
 }
 
 
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     from huggingface_hub.errors import StrictDataclassError
 
     from .measure import CompilerUnavailableError
+    from .tune import TuneError
 
     module = importlib.import_module(COMMANDS[argv[0]][0])
     try:
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             return exit.code or 0
         print(f"hf-vitprune {argv[0]}: error: {exit.code}", file=sys.stderr)
         return 2
-    except (ValueError, OSError, ImportError, StrictDataclassError, CompilerUnavailableError) as error:  # bad input
+    except (ValueError, OSError, ImportError, StrictDataclassError, CompilerUnavailableError, TuneError) as error:
         if os.environ.get("HF_VITPRUNE_TRACEBACK"):
             raise
         print(f"hf-vitprune {argv[0]}: error: {error}", file=sys.stderr)
