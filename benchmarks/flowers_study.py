@@ -193,7 +193,8 @@ def main(argv: list[str] | None = None) -> None:
             "| method | keep rate | test top-1 | GMACs |",
             "|---|---|---|---|",
         ]
-        lines += [f"| {r['name']} | {r.get('keep_rate') or ''} | {r['top1']:.2f} | {r['gmacs']:.3f} |" for r in rows]
+        lines += [f"| {r['name']} | {r['keep_rate'] if r['pruning_method'] else '—'} | {r['top1']:.2f} | "
+                  f"{r['gmacs']:.3f} |" for r in rows]  # fmt: skip
     text = "\n".join(lines) + "\n"
     print(text)
     if args.output:
