@@ -324,7 +324,7 @@ def search_space(method: str, num_layers: int, search_layers: list[int] | None =
     - Pruning methods (`keep_rate` per entry of `prune_layers`): one coordinate per layer of `search_layers` (default:
       [`default_prune_layers`] plus the layer after a sixth of the depth), its keep rate from 1 down by `keep_step` to
       `keep_step`; a layer at 1 is left out of `prune_layers`.
-    - ToMe: `merge_groups` groups of consecutive layers, each one `r` from 0 up by 2 to 32.
+    - ToMe: `merge_groups` groups of consecutive layers, each one `r` from 0 up by 4 to 32.
     - Methods with a keep rate per layer (PiToMe): the same groups, each one keep rate from 1 down by 0.025 to the
       method's `min_keep_rate`.
 
@@ -334,7 +334,7 @@ def search_space(method: str, num_layers: int, search_layers: list[int] | None =
     reducer = REDUCERS[method]
     groups = [list(g) for g in _split(list(range(num_layers)), min(merge_groups, num_layers))]
     if "tome_r" in reducer.settings_used:
-        grid = list(range(0, 33, 2))
+        grid = list(range(0, 33, 4))
 
         def build(values):
             return {"pruning_method": method, "tome_r": [values[g] for g, group in enumerate(groups) for _ in group]}
@@ -762,6 +762,8 @@ def _write_outputs(out: Path, model, result: dict, evaluated: list[Point], speed
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
 
     def write(name: str, text: str) -> None:
         temporary = out / f".{name}.partial"

@@ -1,0 +1,136 @@
+"""The tuned schedule against the paper's fixed schedule and ToMe, at equal measured speed-up, at batch 1 and 64.
+
+Run: `python benchmarks/tune_study.py runs/tune_study [--calibration 1000] [--report_samples N] [--rounds 5]
+[--methods variance evit tome pitome] [--output FILE]`
+
+The real DeiT-Tiny (`../shared/models/deit-tiny-patch16-224`, 1000-way head) on Imagenette
+(`../shared/data/imagenette`, mapped through the ImageNet-1k class list). For each (batch, target) of (1, 1.3x) and
+(64, 1.5x), on this machine, fp32:
+
+1. `hf-vitprune tune` (in process, `hf_vitprune.tune.run_tune`): calibration on `--calibration` seeded train images,
+   report on the val split; both runs share one log (`tune_log.jsonl`: the calibration top-1s are batch-independent).
+2. The paper's fixed schedule (variance with fusion at layers 3, 6, 9, one keep rate) and ToMe (one `r` in every
+   layer): a ladder of settings timed against the unpruned model in interleaved rounds; the weakest setting of each
+   whose measured speed-up reaches the target is taken.
+3. One final interleaved timing of the unpruned model, the tuner's choice of every method and the two fixed settings;
+   their val top-1 (with the binomial standard error) and drop; the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+MODEL = SHARED / "models" / "deit-tiny-patch16-224"
+DATA = SHARED / "data" / "imagenette"
+TARGETS = ((1, 1.3), (64, 1.5))
+FIXED_LADDER = [round(0.95 - 0.05 * i, 2) for i in range(14)]  # keep 0.95 ... 0.30
+TOME_LADDER = list(range(2, 25, 2))
+
+
+def weakest_reaching(model, ladder: list[tuple[str, dict]], batch_size: int, target: float, rounds: int) -> tuple:
+    """`(name, settings, speed-up)` of the first setting of `ladder` (weakest first) whose measured speed-up reaches
+    `target`, timed in one interleaved run against the unpruned model."""
+    from hf_vitprune.measure import time_pruning_settings
+
+    timings, _ = time_pruning_settings(model, [("unpruned", {"pruning_method": None}), *ladder], batch_size=batch_size,
+                                       rounds=rounds, runs=3 if batch_size > 1 else 7, latency_runs=0)  # fmt: skip
+    for (name, settings), timing in zip(ladder, timings[1:]):
+        if timing.speedup >= target:
+            return name, settings, timing.speedup
+    best = max(zip(ladder, timings[1:]), key=lambda x: x[1].speedup)
+    return best[0][0], best[0][1], best[1].speedup
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("output_dir", type=Path)
+    parser.add_argument("--calibration", type=int, default=1000)
+    parser.add_argument("--report_samples", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--methods", nargs="+", default=["variance", "evit", "tome", "pitome"])
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args(argv)
+    if not (MODEL / "model.safetensors").exists() or not DATA.is_dir():
+        sys.exit(f"DeiT-Tiny or the Imagenette images are absent under {SHARED}: this benchmark needs ../shared.")
+
+    from hf_vitprune.loading import load_pruned_model
+    from hf_vitprune.measure import device_name, time_pruning_settings
+    from hf_vitprune.tune import TuneArguments, load_split, run_tune, top1
+
+    log = args.output_dir / "tune_log.jsonl"
+    sections = []
+    model = load_pruned_model(str(MODEL), pruning_method=None).eval()
+    report_cache: dict[str, float] = {}
+    report = None
+    for batch_size, target in TARGETS:
+        out = args.output_dir / f"batch{batch_size}"
+        result_file = out / "results.json"
+        if result_file.exists():  # resumable: a finished tune is read back
+            result = json.loads(result_file.read_text())
+        else:
+            tune_args = TuneArguments(
+                model_name_or_path=str(MODEL), dataset_name=str(DATA), calibration_split="train",
+                calibration_samples=args.calibration, report_split="val", report_samples=args.report_samples,
+                class_list="imagenet1k", methods=args.methods, target_speedup=target, batch_size=batch_size,
+                device="cpu", rounds=args.rounds, output_dir=str(out), tune_log=str(log),
+            )  # fmt: skip
+            command = (f"hf-vitprune tune --model_name_or_path {MODEL} --dataset_name {DATA} --calibration_split "
+                       f"train --calibration_samples {args.calibration} --report_split val --class_list imagenet1k "
+                       f"--methods {' '.join(args.methods)} --target_speedup {target} --batch_size {batch_size} "
+                       f"--device cpu --rounds {args.rounds} --tune_log {log}")  # fmt: skip
+            result = run_tune(tune_args, command=command)
+        for row in result["rows"]:
+            report_cache[json.dumps(row["settings"], sort_keys=True)] = row["report_top1"]
+        fixed = [(f"variance@{k} layers 3,6,9", {"pruning_method": "variance", "keep_rate": k,
+                                                  "prune_layers": [3, 6, 9]}) for k in FIXED_LADDER]  # fmt: skip
+        tome = [(f"tome r={r}", {"pruning_method": "tome", "tome_r": r}) for r in TOME_LADDER]
+        fixed_name, fixed_settings, _ = weakest_reaching(model, fixed, batch_size, target, args.rounds)
+        tome_name, tome_settings, _ = weakest_reaching(model, tome, batch_size, target, args.rounds)
+        compared = [("unpruned", {"pruning_method": None})]
+        compared += [(f"tuned {row['method']}: {row['setting']}", row["settings"]) for row in result["rows"][1:]]
+        compared += [(f"paper's fixed: {fixed_name}", fixed_settings), (f"ToMe: {tome_name}", tome_settings)]
+        timings, protocol = time_pruning_settings(model, compared, batch_size=batch_size, rounds=args.rounds,
+                                                  runs=3 if batch_size > 1 else 7, latency_runs=0)  # fmt: skip
+        lines = [f"### Batch {batch_size}, target {target}× measured speed-up", "",
+                 "| schedule | measured speed-up (min–max) | val top-1 (± s.e.) | drop |",
+                 "|---|---|---|---|"]  # fmt: skip
+        base = None
+        for (name, settings), timing in zip(compared, timings):
+            key = json.dumps(settings, sort_keys=True)
+            if key not in report_cache:
+                if report is None:
+                    tune_args = TuneArguments(model_name_or_path=str(MODEL), dataset_name=str(DATA),
+                                              class_list="imagenet1k", target_speedup=1.5,
+                                              report_samples=args.report_samples)  # fmt: skip
+                    report = load_split(tune_args, "val", args.report_samples, model)
+                report_cache[key] = top1(model, report[0], report[1], settings, 64, torch.device("cpu"), "fp32")
+            accuracy = report_cache[key]
+            base = accuracy if base is None else base
+            images = result["protocol"]["report_images"]
+            error = 100 * math.sqrt(accuracy / 100 * (1 - accuracy / 100) / images)
+            lines.append(f"| {name} | {timing.speedup:.2f}× ({timing.speedup_min:.2f}–{timing.speedup_max:.2f}) | "
+                         f"{accuracy:.2f} ± {error:.2f} | {accuracy - base:+.2f} |")  # fmt: skip
+        chosen = json.dumps(result["chosen"])
+        lines += ["", f"Timing: {protocol}. Tuner: `{result['protocol']['command']}` (calibration "
+                  f"{result['protocol']['calibration']}, {result['protocol']['calibration_images']} images; report "
+                  f"{result['protocol']['report']}, {images} images); chosen: `{chosen}`.", ""]  # fmt: skip
+        sections.append("\n".join(lines))
+    text = (f"Tuned against fixed schedules at equal measured speed-up: DeiT-Tiny, Imagenette, "
+            f"{device_name(torch.device('cpu'))}, fp32 (`python benchmarks/tune_study.py {args.output_dir}`).\n\n"
+            + "\n".join(sections))  # fmt: skip
+    print(text)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
