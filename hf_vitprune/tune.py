@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,14 @@ import torch
 from tqdm.auto import tqdm
 
 from . import methods
-from .measure import DTYPES, TimedStep, check_timings, time_interleaved, time_pruning_settings
+from .measure import (
+    DTYPES,
+    BusyMachineWarning,
+    TimedStep,
+    check_timings,
+    time_interleaved,
+    time_pruning_settings,
+)
 from .token_reduction import REDUCERS, PruningSettings, default_prune_layers
 
 TUNE_OUTPUTS = ("setting.json", "pareto.md", "pareto.png", "results.md", "results.json")
@@ -272,6 +280,9 @@ def measure_latency_model(model, methods_: list[str], batch_size: int, dtype: st
     steps += [TimedStep(f"reduce:{m}", reducing(m)) for m in methods_]
     with torch.inference_mode(), _autocast(device, dtype), model.pruning(pruning_method=None):
         timings = time_interleaved(steps, 1, rounds=rounds, runs=3, warmup=2, seed=seed, device=device)
+    check = check_timings(timings)
+    if not check.quiet:  # the search would follow a distorted model; the verification re-measures anyway
+        warnings.warn(f"latency model: {check.message()}", BusyMachineWarning, stacklevel=2)
     ms = {t.name: 1e3 / t.images_per_s for t in timings}
     layer_ms = [ms[f"layer@{n}"] for n in grid]
     latency = LatencyModel(grid, layer_ms, 0.0, {}, config.num_hidden_layers, prefix, config.hidden_size,
@@ -570,8 +581,6 @@ def verify(model, candidates: list[Point], args: TuneArguments, device) -> tuple
     variants = [("unpruned", {"pruning_method": None})]
     variants += [(setting_key(p.settings), p.settings) for p in candidates]
     for attempt in range(args.remeasure + 1):
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             timings, protocol = time_pruning_settings(
