@@ -100,11 +100,14 @@ def match_gmacs(model, target: float, template: Variant, max_tome_r: int = 64) -
 
 
 def matching_candidates(template: Variant, max_tome_r: int = 64) -> list[Variant]:
-    """The settings [`match_gmacs`] searches, in order of falling token counts: keep rates 1.00, 0.99, ..., 0.01 when
-    the method reads `keep_rate`, else ToMe's `r` 0, 1, ..., `max_tome_r`."""
-    if "tome_r" in REDUCERS[template.changes["pruning_method"]].settings_used:
+    """The settings [`match_gmacs`] searches, in order of falling token counts: keep rates 1.00, 0.99, ..., 0.01 (down
+    to the method's `min_keep_rate`, 0.50 for PiToMe) when the method reads `keep_rate`, else ToMe's `r` 0, 1, ...,
+    `max_tome_r`."""
+    reducer = REDUCERS[template.changes["pruning_method"]]
+    if "tome_r" in reducer.settings_used:
         return [Variant({**template.changes, "tome_r": r}) for r in range(max_tome_r + 1)]
-    return [Variant({**template.changes, "keep_rate": round(k / 100, 2)}) for k in range(100, 0, -1)]
+    rates = [round(k / 100, 2) for k in range(100, 0, -1) if k / 100 >= reducer.min_keep_rate]
+    return [Variant({**template.changes, "keep_rate": rate}) for rate in rates]
 
 
 class _GMACsCounter:

@@ -478,6 +478,8 @@ class TokenReducer:
     settings_used: ClassVar[tuple[str, ...]] = ()
     keep_rate_per_layer: ClassVar[bool] = False
     """Whether a list `keep_rate` holds one rate per layer (else one per entry of `prune_layers`)."""
+    min_keep_rate: ClassVar[float] = 0.0
+    """The smallest keep rate the method takes (exclusive at 0: a pruning layer keeps at least one token)."""
 
     def __init__(self, settings: PruningSettings, num_prefix_tokens: int, num_hidden_layers: int | None = None):
         self.settings = settings
@@ -787,6 +789,7 @@ class PiToMeMerger(TokenReducer):
     statistic = KEYS
     settings_used = ("keep_rate", "pitome_margin", "pitome_alpha", "restore_patch_grid")
     keep_rate_per_layer = True
+    min_keep_rate = 0.5
 
     def __init__(self, settings: PruningSettings, num_prefix_tokens: int, num_hidden_layers: int | None = None):
         if num_hidden_layers is None:
@@ -796,7 +799,7 @@ class PiToMeMerger(TokenReducer):
     @classmethod
     def check_settings(cls, settings, num_hidden_layers):
         rates = settings.keep_rate if isinstance(settings.keep_rate, list) else [settings.keep_rate]
-        if any(rate < 0.5 for rate in rates):
+        if any(rate < cls.min_keep_rate for rate in rates):
             raise ValueError(
                 f"pruning_method='pitome' keeps at least half of each layer's tokens (a merged token needs a token to "
                 f"merge into): keep_rate must lie in [0.5, 1], got {settings.keep_rate!r}."
