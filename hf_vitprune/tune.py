@@ -427,15 +427,17 @@ def greedy_search(space: SearchSpace, predict_ms, top1_of, target_ms: float, unp
     """
     indices = [0] * len(space.grids)
 
-    def point(idx: list[int]) -> Point:
-        settings = space.build([grid[i] for grid, i in zip(space.grids, idx)])
-        ms = predict_ms(settings)
+    def settings_of(idx: list[int]) -> dict:
+        return space.build([grid[i] for grid, i in zip(space.grids, idx)])
+
+    def point(idx: list[int], settings: dict, ms: float) -> Point:
         top1 = top1_of(settings)
         if progress is not None:
             progress.update(1)
         return Point(space.method, list(idx), settings, ms, unpruned_ms / ms, top1)
 
-    current = point(indices)
+    start = settings_of(indices)
+    current = point(indices, start, predict_ms(start))
     current.on_path = True
     path, evaluated, beyond = [current], [current], 0
     while beyond <= overshoot:
@@ -447,12 +449,14 @@ def greedy_search(space: SearchSpace, predict_ms, top1_of, target_ms: float, unp
         for c, grid in enumerate(space.grids):
             step = indices[c] + 1  # the next value of this coordinate that saves time (a small step may save none)
             while step < len(grid):
-                candidate = point([*indices[:c], step, *indices[c + 1 :]])
-                evaluated.append(candidate)
-                saving = current.predicted_ms - candidate.predicted_ms
-                if saving > 0:
-                    loss = current.top1 - candidate.top1
-                    moves.append((loss / saving, -saving, c, candidate))
+                idx = [*indices[:c], step, *indices[c + 1 :]]
+                settings = settings_of(idx)
+                ms = predict_ms(settings)  # cheap: top-1 is measured only for a step that saves time
+                if current.predicted_ms - ms > 0:
+                    candidate = point(idx, settings, ms)
+                    evaluated.append(candidate)
+                    saving = current.predicted_ms - ms
+                    moves.append(((current.top1 - candidate.top1) / saving, -saving, c, candidate))
                     break
                 step += 1
         if not moves:
