@@ -1,7 +1,7 @@
 """The tuned schedule against the paper's fixed schedule and ToMe, at equal measured speed-up, at batch 1 and 64.
 
 Run: `python benchmarks/tune_study.py runs/tune_study [--calibration 1000] [--report_samples N] [--rounds 5]
-[--methods variance evit tome pitome] [--output FILE]`
+[--methods variance evit tome pitome] [--batch_sizes 1 64] [--output FILE]`
 
 The real DeiT-Tiny (`../shared/models/deit-tiny-patch16-224`, 1000-way head) on Imagenette
 (`../shared/data/imagenette`, mapped through the ImageNet-1k class list). For each (batch, target) of (1, 1.3x) and
@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report_samples", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--methods", nargs="+", default=["variance", "evit", "tome", "pitome"])
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[b for b, _ in TARGETS],
+                        help="Which of the (batch, target) pairs to run, by batch size, in this order.")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
     if not (MODEL / "model.safetensors").exists() or not DATA.is_dir():
@@ -70,7 +72,10 @@ def main(argv: list[str] | None = None) -> None:
     model = load_pruned_model(str(MODEL), pruning_method=None).eval()
     report_cache: dict[str, float] = {}
     report = None
-    for batch_size, target in TARGETS:
+    for batch_size, target in sorted(TARGETS, key=lambda t: args.batch_sizes.index(t[0]) if t[0] in args.batch_sizes
+                                     else len(TARGETS)):  # fmt: skip
+        if batch_size not in args.batch_sizes:
+            continue
         out = args.output_dir / f"batch{batch_size}"
         result_file = out / "results.json"
         if result_file.exists():  # resumable: a finished tune is read back

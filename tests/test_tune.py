@@ -173,3 +173,27 @@ def test_a_step_that_saves_no_time_is_passed_over():
     path, evaluated = greedy_search(space, predict, lambda s: 80.0, target_ms=70, unpruned_ms=100, overshoot=0)
     assert [p.settings["keep"] for p in path] == [1.0, 0.8, 0.7]
     assert [p.settings["keep"] for p in evaluated] == [1.0, 0.8, 0.7]  # no top-1 pass for 0.9, which saves nothing
+
+
+def test_an_optimistic_latency_model_is_corrected_by_the_timing(tmp_path, monkeypatch):
+    """The device delivers 85 % of every predicted speed-up: the first verification finds no schedule at the target,
+    and the search goes further by the measured / predicted ratio until one reaches it when timed."""
+    model, data = _setup(tmp_path)
+    calls = []
+
+    def timed(model_, variants, **kwargs):
+        calls.append(len(variants))
+        unpruned, timings = LATENCY.unpruned_ms(), []
+        for name, settings in variants:
+            ms = LATENCY.predict(tune_module.token_counts(model_, settings), settings.get("pruning_method"))
+            speedup = 0.85 * unpruned / ms if settings.get("pruning_method") else 1.0
+            timings.append(InterleavedTiming(name, 1.0, 1.0, 1.0, speedup, speedup, speedup, rates=[1.0, 1.0]))
+        return timings, "fake clock"
+
+    monkeypatch.setattr(tune_module, "time_pruning_settings", timed)
+    result = run_tune(_args(model, data, tmp_path / "tune", methods=["variance"]), latency_model=LATENCY)
+    assert len(calls) >= 2  # timed again after the correction
+    row = result["rows"][1]
+    assert row["measured_speedup"] >= 1.3 and row["predicted_speedup"] >= 1.3 / 0.85 - 1e-9
+    with pytest.raises(tune_module.TuneError, match="after 0 corrections"):
+        run_tune(_args(model, data, tmp_path / "again", methods=["variance"], refinements=0), latency_model=LATENCY)
