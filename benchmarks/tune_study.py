@@ -56,8 +56,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report_samples", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--methods", nargs="+", default=["variance", "evit", "tome", "pitome"])
-    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[b for b, _ in TARGETS],
-                        help="Which of the (batch, target) pairs to run, by batch size, in this order.")
+    parser.add_argument(
+        "--batch_sizes",
+        type=int,
+        nargs="+",
+        default=[b for b, _ in TARGETS],
+        help="Which of the (batch, target) pairs to run, by batch size, in this order.",
+    )
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
     if not (MODEL / "model.safetensors").exists() or not DATA.is_dir():
