@@ -133,13 +133,20 @@ def main(argv: list[str] | None = None) -> None:
                   f"{result['protocol']['calibration']}, {result['protocol']['calibration_images']} images; report "
                   f"{result['protocol']['report']}, {images} images); chosen: `{chosen}`.", ""]  # fmt: skip
         sections.append("\n".join(lines))
-    text = (f"Tuned against fixed schedules at equal measured speed-up: DeiT-Tiny, Imagenette, "
-            f"{device_name(torch.device('cpu'))}, fp32 (`python benchmarks/tune_study.py {args.output_dir}`).\n\n"
-            + "\n".join(sections))  # fmt: skip
+        if args.output:  # written after each batch size: a stopped study keeps what it measured
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(_text(args, sections, device_name))
+    text = _text(args, sections, device_name)
     print(text)
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text)
+
+
+def _text(args, sections: list[str], device_name) -> str:
+    return (f"Tuned against fixed schedules at equal measured speed-up: DeiT-Tiny, Imagenette, "
+            f"{device_name(torch.device('cpu'))}, fp32 (`python benchmarks/tune_study.py {args.output_dir} "
+            f"--calibration {args.calibration} --rounds {args.rounds} --methods {' '.join(args.methods)}`).\n\n"
+            + "\n".join(sections))  # fmt: skip
 
 
 if __name__ == "__main__":
