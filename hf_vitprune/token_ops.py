@@ -551,6 +551,16 @@ class MergedTokens(NamedTuple):
     carries it (its own, or the B token it was merged into)."""
 
 
+def _masked_links(similarity: torch.Tensor, valid_a: torch.Tensor, valid_b: torch.Tensor) -> torch.Tensor:
+    """Bipartite link scores `(batch, |A|, |B|)` under a key mask (`valid_a (batch, |A|)`, `valid_b (batch, |B|)`,
+    True = unmasked): a link between a masked and an unmasked token is impossible (-inf), one between two masked tokens
+    ranks after every real link (cosine similarities lie in [-1, 1], so minus 4 puts it below them). Our rule, shared
+    by ToMe and PiToMe."""
+    valid_a, valid_b = valid_a[:, :, None], valid_b[:, None, :]
+    similarity = similarity.where(valid_a | valid_b, similarity - 4)
+    return similarity.masked_fill(valid_a != valid_b, float("-inf"))
+
+
 def merge_tokens(
     hidden_states: torch.Tensor,
     token_sizes: torch.Tensor,
@@ -602,9 +612,7 @@ def merge_tokens(
     similarity = metric[:, side_a] @ metric[:, side_b].transpose(1, 2)  # (batch, |A|, |B|)
     if key_mask is not None:
         valid = key_mask[:, num_prefix_tokens:]
-        valid_a, valid_b = valid[:, side_a, None], valid[:, None, side_b]
-        similarity = similarity.where(valid_a | valid_b, similarity - 4)  # masked-masked: after every real link
-        similarity = similarity.masked_fill(valid_a != valid_b, float("-inf"))
+        similarity = _masked_links(similarity, valid[:, side_a], valid[:, side_b])
     best_similarity, best_b = similarity.max(dim=-1)
     order = best_similarity.argsort(dim=-1, descending=True)
     merged_a = order[:, :num_merge]
@@ -775,9 +783,7 @@ def pitome_merge(
     links = similarity.gather(-1, side_b.unsqueeze(-2).expand(-1, num_candidates, -1))
     links = links.gather(-2, side_a.unsqueeze(-1).expand(-1, -1, side_b.shape[1]))  # (batch, |A|, |B|)
     if valid is not None:
-        valid_a, valid_b = valid.gather(1, side_a)[:, :, None], valid.gather(1, side_b)[:, None, :]
-        links = links.where(valid_a | valid_b, links - 4)  # masked-masked: after every real link
-        links = links.masked_fill(valid_a != valid_b, float("-inf"))
+        links = _masked_links(links, valid.gather(1, side_a), valid.gather(1, side_b))
     best, best_b = links.max(dim=-1)
     if matching == "energy":
         merged_a, into = torch.arange(r, device=order.device).expand(batch_size, -1), best_b
