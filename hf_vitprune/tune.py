@@ -6,10 +6,11 @@ step that costs the least calibration top-1 per millisecond it saves, until the 
 The milliseconds come from a latency model measured once on the device, dtype and batch size asked (one layer timed at
 several token counts, the whole model, each method's own reduction work; interleaved rounds); the top-1 from a
 calibration split held apart from the split the result is reported on, cached in `tune_log.jsonl` (an interrupted
-search resumes from it). The schedules near the target are then timed for real against the unpruned model
-(interleaved rounds): the chosen setting is the one with the best calibration top-1 whose **measured** speed-up
-reaches the target. On a machine whose rounds disagree (busy), the timing is repeated, and the tuner refuses to choose
-if it stays busy.
+search resumes from it). The schedules near the target are then timed for real against the unpruned model (interleaved
+rounds): the chosen setting is the one with the best calibration top-1 whose **measured** speed-up reaches the target
+(where the device beats the latency model, the earlier points of the search's path are timed too, back to the first that
+falls short). On a machine whose rounds disagree (busy), the timing is repeated, and the tuner refuses to choose if it
+stays busy.
 
 Writes into `--output_dir`: `setting.json` (the chosen settings: `from_pretrained(model, **setting)`), `model/`
 (`save_pretrained` of the model with that setting), `pareto.md` and `pareto.png` (calibration top-1 against speed-up of
@@ -682,42 +683,43 @@ def run_tune(args: TuneArguments, command: str | None = None, latency_model: Lat
     }
     targets = dict.fromkeys(args.methods, target_ms)  # each method's predicted target, corrected after each timing
     speeds, evaluated, chosen = {}, [], {}
-    protocol, check = None, None
-    for _ in range(args.refinements + 1):
+    protocol, check, corrections = None, None, 0
+    while len(chosen) < len(args.methods):
         paths = {}
         with tqdm(desc="tune: calibration top-1 of each schedule", unit="schedule") as bar:
             for method in args.methods:  # cached top-1s: a repeated search costs only its new points
-                path, points = greedy_search(
-                    spaces[method], predict, top1_of, targets[method], unpruned_ms, progress=bar
-                )
-                paths[method] = path
-                evaluated += points
-        # verify: the path points around the predicted crossing of each method's target, timed for real
-        candidates = []
+                if method not in chosen:
+                    paths[method], points = greedy_search(
+                        spaces[method], predict, top1_of, targets[method], unpruned_ms, progress=bar
+                    )
+                    evaluated += points
+        # The greedy path does not depend on the target (only where it stops), so each round walks the same path.
+        candidates, optimistic = [], []
         for method, path in paths.items():
-            crossing = next((i for i, p in enumerate(path) if p.predicted_ms <= targets[method]), len(path) - 1)
-            candidates += [
-                p for p in path[max(crossing - 1, 1) : crossing + 2] if setting_key(p.settings) not in speeds
-            ]
-        if not candidates:  # nothing new to time: the search cannot go further
+            step = _next_step(path, speeds, targets[method], lambda t: _reached(t, args, unpruned_ms))
+            if isinstance(step, Point):
+                chosen[method] = (step, speeds[setting_key(step.settings)])
+            elif step:
+                candidates += step
+            else:
+                optimistic.append(method)
+        if candidates:
+            timed, protocol, check = verify(model, candidates, args, device)
+            speeds.update(timed)
+        elif optimistic and corrections < args.refinements:
+            # Nothing near the crossing reached the target when timed: the latency model was optimistic here. Ask the
+            # search for more, by the median measured / predicted ratio of the points timed on the path.
+            corrections += 1
+            for method in optimistic:
+                ratios = [speeds[k].speedup / p.predicted_speedup
+                          for p in paths[method] if (k := setting_key(p.settings)) in speeds]  # fmt: skip
+                targets[method] *= min(1.0, sorted(ratios)[len(ratios) // 2]) * 0.98
+        else:
             break
-        timed, protocol, check = verify(model, candidates, args, device)
-        speeds.update(timed)
-        for method, path in paths.items():
-            for point in path[1:]:
-                timing = speeds.get(setting_key(point.settings))
-                if timing is not None and method not in chosen and _reached(timing, args, unpruned_ms):
-                    chosen[method] = (point, timing)
-        if len(chosen) == len(args.methods):
-            break
-        for method, path in paths.items():  # the latency model was optimistic: ask the search for more, by the ratio
-            ratios = [speeds[k].speedup / p.predicted_speedup for p in path if (k := setting_key(p.settings)) in speeds]
-            if method not in chosen and ratios:
-                targets[method] = target_ms * min(1.0, sorted(ratios)[len(ratios) // 2]) * 0.98
     if not chosen:
         measured = ", ".join(f"{k}: {t.speedup:.2f}x" for k, t in speeds.items())
         raise TuneError(
-            f"no schedule reached {_target_text(args)} when timed, after {args.refinements} corrections of the latency "
+            f"no schedule reached {_target_text(args)} when timed, after {corrections} corrections of the latency "
             f"model ({measured}). Ask for a lower target, or allow more --refinements."
         )
     best_method = max(chosen, key=lambda m: chosen[m][0].top1)
@@ -759,6 +761,35 @@ def _reached(timing, args: TuneArguments, unpruned_ms: float) -> bool:
     if args.target_speedup:
         return timing.speedup >= args.target_speedup
     return unpruned_ms / timing.speedup <= args.target_latency_ms
+
+
+def _next_step(path: list[Point], speeds: dict, target_ms: float, reached) -> Point | list[Point]:
+    """What the verification does next on one method's greedy path, given the timings so far.
+
+    The choice is the earliest point of the path (the best calibration top-1 there) whose measured speed-up reaches
+    the target, once the point before it has been timed and did not (or it is the first step). So:
+
+    - a timed point reaches the target and the one before it was timed too (and did not), or it is the first step:
+      returns that point, the choice;
+    - a timed point reaches it but earlier points are untimed (the latency model was pessimistic: the device is faster
+      than predicted): returns the two untimed points just before it, to time next;
+    - none reaches it: returns the untimed points around the predicted crossing of `target_ms` (one before, the
+      crossing, one after), or `[]` when they are all timed (the latency model was optimistic: correct the target).
+
+    Args:
+        path (`list[Point]`): the greedy path, its first point no reduction; speeds (`dict[str, InterleavedTiming]`):
+            the measured timings by [`setting_key`]; target_ms (`float`): the predicted target of this round;
+            reached (`Callable[[InterleavedTiming], bool]`).
+    """
+    timed = [i for i in range(1, len(path)) if setting_key(path[i].settings) in speeds]
+    reaching = [i for i in timed if reached(speeds[setting_key(path[i].settings)])]
+    if reaching:
+        first = reaching[0]
+        if first == 1 or first - 1 in timed:
+            return path[first]
+        return [p for p in path[max(first - 2, 1) : first] if setting_key(p.settings) not in speeds]
+    crossing = next((i for i, p in enumerate(path) if p.predicted_ms <= target_ms), len(path) - 1)
+    return [p for p in path[max(crossing - 1, 1) : crossing + 2] if setting_key(p.settings) not in speeds]
 
 
 def _check_model_type(name_or_path: str) -> None:

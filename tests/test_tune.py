@@ -197,3 +197,47 @@ def test_an_optimistic_latency_model_is_corrected_by_the_timing(tmp_path, monkey
     assert row["measured_speedup"] >= 1.3 and row["predicted_speedup"] >= 1.3 / 0.85 - 1e-9
     with pytest.raises(tune_module.TuneError, match="after 0 corrections"):
         run_tune(_args(model, data, tmp_path / "again", methods=["variance"], refinements=0), latency_model=LATENCY)
+
+
+def test_a_pessimistic_latency_model_times_earlier_points(tmp_path, monkeypatch):
+    """The device delivers 130 % of every predicted speed-up: the points around the predicted crossing all reach the
+    target when timed, so the verification walks back along the path to the first that falls short, and chooses the
+    one after it (the best calibration top-1 that reaches the target when measured)."""
+    model, data = _setup(tmp_path)
+    measured = {}
+
+    def timed(model_, variants, **kwargs):
+        unpruned, timings = LATENCY.unpruned_ms(), []
+        for name, settings in variants:
+            ms = LATENCY.predict(tune_module.token_counts(model_, settings), settings.get("pruning_method"))
+            speedup = 1.3 * unpruned / ms if settings.get("pruning_method") else 1.0
+            measured[name] = speedup
+            timings.append(InterleavedTiming(name, 1.0, 1.0, 1.0, speedup, speedup, speedup, rates=[1.0, 1.0]))
+        return timings, "fake clock"
+
+    def predicted_ms(model_, settings):
+        return LATENCY.predict(tune_module.token_counts(model_, settings), settings.get("pruning_method"))
+
+    monkeypatch.setattr(tune_module, "time_pruning_settings", timed)
+    # a known calibration top-1 (the predicted time), so the test can walk the search's path itself
+    monkeypatch.setattr(
+        tune_module, "top1", lambda model_, _pixels, _labels, settings, *_: predicted_ms(model_, settings)
+    )
+    result = run_tune(_args(model, data, tmp_path / "tune", methods=["variance"], target_speedup=1.4),
+                      latency_model=LATENCY)  # fmt: skip
+    row = result["rows"][1]
+    assert row["measured_speedup"] >= 1.4 and row["predicted_speedup"] < 1.4  # chosen before the predicted crossing
+    # on the search's own path, the point before the choice was timed and fell short of the target
+    tiny = PrunedViTForImageClassification.from_pretrained(model)
+    space = search_space("variance", tiny.config.num_hidden_layers)
+    path, _ = greedy_search(
+        space,
+        lambda s: predicted_ms(tiny, s),
+        lambda s: predicted_ms(tiny, s),
+        target_ms=0.0,
+        unpruned_ms=LATENCY.unpruned_ms(),
+        overshoot=0,
+    )
+    keys = [tune_module.setting_key(p.settings) for p in path]
+    at = keys.index(tune_module.setting_key(row["settings"]))
+    assert at > 1 and measured[keys[at - 1]] < 1.4, [measured.get(k) for k in keys]
