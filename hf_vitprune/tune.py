@@ -515,10 +515,12 @@ class TuneLog:
             handle.write(json.dumps(record) + "\n")
 
     def add_top1(self, key: str, top1: float) -> None:
+        """Record the calibration top-1 (in %) of the setting [`setting_key`] `key`, in memory and on disk at once."""
         self.top1[key] = top1
         self._append({"kind": "top1", "key": key, "top1": top1})
 
     def add_latency(self, latency: LatencyModel) -> None:
+        """Record the latency model measured for this log's batch size and device (read back on resumption)."""
         self.latency = asdict(latency)
         self._append({"kind": "latency", "latency": self.latency})
 
@@ -722,7 +724,7 @@ def run_tune(args: TuneArguments, command: str | None = None, latency_model: Lat
             f"no schedule reached {_target_text(args)} when timed, after {corrections} corrections of the latency "
             f"model ({measured}). Ask for a lower target, or allow more --refinements."
         )
-    best_method = max(chosen, key=lambda m: chosen[m][0].top1)
+    best_method = max(chosen, key=lambda m: (chosen[m][0].top1, chosen[m][1].speedup))  # a tie: the faster
     best = chosen[best_method][0]
     rows = [{"method": "unpruned", "setting": "unpruned", "settings": {"pruning_method": None},
              "calibration_top1": top1_of({"pruning_method": None}), "predicted_speedup": 1.0,
