@@ -11,9 +11,11 @@ The real DeiT-Tiny (`../shared/models/deit-tiny-patch16-224`, 1000-way head) on 
    report on the val split; both runs share one log (`tune_log.jsonl`: the calibration top-1s are batch-independent).
 2. The paper's fixed schedule (variance with fusion at layers 3, 6, 9, one keep rate) and ToMe (one `r` in every
    layer): a ladder of settings timed against the unpruned model in interleaved rounds (every other rung, then the one
-   before the first that reaches); the weakest setting of each whose measured speed-up reaches the target is taken.
-3. One final interleaved timing of the unpruned model, the tuner's choice of every method and the two fixed settings;
-   their val top-1 (with the binomial standard error) and drop; the table.
+   before the first that reaches); the weakest setting of each whose measured speed-up reaches the target is picked
+   (cached in `batch<B>/ladder_picks.json`).
+3. One final interleaved timing of the unpruned model, the tuner's choice of every method and each ladder's pick with
+   the rungs either side; their val top-1 (with the binomial standard error) and drop; the table, and each fixed
+   family's top-1 interpolated at each tuned schedule's measured speed-up (equal measured speed-up).
 """
 
 from __future__ import annotations
@@ -35,27 +37,34 @@ FIXED_LADDER = [round(0.95 - 0.05 * i, 2) for i in range(14)]  # keep 0.95 ... 0
 TOME_LADDER = list(range(2, 25, 2))
 
 
-def weakest_reaching(model, ladder: list[tuple[str, dict]], batch_size: int, target: float, rounds: int) -> tuple:
-    """`(name, settings, speed-up)` of the first setting of `ladder` (weakest first) whose measured speed-up reaches
-    `target`: every other rung is timed in one interleaved run against the unpruned model, then the rung skipped just
-    before the first coarse one that reaches (a second run), so a ladder of n rungs costs about n / 2 + 1 timings."""
+def weakest_reaching(model, ladder: list[tuple[str, dict]], batch_size: int, target: float, rounds: int) -> int:
+    """Index in `ladder` (weakest first) of the first setting whose measured speed-up reaches `target` (the fastest
+    timed where none does): every other rung is timed in one interleaved run against the unpruned model, then the
+    rung skipped just before the first coarse one that reaches (a second run): about n / 2 + 1 timings for n rungs."""
     from hf_vitprune.measure import time_pruning_settings
 
-    def timed(rungs):
+    def timed(indices):
+        rungs = [ladder[i] for i in indices]
         timings, _ = time_pruning_settings(model, [("unpruned", {"pruning_method": None}), *rungs],
                                            batch_size=batch_size, rounds=rounds, runs=3 if batch_size > 1 else 7,
                                            latency_runs=0)  # fmt: skip
-        return {name: timing.speedup for (name, _), timing in zip(rungs, timings[1:])}
+        return {i: timing.speedup for i, timing in zip(indices, timings[1:])}
 
-    coarse = ladder[1::2]
-    speeds = timed(coarse)
-    first = next((i for i, (name, _) in enumerate(ladder) if name in speeds and speeds[name] >= target), None)
+    speeds = timed(list(range(1, len(ladder), 2)))
+    first = next((i for i in sorted(speeds) if speeds[i] >= target), None)
     if first is None:
-        name = max(speeds, key=speeds.get)
-        return name, dict(ladder)[name], speeds[name]
-    speeds.update(timed([ladder[first - 1]]))
-    name = ladder[first - 1][0] if speeds[ladder[first - 1][0]] >= target else ladder[first][0]
-    return name, dict(ladder)[name], speeds[name]
+        return max(speeds, key=speeds.get)
+    speeds.update(timed([first - 1]))
+    return first - 1 if speeds[first - 1] >= target else first
+
+
+def interpolate(points: list[tuple[float, float]], at: float) -> float | None:
+    """Top-1 at speed-up `at`, linear between the two `(speed-up, top-1)` points around it; None outside them."""
+    points = sorted(points)
+    for (s0, a0), (s1, a1) in zip(points, points[1:]):
+        if s0 <= at <= s1:
+            return a0 if s1 == s0 else a0 + (a1 - a0) * (at - s0) / (s1 - s0)
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -111,17 +120,24 @@ def main(argv: list[str] | None = None) -> None:
         fixed = [(f"variance@{k} layers 3,6,9", {"pruning_method": "variance", "keep_rate": k,
                                                   "prune_layers": [3, 6, 9]}) for k in FIXED_LADDER]  # fmt: skip
         tome = [(f"tome r={r}", {"pruning_method": "tome", "tome_r": r}) for r in TOME_LADDER]
-        fixed_name, fixed_settings, _ = weakest_reaching(model, fixed, batch_size, target, args.rounds)
-        tome_name, tome_settings, _ = weakest_reaching(model, tome, batch_size, target, args.rounds)
+        picks_file = out / "ladder_picks.json"  # resumable: the ladders are timed once per batch size
+        picks = json.loads(picks_file.read_text()) if picks_file.exists() else {}
+        families = {"paper's fixed": fixed, "ToMe": tome}
+        for family, ladder in families.items():
+            if family not in picks:
+                picks[family] = weakest_reaching(model, ladder, batch_size, target, args.rounds)
+                picks_file.write_text(json.dumps(picks))
         compared = [("unpruned", {"pruning_method": None})]
         compared += [(f"tuned {row['method']}: {row['setting']}", row["settings"]) for row in result["rows"][1:]]
-        compared += [(f"paper's fixed: {fixed_name}", fixed_settings), (f"ToMe: {tome_name}", tome_settings)]
+        for family, ladder in families.items():  # the rung picked and its neighbours, to interpolate between
+            compared += [(f"{family}: {name}", settings) for name, settings in ladder[max(picks[family] - 1, 0) :
+                                                                                       picks[family] + 2]]  # fmt: skip
         timings, protocol = time_pruning_settings(model, compared, batch_size=batch_size, rounds=args.rounds,
                                                   runs=3 if batch_size > 1 else 7, latency_runs=0)  # fmt: skip
         lines = [f"### Batch {batch_size}, target {target}× measured speed-up", "",
                  "| schedule | measured speed-up (min–max) | val top-1 (± s.e.) | drop |",
                  "|---|---|---|---|"]  # fmt: skip
-        base = None
+        base, accuracies = None, {}
         for (name, settings), timing in zip(compared, timings):
             key = json.dumps(settings, sort_keys=True)
             if key not in report_cache:
@@ -131,12 +147,22 @@ def main(argv: list[str] | None = None) -> None:
                                               report_samples=args.report_samples)  # fmt: skip
                     report = load_split(tune_args, "val", args.report_samples, model)
                 report_cache[key] = top1(model, report[0], report[1], settings, 64, torch.device("cpu"), "fp32")
-            accuracy = report_cache[key]
+            accuracy = accuracies[name] = report_cache[key]
             base = accuracy if base is None else base
             images = result["protocol"]["report_images"]
             error = 100 * math.sqrt(accuracy / 100 * (1 - accuracy / 100) / images)
             lines.append(f"| {name} | {timing.speedup:.2f}× ({timing.speedup_min:.2f}–{timing.speedup_max:.2f}) | "
                          f"{accuracy:.2f} ± {error:.2f} | {accuracy - base:+.2f} |")  # fmt: skip
+        measured = {name: (timing.speedup, accuracies[name]) for (name, _), timing in zip(compared, timings)}
+        lines += ["", "At each tuned schedule's measured speed-up, the fixed schedules' val top-1, interpolated "
+                  "between their two timed rungs around it (— where it lies outside them):", ""]  # fmt: skip
+        for name, (speedup, accuracy) in measured.items():
+            if name.startswith("tuned "):
+                at = []
+                for family in families:
+                    value = interpolate([v for n, v in measured.items() if n.startswith(family + ":")], speedup)
+                    at.append(f"{family} {'—' if value is None else f'{value:.2f} ({value - base:+.2f})'}")
+                lines.append(f"- {name} ({speedup:.2f}×, {accuracy:.2f}, {accuracy - base:+.2f}): {'; '.join(at)}")
         chosen = json.dumps(result["chosen"])
         lines += ["", f"Timing: {protocol}. Tuner: `{result['protocol']['command']}` (calibration "
                   f"{result['protocol']['calibration']}, {result['protocol']['calibration_images']} images; report "
