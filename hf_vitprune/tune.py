@@ -3,6 +3,8 @@
 For each method asked (`--methods`), a greedy coordinate search lowers one coordinate of the schedule at a time (the
 keep rate of one pruning layer; for ToMe the `r`, for PiToMe the keep rate, of one group of layers), always taking the
 step that costs the least calibration top-1 per millisecond it saves, until the predicted speed-up reaches the target.
+Beside it, the method's fixed-schedule family is walked too (one keep rate at the paper's layers; one `r` in every
+layer): the choice is the better of the two.
 The milliseconds come from a latency model measured once on the device, dtype and batch size asked (one layer timed at
 several token counts, the whole model, each method's own reduction work; interleaved rounds); the top-1 from a
 calibration split held apart from the split the result is reported on, cached in `tune_log.jsonl` (an interrupted
@@ -383,6 +385,34 @@ def search_space(method: str, num_layers: int, search_layers: list[int] | None =
     return SearchSpace(method, [grid] * len(layers), build, [f"keep layer {i}" for i in layers])
 
 
+def uniform_space(method: str, num_layers: int, keep_step: float = 0.1) -> SearchSpace:
+    """The fixed-schedule family of `method` as a one-coordinate space: the paper's schedule (one keep rate at
+    [`default_prune_layers`], from 1 down by `keep_step / 2`), ToMe's (one `r` in every layer, 0 up by 2 to 32), one
+    PiToMe keep rate in every layer (1 down by 0.025 to its `min_keep_rate`). The tuner walks it beside the
+    per-layer search, so its choice is never a schedule the fixed family beats on calibration top-1 at the target."""
+    reducer = REDUCERS[method]
+    if "tome_r" in reducer.settings_used:
+        return SearchSpace(method, [list(range(0, 33, 2))],
+                           lambda v: {"pruning_method": method, "tome_r": v[0]} if v[0] else {"pruning_method": None},
+                           ["r every layer"])  # fmt: skip
+    if reducer.keep_rate_per_layer:
+        steps = round((1 - reducer.min_keep_rate) / 0.025)
+        grid = [round(1 - 0.025 * i, 3) for i in range(steps + 1)]
+        return SearchSpace(method, [grid],
+                           lambda v: {"pruning_method": method, "keep_rate": v[0]} if v[0] < 1 else
+                           {"pruning_method": None}, ["keep every layer"])  # fmt: skip
+    step = keep_step / 2
+    grid = [round(1 - step * i, 4) for i in range(int(round(1 / step))) if 1 - step * i > 1e-9]
+    layers = default_prune_layers(num_layers)
+
+    def build(values):
+        if values[0] >= 1:
+            return {"pruning_method": None}
+        return {"pruning_method": method, "keep_rate": values[0], "prune_layers": list(layers)}
+
+    return SearchSpace(method, [grid], build, [f"keep at layers {','.join(map(str, layers))}"])
+
+
 def _default_search_layers(num_layers: int) -> list[int]:
     return sorted(set(default_prune_layers(num_layers)) | {max(1, round(num_layers / 6))})
 
@@ -680,44 +710,50 @@ def run_tune(args: TuneArguments, command: str | None = None, latency_model: Lat
         return log.top1[key]
 
     num_layers = model.config.num_hidden_layers
-    spaces = {
-        m: search_space(m, num_layers, args.search_layers, args.keep_step, args.merge_groups) for m in args.methods
-    }
-    targets = dict.fromkeys(args.methods, target_ms)  # each method's predicted target, corrected after each timing
+    spaces = {}  # per method: its per-layer search, and its fixed-schedule family (one coordinate)
+    for m in args.methods:
+        spaces[m] = search_space(m, num_layers, args.search_layers, args.keep_step, args.merge_groups)
+        spaces[f"{m} (fixed)"] = uniform_space(m, num_layers, args.keep_step)
+    targets = dict.fromkeys(spaces, target_ms)  # each path's predicted target, corrected after each timing
     speeds, evaluated, chosen = {}, [], {}
     protocol, check, corrections = None, None, 0
-    while len(chosen) < len(args.methods):
+    while len(chosen) < len(spaces):
         paths = {}
         with tqdm(desc="tune: calibration top-1 of each schedule", unit="schedule") as bar:
-            for method in args.methods:  # cached top-1s: a repeated search costs only its new points
-                if method not in chosen:
-                    paths[method], points = greedy_search(
-                        spaces[method], predict, top1_of, targets[method], unpruned_ms, progress=bar
-                    )
+            for name, space in spaces.items():  # cached top-1s: a repeated search costs only its new points
+                if name not in chosen:
+                    paths[name], points = greedy_search(space, predict, top1_of, targets[name], unpruned_ms,
+                                                        progress=bar)  # fmt: skip
                     evaluated += points
         # The greedy path does not depend on the target (only where it stops), so each round walks the same path.
-        candidates, optimistic = [], []
-        for method, path in paths.items():
-            step = _next_step(path, speeds, targets[method], lambda t: _reached(t, args, unpruned_ms))
+        candidates, optimistic = {}, []
+        for name, path in paths.items():
+            step = _next_step(path, speeds, targets[name], lambda t: _reached(t, args, unpruned_ms))
             if isinstance(step, Point):
-                chosen[method] = (step, speeds[setting_key(step.settings)])
+                chosen[name] = (step, speeds[setting_key(step.settings)])
             elif step:
-                candidates += step
+                candidates.update((setting_key(p.settings), p) for p in step)
             else:
-                optimistic.append(method)
+                optimistic.append(name)
         if candidates:
-            timed, protocol, check = verify(model, candidates, args, device)
+            timed, protocol, check = verify(model, list(candidates.values()), args, device)
             speeds.update(timed)
         elif optimistic and corrections < args.refinements:
             # Nothing near the crossing reached the target when timed: the latency model was optimistic here. Ask the
             # search for more, by the median measured / predicted ratio of the points timed on the path.
             corrections += 1
-            for method in optimistic:
+            for name in optimistic:
                 ratios = [speeds[k].speedup / p.predicted_speedup
-                          for p in paths[method] if (k := setting_key(p.settings)) in speeds]  # fmt: skip
-                targets[method] *= min(1.0, sorted(ratios)[len(ratios) // 2]) * 0.98
+                          for p in paths[name] if (k := setting_key(p.settings)) in speeds]  # fmt: skip
+                targets[name] *= min(1.0, sorted(ratios)[len(ratios) // 2]) * 0.98
         else:
             break
+    # each method's choice: the better of its per-layer search and its fixed family (a tie: the faster)
+    chosen = {
+        method: max((chosen[n] for n in (method, f"{method} (fixed)") if n in chosen),
+                    key=lambda c: (c[0].top1, c[1].speedup))
+        for method in args.methods if method in chosen or f"{method} (fixed)" in chosen
+    }  # fmt: skip
     if not chosen:
         measured = ", ".join(f"{k}: {t.speedup:.2f}x" for k, t in speeds.items())
         raise TuneError(

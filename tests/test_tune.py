@@ -11,6 +11,7 @@ from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification
 from hf_vitprune import tune as tune_module
 from hf_vitprune.cli import main as cli_main
 from hf_vitprune.measure import InterleavedTiming, TimingCheck
+from hf_vitprune.token_reduction import default_prune_layers
 from hf_vitprune.tune import LatencyModel, SearchSpace, TuneArguments, greedy_search, run_tune, search_space
 
 # a 4-layer model, 1 prefix token + 16 patches; one layer costs 1 ms per token, the rest of the model 3 ms
@@ -227,17 +228,32 @@ def test_a_pessimistic_latency_model_times_earlier_points(tmp_path, monkeypatch)
                       latency_model=LATENCY)  # fmt: skip
     row = result["rows"][1]
     assert row["measured_speedup"] >= 1.4 and row["predicted_speedup"] < 1.4  # chosen before the predicted crossing
-    # on the search's own path, the point before the choice was timed and fell short of the target
+    # on the search's own path (per-layer or the fixed family), the point before the choice was timed and fell short
     tiny = PrunedViTForImageClassification.from_pretrained(model)
-    space = search_space("variance", tiny.config.num_hidden_layers)
-    path, _ = greedy_search(
-        space,
-        lambda s: predicted_ms(tiny, s),
-        lambda s: predicted_ms(tiny, s),
-        target_ms=0.0,
-        unpruned_ms=LATENCY.unpruned_ms(),
-        overshoot=0,
-    )
-    keys = [tune_module.setting_key(p.settings) for p in path]
-    at = keys.index(tune_module.setting_key(row["settings"]))
-    assert at > 1 and measured[keys[at - 1]] < 1.4, [measured.get(k) for k in keys]
+    layers = tiny.config.num_hidden_layers
+    for space in (search_space("variance", layers), tune_module.uniform_space("variance", layers)):
+        path, _ = greedy_search(space, lambda s: predicted_ms(tiny, s), lambda s: predicted_ms(tiny, s), target_ms=0.0,
+                                unpruned_ms=LATENCY.unpruned_ms(), overshoot=0)  # fmt: skip
+        keys = [tune_module.setting_key(p.settings) for p in path]
+        if tune_module.setting_key(row["settings"]) in keys:
+            at = keys.index(tune_module.setting_key(row["settings"]))
+            assert at > 1 and measured[keys[at - 1]] < 1.4, [measured.get(k) for k in keys]
+            break
+    else:
+        raise AssertionError(f"the choice {row['settings']} is on neither path")
+
+
+def test_the_fixed_family_is_searched_beside_the_per_layer_schedules(tmp_path, fake_timing, monkeypatch):
+    """Where the paper's fixed schedule (one keep rate at its layers) has the better calibration top-1, the tuner
+    chooses it: a per-layer search never returns a schedule the fixed family beats at the target."""
+    model, data = _setup(tmp_path)
+
+    def known_top1(model_, _pixels, _labels, settings, *_):  # per-layer keep rates lose 10 points
+        ms = LATENCY.predict(tune_module.token_counts(model_, settings), settings.get("pruning_method"))
+        return ms - (10 if isinstance(settings.get("keep_rate"), list) else 0)
+
+    monkeypatch.setattr(tune_module, "top1", known_top1)
+    result = run_tune(_args(model, data, tmp_path / "tune", methods=["variance"]), latency_model=LATENCY)
+    chosen = result["chosen"]
+    assert chosen["pruning_method"] == "variance" and isinstance(chosen["keep_rate"], float)
+    assert chosen["prune_layers"] == list(default_prune_layers(4)) and result["rows"][1]["measured_speedup"] >= 1.3
