@@ -360,8 +360,7 @@ def search_space(method: str, num_layers: int, search_layers: list[int] | None =
 
         return SearchSpace(method, [grid] * len(groups), build, [f"r layers {g[0]}-{g[-1]}" for g in groups])
     if reducer.keep_rate_per_layer:
-        steps = round((1 - reducer.min_keep_rate) / 0.025)
-        grid = [round(1 - 0.025 * i, 3) for i in range(steps + 1)]
+        grid = _keep_rate_grid(reducer)
 
         def build(values):
             rates = [values[g] for g, group in enumerate(groups) for _ in group]
@@ -389,15 +388,21 @@ def uniform_space(method: str, num_layers: int, keep_step: float = 0.1) -> Searc
     """The fixed-schedule family of `method` as a one-coordinate space: the paper's schedule (one keep rate at
     [`default_prune_layers`], from 1 down by `keep_step / 2`), ToMe's (one `r` in every layer, 0 up by 2 to 32), one
     PiToMe keep rate in every layer (1 down by 0.025 to its `min_keep_rate`). The tuner walks it beside the
-    per-layer search, so its choice is never a schedule the fixed family beats on calibration top-1 at the target."""
+    per-layer search, so its choice is never a schedule the fixed family beats on calibration top-1 at the target.
+
+    Returns:
+        [`SearchSpace`] with one coordinate; its first value is no reduction (`{"pruning_method": None}`).
+
+    Source: the fixed schedules of the paper (Igaue & Aizawa 2025, layers 4, 7, 10) and ToMe (Bolya et al. 2023,
+    constant `r`); searched beside the per-layer path by our design (issue 30).
+    """
     reducer = REDUCERS[method]
     if "tome_r" in reducer.settings_used:
         return SearchSpace(method, [list(range(0, 33, 2))],
                            lambda v: {"pruning_method": method, "tome_r": v[0]} if v[0] else {"pruning_method": None},
                            ["r every layer"])  # fmt: skip
     if reducer.keep_rate_per_layer:
-        steps = round((1 - reducer.min_keep_rate) / 0.025)
-        grid = [round(1 - 0.025 * i, 3) for i in range(steps + 1)]
+        grid = _keep_rate_grid(reducer)
         return SearchSpace(method, [grid],
                            lambda v: {"pruning_method": method, "keep_rate": v[0]} if v[0] < 1 else
                            {"pruning_method": None}, ["keep every layer"])  # fmt: skip
@@ -411,6 +416,12 @@ def uniform_space(method: str, num_layers: int, keep_step: float = 0.1) -> Searc
         return {"pruning_method": method, "keep_rate": values[0], "prune_layers": list(layers)}
 
     return SearchSpace(method, [grid], build, [f"keep at layers {','.join(map(str, layers))}"])
+
+
+def _keep_rate_grid(reducer) -> list[float]:
+    """Keep rates of a method with one per layer (PiToMe): 1 down by 0.025 to its `min_keep_rate`."""
+    steps = round((1 - reducer.min_keep_rate) / 0.025)
+    return [round(1 - 0.025 * i, 3) for i in range(steps + 1)]
 
 
 def _default_search_layers(num_layers: int) -> list[int]:
