@@ -257,3 +257,49 @@ def test_the_fixed_family_is_searched_beside_the_per_layer_schedules(tmp_path, f
     chosen = result["chosen"]
     assert chosen["pruning_method"] == "variance" and isinstance(chosen["keep_rate"], float)
     assert chosen["prune_layers"] == list(default_prune_layers(4)) and result["rows"][1]["measured_speedup"] >= 1.3
+
+
+def test_the_latency_model_times_a_reduction_without_switching_the_setting(monkeypatch):
+    """A reducing step's timed pass is the layer's own work (its TokenReduction and the reduced layer): the setting is
+    switched once per method, outside the timing, as a forward pass never switches it. Under a fake clock the
+    method's work is its step's time less the layer at its tokens (attention on those entering, MLP on those left)."""
+    torch.manual_seed(0)
+    model = PrunedViTForImageClassification(PrunedViTConfig(**tiny_config_kwargs(pruning_method=None))).eval()
+    switches, timed_switches, reduced = [], [], []
+    pruning = model.pruning
+
+    def counting_pruning(**settings):
+        switches.append(settings)
+        return pruning(**settings)
+
+    monkeypatch.setattr(model, "pruning", counting_pruning)
+    layer = model.base_model.layers[0]
+    layer_forward = layer.forward
+
+    def watched(hidden_states, *args, **kwargs):
+        out = layer_forward(hidden_states, *args, **kwargs)
+        if kwargs.get("token_reduction") is not None:
+            reduced.append((hidden_states.shape[1], out.shape[1]))
+        return out
+
+    monkeypatch.setattr(layer, "forward", watched)
+    ms = {"model": 20.0, "layer@2": 1.0, "layer@3": 1.5, "layer@5": 2.0, "layer@9": 3.0, "layer@13": 4.0,
+          "layer@17": 5.0, "reduce:variance": 5.5, "reduce:tome": 6.0}  # fmt: skip
+
+    def fake_time_interleaved(steps, images_per_run, **kwargs):
+        for step in steps:
+            before = len(switches)
+            step.run()
+            timed_switches.append(len(switches) - before)
+        return [InterleavedTiming(s.name, 1e3 / ms[s.name], 0, 0, 1.0, 1.0, 1.0) for s in steps]
+
+    monkeypatch.setattr(tune_module, "time_interleaved", fake_time_interleaved)
+    latency = tune_module.measure_latency_model(model, ["variance", "tome"], batch_size=2, dtype="fp32",
+                                                device="cpu", rounds=1)  # fmt: skip
+    assert timed_switches == [0] * len(ms)  # no timed pass switched the setting
+    # variance keeps ceil(0.7 * 16) = 12 patches + the fused token + the class token; ToMe merges r = 8 (half of 16)
+    assert reduced == [(17, 1 + 12 + 1), (17, 1 + 16 - 8)]
+    assert latency.tokens == [2, 3, 5, 9, 13, 17] and latency.fixed_ms == pytest.approx(20.0 - 4 * 5.0)
+    share = latency.attention_share(17)
+    assert latency.overhead_ms["variance"] == pytest.approx(5.5 - (share * 5.0 + (1 - share) * 4.25))
+    assert latency.overhead_ms["tome"] == pytest.approx(6.0 - (share * 5.0 + (1 - share) * 3.0))
