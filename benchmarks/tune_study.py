@@ -1,6 +1,6 @@
 """The tuned schedule against the paper's fixed schedule and ToMe, at equal measured speed-up, at batch 1 and 64.
 
-Run: `python benchmarks/tune_study.py runs/tune_study [--calibration 1000] [--report_samples N] [--rounds 5]
+Run: `python benchmarks/tune_study.py runs/tune_study [--calibration 1000] [--report_samples N] [--rounds 5 [30]]
 [--methods variance evit tome pitome] [--batch_sizes 1 64] [--output FILE]`
 
 The real DeiT-Tiny (`../shared/models/deit-tiny-patch16-224`, 1000-way head) on Imagenette
@@ -9,10 +9,10 @@ The real DeiT-Tiny (`../shared/models/deit-tiny-patch16-224`, 1000-way head) on 
 
 1. `hf-vitprune tune` (in process, `hf_vitprune.tune.run_tune`): calibration on `--calibration` seeded train images,
    report on the val split; both runs share one log (`tune_log.jsonl`: the calibration top-1s are batch-independent).
-2. The paper's fixed schedule (variance with fusion at layers 3, 6, 9, one keep rate) and ToMe (one `r` in every
-   layer): a ladder of settings timed against the unpruned model in interleaved rounds (every other rung, then the one
-   before the first that reaches); the weakest setting of each whose measured speed-up reaches the target is picked
-   (cached in `batch<B>/ladder_picks.json`).
+2. The paper's fixed schedule (variance with fusion at layers 3, 6, 9, one keep rate), the same with EViT's
+   criterion where `evit` is among `--methods`, and ToMe (one `r` in every layer): a ladder of settings timed against
+   the unpruned model in interleaved rounds (every other rung, then the one before the first that reaches); the weakest
+   setting of each whose measured speed-up reaches the target is picked (cached in `batch<B>/ladder_picks.json`).
 3. One final interleaved timing of the unpruned model, the tuner's choice of every method and each ladder's pick with
    the rungs either side; their val top-1 (with the binomial standard error) and drop; the table, and each fixed
    family's top-1 interpolated at each tuned schedule's measured speed-up (equal measured speed-up).
@@ -35,6 +35,12 @@ DATA = SHARED / "data" / "imagenette"
 TARGETS = ((1, 1.3), (64, 1.5))
 FIXED_LADDER = [round(0.95 - 0.05 * i, 2) for i in range(14)]  # keep 0.95 ... 0.30
 TOME_LADDER = list(range(2, 25, 2))
+
+
+def fixed_ladder(method: str) -> list[tuple[str, dict]]:
+    """The paper's fixed schedule with `method`'s criterion: layers 3, 6, 9 at one keep rate, weakest first."""
+    return [(f"{method}@{k} layers 3,6,9", {"pruning_method": method, "keep_rate": k, "prune_layers": [3, 6, 9]})
+            for k in FIXED_LADDER]  # fmt: skip
 
 
 def weakest_reaching(model, ladder: list[tuple[str, dict]], batch_size: int, target: float, rounds: int) -> int:
@@ -72,7 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("output_dir", type=Path)
     parser.add_argument("--calibration", type=int, default=1000)
     parser.add_argument("--report_samples", type=int, default=None)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, nargs="+", default=[5],
+                        help="Interleaved rounds: one value, or one per --batch_sizes entry, in its order (batch-1 "
+                        "rounds are cheap, and more of them narrow the median).")  # fmt: skip
     parser.add_argument("--methods", nargs="+", default=["variance", "evit", "tome", "pitome"])
     parser.add_argument(
         "--batch_sizes",
@@ -83,6 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
+    if len(args.rounds) not in (1, len(args.batch_sizes)):
+        parser.error(f"--rounds takes one value or one per batch size ({len(args.batch_sizes)}), got {args.rounds}.")
     if not (MODEL / "model.safetensors").exists() or not DATA.is_dir():
         sys.exit(f"DeiT-Tiny or the Imagenette images are absent under {SHARED}: this benchmark needs ../shared.")
 
@@ -100,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         if batch_size not in args.batch_sizes:
             continue
         out = args.output_dir / f"batch{batch_size}"
+        rounds = args.rounds[args.batch_sizes.index(batch_size)] if len(args.rounds) > 1 else args.rounds[0]
         result_file = out / "results.json"
         if result_file.exists():  # resumable: a finished tune is read back
             result = json.loads(result_file.read_text())
@@ -108,31 +119,31 @@ def main(argv: list[str] | None = None) -> None:
                 model_name_or_path=str(MODEL), dataset_name=str(DATA), calibration_split="train",
                 calibration_samples=args.calibration, report_split="val", report_samples=args.report_samples,
                 class_list="imagenet1k", methods=args.methods, target_speedup=target, batch_size=batch_size,
-                device="cpu", rounds=args.rounds, output_dir=str(out), tune_log=str(log),
+                device="cpu", rounds=rounds, output_dir=str(out), tune_log=str(log),
             )  # fmt: skip
             command = (f"hf-vitprune tune --model_name_or_path {MODEL} --dataset_name {DATA} --calibration_split "
                        f"train --calibration_samples {args.calibration} --report_split val --class_list imagenet1k "
                        f"--methods {' '.join(args.methods)} --target_speedup {target} --batch_size {batch_size} "
-                       f"--device cpu --rounds {args.rounds} --tune_log {log}")  # fmt: skip
+                       f"--device cpu --rounds {rounds} --tune_log {log}")  # fmt: skip
             result = run_tune(tune_args, command=command)
         for row in result["rows"]:
             report_cache[json.dumps(row["settings"], sort_keys=True)] = row["report_top1"]
-        fixed = [(f"variance@{k} layers 3,6,9", {"pruning_method": "variance", "keep_rate": k,
-                                                  "prune_layers": [3, 6, 9]}) for k in FIXED_LADDER]  # fmt: skip
-        tome = [(f"tome r={r}", {"pruning_method": "tome", "tome_r": r}) for r in TOME_LADDER]
+        families = {"paper's fixed": fixed_ladder("variance")}
+        if "evit" in args.methods:  # the baseline criterion at the paper's schedule: a fixed schedule too
+            families["EViT fixed"] = fixed_ladder("evit")
+        families["ToMe"] = [(f"tome r={r}", {"pruning_method": "tome", "tome_r": r}) for r in TOME_LADDER]
         picks_file = out / "ladder_picks.json"  # resumable: the ladders are timed once per batch size
         picks = json.loads(picks_file.read_text()) if picks_file.exists() else {}
-        families = {"paper's fixed": fixed, "ToMe": tome}
         for family, ladder in families.items():
             if family not in picks:
-                picks[family] = weakest_reaching(model, ladder, batch_size, target, args.rounds)
+                picks[family] = weakest_reaching(model, ladder, batch_size, target, rounds)
                 picks_file.write_text(json.dumps(picks))
         compared = [("unpruned", {"pruning_method": None})]
         compared += [(f"tuned {row['method']}: {row['setting']}", row["settings"]) for row in result["rows"][1:]]
         for family, ladder in families.items():  # the rung picked and its neighbours, to interpolate between
             compared += [(f"{family}: {name}", settings) for name, settings in ladder[max(picks[family] - 1, 0) :
                                                                                        picks[family] + 2]]  # fmt: skip
-        timings, protocol = time_pruning_settings(model, compared, batch_size=batch_size, rounds=args.rounds,
+        timings, protocol = time_pruning_settings(model, compared, batch_size=batch_size, rounds=rounds,
                                                   runs=3 if batch_size > 1 else 7, latency_runs=0)  # fmt: skip
         lines = [f"### Batch {batch_size}, target {target}× measured speed-up", "",
                  "| schedule | measured speed-up (min–max) | val top-1 (± s.e.) | drop |",
@@ -180,7 +191,8 @@ def main(argv: list[str] | None = None) -> None:
 def _text(args, sections: list[str], device_name) -> str:
     return (f"Tuned against fixed schedules at equal measured speed-up: DeiT-Tiny, Imagenette, "
             f"{device_name(torch.device('cpu'))}, fp32 (`python benchmarks/tune_study.py {args.output_dir} "
-            f"--calibration {args.calibration} --rounds {args.rounds} --methods {' '.join(args.methods)}`).\n\n"
+            f"--calibration {args.calibration} --rounds {' '.join(map(str, args.rounds))} "
+            f"--methods {' '.join(args.methods)} --batch_sizes {' '.join(map(str, args.batch_sizes))}`).\n\n"
             + "\n".join(sections))  # fmt: skip
 
 
