@@ -1,14 +1,13 @@
 """PiToMe (Tran et al., NeurIPS 2024): hand-computed energies and merges, the official code on random tensors, the
 reducer's per-layer schedule and its bad input."""
 
-import importlib.util
 import math
 import os
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, tiny_config_kwargs
+from conftest import REPO, load_benchmark, tiny_config_kwargs
 
 from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification
 from hf_vitprune.token_ops import pitome_energy, pitome_merge, pitome_merge_count
@@ -117,10 +116,7 @@ def _official():
             f"the official PiToMe merge.py is not at {REFERENCE}: clone https://github.com/hchautran/PiToMe and set "
             "PITOME_REFERENCE to its algo/pitome/merge.py (it is CC BY-NC 4.0, so this repository does not ship it)"
         )
-    spec = importlib.util.spec_from_file_location("pitome_official_merge", REFERENCE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("pitome_reference").load_reference(REFERENCE)  # the loader benchmarks/ compares with
 
 
 @pytest.mark.parametrize("bipartite", [True, False])
