@@ -740,13 +740,46 @@ class BSPFPruner(AttentionPruner):
         return amount, 0
 
 
-class ToMeMerger(TokenReducer):
+class TokenMerger(TokenReducer):
+    """A method that merges tokens into others (size-weighted averages) rather than dropping them: `reduce` merges
+    `amount` candidates with [`TokenMerger.merge`] and carries the token sizes, the patch ids and the key mask on;
+    `proportional_attention` says whether later layers add `log(size)` to their attention logits. Statistic:
+    [`KEYS`]."""
+
+    statistic = KEYS
+    proportional_attention: ClassVar[bool] = True
+
+    def merge(self, hidden_states, sizes, statistic, amount, state, layer_idx):
+        """The merge of one layer (a `token_ops.merge_tokens`-like result: `hidden_states`, `token_sizes`,
+        `patch_ids`, `key_mask`, `destination`); `sizes` `(batch, tokens)` float32, all ones before any merge."""
+        raise NotImplementedError
+
+    def reduce(self, hidden_states, statistic, state, amount, layer_idx):
+        sizes = state.token_sizes
+        if sizes is None:
+            sizes = hidden_states.new_ones(hidden_states.shape[:2], dtype=torch.float32)
+        merged = self.merge(hidden_states, sizes, statistic, amount, state, layer_idx)
+        kept = (*state.kept_patch_indices, merged.patch_ids)
+        return merged.hidden_states, ReductionState(
+            merged.patch_ids,
+            merged.token_sizes,
+            kept,
+            merged.key_mask,
+            grid=state.grid,
+            destination=merged.destination,
+            proportional_attention=self.proportional_attention,
+        )
+
+    def _schedule_step(self, amount, num_candidates):
+        return num_candidates - amount, 0
+
+
+class ToMeMerger(TokenMerger):
     """ToMe: every layer merges `tome_r` tokens into their most similar ones (bipartite soft matching on the keys,
     size-weighted averages, proportional attention). Bolya et al., "Token Merging: Your ViT but Faster", ICLR 2023.
     `keep_rate`, `prune_layers`, `fuse_pruned` and `fusion_temperature` are not used. Statistic: [`KEYS`]."""
 
     name = "tome"
-    statistic = KEYS
     settings_used = ("tome_r", "restore_patch_grid")
 
     def amount(self, layer_idx, num_candidates):
@@ -755,23 +788,13 @@ class ToMeMerger(TokenReducer):
         merges = min(r, tome_merge_limit(num_candidates, self.num_prefix_tokens))
         return merges if merges > 0 else None
 
-    def reduce(self, hidden_states, statistic, state, amount, layer_idx):
-        sizes = state.token_sizes
-        if sizes is None:
-            sizes = hidden_states.new_ones(hidden_states.shape[:2], dtype=torch.float32)
-        merged = merge_tokens(
+    def merge(self, hidden_states, sizes, statistic, amount, state, layer_idx):
+        return merge_tokens(
             hidden_states, sizes, statistic, amount, self.num_prefix_tokens, state.patch_ids, state.key_mask
         )
-        kept = (*state.kept_patch_indices, merged.patch_ids)
-        return merged.hidden_states, ReductionState(
-            merged.patch_ids, merged.token_sizes, kept, merged.key_mask, grid=state.grid, destination=merged.destination
-        )
-
-    def _schedule_step(self, amount, num_candidates):
-        return num_candidates - amount, 0
 
 
-class PiToMeMerger(TokenReducer):
+class PiToMeMerger(TokenMerger):
     """PiToMe: every layer merges `floor(T - T * keep_rate)` of its `T` tokens, protecting the informative ones by
     an energy score (Tran et al., "Accelerating Transformers with Spectrum-Preserving Token Merging", NeurIPS 2024;
     [`~token_ops.pitome_merge`], equal to the official code). As the official DeiT patch: the first
@@ -786,7 +809,7 @@ class PiToMeMerger(TokenReducer):
     """
 
     name = "pitome"
-    statistic = KEYS
+    proportional_attention = False
     settings_used = ("keep_rate", "pitome_margin", "pitome_alpha", "restore_patch_grid")
     keep_rate_per_layer = True
     min_keep_rate = 0.5
@@ -824,11 +847,8 @@ class PiToMeMerger(TokenReducer):
         merges = pitome_merge_count(self.keep_rate(layer_idx), num_candidates)
         return merges if merges > 0 else None
 
-    def reduce(self, hidden_states, statistic, state, amount, layer_idx):
-        sizes = state.token_sizes
-        if sizes is None:
-            sizes = hidden_states.new_ones(hidden_states.shape[:2], dtype=torch.float32)
-        merged = pitome_merge(
+    def merge(self, hidden_states, sizes, statistic, amount, state, layer_idx):
+        return pitome_merge(
             hidden_states,
             sizes,
             statistic,
@@ -840,19 +860,6 @@ class PiToMeMerger(TokenReducer):
             self.matching(layer_idx),
             state.key_mask,
         )
-        kept = (*state.kept_patch_indices, merged.patch_ids)
-        return merged.hidden_states, ReductionState(
-            merged.patch_ids,
-            merged.token_sizes,
-            kept,
-            merged.key_mask,
-            grid=state.grid,
-            destination=merged.destination,
-            proportional_attention=False,
-        )
-
-    def _schedule_step(self, amount, num_candidates):
-        return num_candidates - amount, 0
 
 
 REDUCERS: dict[str, type[TokenReducer]] = {
