@@ -12,8 +12,9 @@ operations the methods are made of are in [`token_ops`].
   **settings)`, `set_pruning` / `pruning()`, `from_pretrained(..., **settings)` and every command's flags derive from
   it. [`PruningSettings`] adds validation.
 - [`TokenReducer`] and one subclass per method, each naming the settings it reads (`settings_used`); [`REDUCERS`] is
-  the registry by name. A new method is one class plus one line in `REDUCERS`; a new setting is one field of
-  `PruningFields` plus its check in [`PruningSettings.validate`].
+  the registry by name (the merging methods, ToMe and PiToMe, share [`TokenMerger`]). A new method is one class
+  plus one line in `REDUCERS`; a new setting is one field of `PruningFields` plus its check in
+  [`PruningSettings.validate`].
 - [`ReductionState`]: what travels between layers during one forward pass (which patch each token stands for, ToMe's
   token sizes, the kept indices).
 - [`TokenReduction`]: one forward pass of a reducer, handed to every layer.
@@ -744,14 +745,18 @@ class TokenMerger(TokenReducer):
     """A method that merges tokens into others (size-weighted averages) rather than dropping them: `reduce` merges
     `amount` candidates with [`TokenMerger.merge`] and carries the token sizes, the patch ids and the key mask on;
     `proportional_attention` says whether later layers add `log(size)` to their attention logits. Statistic:
-    [`KEYS`]."""
+    [`KEYS`]. Source: ToMe's merge-and-carry (`merge_wavg`, Bolya et al., ICLR 2023), which PiToMe's code reuses."""
 
     statistic = KEYS
     proportional_attention: ClassVar[bool] = True
 
     def merge(self, hidden_states, sizes, statistic, amount, state, layer_idx):
         """The merge of one layer (a `token_ops.merge_tokens`-like result: `hidden_states`, `token_sizes`,
-        `patch_ids`, `key_mask`, `destination`); `sizes` `(batch, tokens)` float32, all ones before any merge."""
+        `patch_ids`, `key_mask`, `destination`); `sizes` `(batch, tokens)` float32, all ones before any merge.
+
+        Raises:
+            NotImplementedError: in this base class (each merging method implements it).
+        """
         raise NotImplementedError
 
     def reduce(self, hidden_states, statistic, state, amount, layer_idx):
