@@ -33,14 +33,17 @@ SHARED = ROOT.parent / "shared"
 MODEL = SHARED / "models" / "deit-tiny-patch16-224"
 DATA = SHARED / "data" / "imagenette"
 TARGETS = ((1, 1.3), (64, 1.5))
-FIXED_LADDER = [round(0.95 - 0.05 * i, 2) for i in range(14)]  # keep 0.95 ... 0.30
-TOME_LADDER = list(range(2, 25, 2))
 
 
-def fixed_ladder(method: str) -> list[tuple[str, dict]]:
-    """The paper's fixed schedule with `method`'s criterion: layers 3, 6, 9 at one keep rate, weakest first."""
-    return [(f"{method}@{k} layers 3,6,9", {"pruning_method": method, "keep_rate": k, "prune_layers": [3, 6, 9]})
-            for k in FIXED_LADDER]  # fmt: skip
+def fixed_ladder(method: str, num_layers: int = 12) -> list[tuple[str, dict]]:
+    """The fixed-schedule family of `method` that the tuner walks beside its per-layer search
+    (`hf_vitprune.tune.uniform_space`), weakest first, without its no-reduction point: the paper's layers 3, 6, 9 at
+    one keep rate (steps of 0.05), or ToMe's one `r` in every layer (steps of 2)."""
+    from hf_vitprune.tune import uniform_space
+
+    space = uniform_space(method, num_layers)
+    return [(f"tome r={value}" if method == "tome" else f"{method}@{value} layers 3,6,9", space.build([value]))
+            for value in space.grids[0][1:]]  # fmt: skip
 
 
 def weakest_reaching(model, ladder: list[tuple[str, dict]], batch_size: int, target: float, rounds: int) -> int:
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         families = {"paper's fixed": fixed_ladder("variance")}
         if "evit" in args.methods:  # the baseline criterion at the paper's schedule: a fixed schedule too
             families["EViT fixed"] = fixed_ladder("evit")
-        families["ToMe"] = [(f"tome r={r}", {"pruning_method": "tome", "tome_r": r}) for r in TOME_LADDER]
+        families["ToMe"] = fixed_ladder("tome")
         picks_file = out / "ladder_picks.json"  # resumable: the ladders are timed once per batch size
         picks = json.loads(picks_file.read_text()) if picks_file.exists() else {}
         for family, ladder in families.items():
