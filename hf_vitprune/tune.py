@@ -41,7 +41,7 @@ from .measure import (
     time_interleaved,
     time_pruning_settings,
 )
-from .token_reduction import REDUCERS, PruningSettings, default_prune_layers
+from .token_reduction import REDUCERS, PruningSettings, default_prune_layers, reducer_from_config
 
 TUNE_OUTPUTS = ("setting.json", "pareto.md", "pareto.png", "results.md", "results.json")
 """The files a finished `hf-vitprune tune` writes into its `--output_dir` (besides `model/` and `tune_log.jsonl`)."""
@@ -233,7 +233,7 @@ def token_counts(model, settings: dict) -> list[tuple[int, int]]:
     patches = model.base_model.embeddings.patch_embeddings.num_patches
     counts = [[prefix + patches, prefix + patches] for _ in range(config.num_hidden_layers)]
     with model.pruning(**settings):
-        reducer = PruningSettings.from_config(config).reducer(prefix, config.num_hidden_layers)
+        reducer = reducer_from_config(config, prefix)
         if reducer is None:
             return [tuple(c) for c in counts]
         for layer_idx, kept, fused in reducer._schedule(patches, config.num_hidden_layers):
@@ -277,7 +277,7 @@ def measure_latency_model(model, methods_: list[str], batch_size: int, dtype: st
 
     def reducing(method: str):
         with model.pruning(**_probe_settings(method, config.num_hidden_layers)):  # once: switching is not the work
-            reducer = PruningSettings.from_config(config).reducer(prefix, config.num_hidden_layers)
+            reducer = reducer_from_config(config, prefix)  # as the model's forward pass builds it
 
         def run():  # a forward pass builds its TokenReduction from the reducer, then the layer reduces
             reduction = TokenReduction(reducer, prefix, num_hidden_layers=config.num_hidden_layers)
