@@ -53,6 +53,13 @@ class ModelArguments(PruningArguments):
             "epochs (0: the target from the start). The saved config always holds the target."
         },
     )
+    pruning_start_epoch: float = field(
+        default=0.0,
+        metadata={
+            "help": "Train unpruned until this epoch, then with the pruning setting (and its --keep_rate_warmup_epochs "
+            "from there). 0: pruning on from the first step. The saved config always holds the setting."
+        },
+    )
     ignore_mismatched_sizes: bool = field(
         default=False,
         metadata={"help": "Start a new classification head when the data set's classes differ from the checkpoint's."},
@@ -176,19 +183,33 @@ class PruningTrainingArguments(TrainingArguments):
 
 
 class KeepRateScheduleCallback(TrainerCallback):
-    """EViT's keep-rate schedule: from 1.0 down to the target along a cosine over the first `warmup_epochs`.
+    """The pruning of training steps: none until `start_epoch`, then the keep rate from 1.0 down to the target along a
+    cosine over `warmup_epochs` (EViT's schedule), then the target.
 
-    Source: Liang et al., EViT (ICLR 2022), which shrinks the keep rate gradually at the start of training. The
-    scheduled value is set for training steps only; evaluation, checkpoints and the final model see the target.
+    Source: Liang et al., EViT (ICLR 2022), which shrinks the keep rate gradually at the start of training; the late
+    start is this project's (docs/training.md). The scheduled setting is set for training steps only; evaluation,
+    checkpoints and the final model see the model's own setting.
+
+    Args:
+        target_keep_rate (`float` or `list[float]`): the model's keep rate.
+        warmup_epochs (`float`): length of the cosine; 0: the target at once.
+        start_epoch (`float`): training steps before this epoch run unpruned (`pruning_method=None`).
+        pruning_method (`str`, *optional*): the model's method, set back after an unpruned step.
     """
 
-    def __init__(self, target_keep_rate, warmup_epochs: float):
+    def __init__(self, target_keep_rate, warmup_epochs: float, start_epoch: float = 0.0, pruning_method=None):
         self.target = target_keep_rate
         self.warmup_epochs = warmup_epochs
+        self.start_epoch = start_epoch
+        self.pruning_method = pruning_method
+        self._changed: dict = {}
 
     def keep_rate_at(self, epoch: float):
-        """The keep rate (or per-layer list) at fractional `epoch`."""
-        progress = min(max(epoch / self.warmup_epochs, 0.0), 1.0) if self.warmup_epochs > 0 else 1.0
+        """The keep rate (or per-layer list) at fractional `epoch`; `None` before `start_epoch` (pruning off)."""
+        epoch = epoch - self.start_epoch
+        if epoch < 0:
+            return None
+        progress = min(epoch / self.warmup_epochs, 1.0) if self.warmup_epochs > 0 else 1.0
         weight = 0.5 * (1 + math.cos(math.pi * progress))  # 1 -> 0
 
         def one(target: float) -> float:
@@ -197,12 +218,20 @@ class KeepRateScheduleCallback(TrainerCallback):
         return [one(t) for t in self.target] if isinstance(self.target, list) else one(self.target)
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
-        if model is not None:
-            model.set_pruning(keep_rate=self.keep_rate_at(state.epoch or 0.0))
+        if model is None:
+            return
+        rate = self.keep_rate_at(state.epoch or 0.0)
+        if rate is None:
+            self._changed = {"pruning_method": self.pruning_method}
+            model.set_pruning(pruning_method=None)
+        elif rate != self.target:
+            self._changed = {"keep_rate": self.target}
+            model.set_pruning(keep_rate=rate)
 
     def _restore(self, model):
-        if model is not None:
-            model.set_pruning(keep_rate=self.target)
+        if model is not None and self._changed:
+            model.set_pruning(**self._changed)
+            self._changed = {}
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         self._restore(model)
@@ -212,6 +241,30 @@ class KeepRateScheduleCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self._restore(model)
+
+
+def check_pruning_schedule(model_args: ModelArguments, pruning_method: str | None) -> None:
+    """Refuse a training schedule of the pruning (`--pruning_start_epoch`, `--keep_rate_warmup_epochs`) that would
+    have no effect or cannot be followed.
+
+    Raises:
+        ValueError: for a negative value, a schedule without a pruning method, or a keep-rate warm-up for a method that
+            does not read the keep rate; naming the flag and what fits.
+    """
+    from .token_reduction import settings_read_by
+
+    for name in ("pruning_start_epoch", "keep_rate_warmup_epochs"):
+        value = getattr(model_args, name)
+        if not value >= 0:
+            raise ValueError(f"--{name} must be >= 0 (epochs), got {value}.")
+        if value > 0 and pruning_method is None:
+            raise ValueError(f"--{name} {value:g} schedules the pruning, but the model prunes nothing "
+                             "(pruning_method none): pass --pruning_method, or leave the flag out.")  # fmt: skip
+    if model_args.keep_rate_warmup_epochs > 0 and "keep_rate" not in settings_read_by(pruning_method):
+        raise ValueError(
+            f"--keep_rate_warmup_epochs schedules the keep rate, which pruning_method={pruning_method!r} does not "
+            "read: leave it out (--pruning_start_epoch works with every method)."
+        )
 
 
 TOP_K_SOURCE = "top-1 / top-5 computed from the logits (hf_vitprune.evaluation.top_k_hits)"
@@ -350,8 +403,16 @@ def build_trainer(
     if data_args.base_learning_rate:
         training_args.learning_rate = data_args.base_learning_rate * global_batch_size(training_args) / 256
     callbacks = [AugmentationEpochCallback(train_set)]
-    if model_args.keep_rate_warmup_epochs > 0:
-        callbacks.append(KeepRateScheduleCallback(model.config.keep_rate, model_args.keep_rate_warmup_epochs))
+    check_pruning_schedule(model_args, model.config.pruning_method)
+    if model_args.keep_rate_warmup_epochs > 0 or model_args.pruning_start_epoch > 0:
+        callbacks.append(
+            KeepRateScheduleCallback(
+                model.config.keep_rate,
+                model_args.keep_rate_warmup_epochs,
+                model_args.pruning_start_epoch,
+                model.config.pruning_method,
+            )
+        )
     return ImageClassificationTrainer(
         eval_data_collator=eval_collator,
         model=model,
@@ -462,6 +523,7 @@ def pruning_results(model, measured, train_result, eval_metrics, eval_data, trai
             "label smoothing": data_args.label_smoothing,
             "random erasing": data_args.random_erasing,
             "keep-rate warm-up epochs": model_args.keep_rate_warmup_epochs,
+            "pruning start epoch": model_args.pruning_start_epoch,
             "training images": len(train_data),
             "training images/s": train_images_per_s,
         },

@@ -158,6 +158,37 @@ def test_keep_rate_schedule_is_evits_cosine():
     assert KeepRateScheduleCallback([0.9, 0.5], 4).keep_rate_at(2) == [0.95, 0.75]
 
 
+def test_pruning_start_epoch_trains_unpruned_steps_first(tiny_config):
+    """Before the start epoch a training step runs with pruning off, after it with the setting (and the warm-up from
+    the start epoch); after every step the model's own setting is back."""
+    from types import SimpleNamespace
+
+    from hf_vitprune import PrunedViTForImageClassification
+
+    model = PrunedViTForImageClassification(tiny_config)
+    schedule = KeepRateScheduleCallback(0.5, warmup_epochs=2, start_epoch=3, pruning_method="variance")
+    assert schedule.keep_rate_at(2.9) is None and schedule.keep_rate_at(3) == 1.0 and schedule.keep_rate_at(5) == 0.5
+    seen = []
+    for epoch in (0.0, 2.5, 4.0, 6.0):
+        schedule.on_step_begin(None, SimpleNamespace(epoch=epoch), None, model=model)
+        seen.append((model.config.pruning_method, model.config.keep_rate))
+        schedule.on_step_end(None, SimpleNamespace(epoch=epoch), None, model=model)
+        assert (model.config.pruning_method, model.config.keep_rate) == ("variance", 0.5)
+    assert seen == [(None, 0.5), (None, 0.5), ("variance", 0.75), ("variance", 0.5)]
+
+
+def test_a_schedule_that_cannot_act_is_refused():
+    from hf_vitprune.train import ModelArguments, check_pruning_schedule
+
+    with pytest.raises(ValueError, match="--pruning_start_epoch 2 schedules the pruning, but the model prunes nothing"):
+        check_pruning_schedule(ModelArguments(pruning_start_epoch=2), None)
+    with pytest.raises(ValueError, match="--keep_rate_warmup_epochs schedules the keep rate, which .*'tome'"):
+        check_pruning_schedule(ModelArguments(keep_rate_warmup_epochs=1), "tome")
+    with pytest.raises(ValueError, match="--pruning_start_epoch must be >= 0"):
+        check_pruning_schedule(ModelArguments(pruning_start_epoch=-1), "variance")
+    check_pruning_schedule(ModelArguments(pruning_start_epoch=1), "tome")  # every method can start late
+
+
 def test_soft_target_loss_by_hand():
     logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
     loss = soft_target_loss(0.0)
