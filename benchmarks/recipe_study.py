@@ -82,9 +82,9 @@ def train_command(data: str, flags: tuple[str, ...], seed: int, run_dir: Path) -
     return [
         "hf-vitprune", "train", "--model_name_or_path", MODEL, "--dataset_name", folder, "--train_split", "train",
         "--eval_split", "val", "--ignore_mismatched_sizes", "--output_dir", str(run_dir), "--num_train_epochs",
-        str(epochs), "--per_device_train_batch_size", str(batch_size), "--base_learning_rate", "0", "--eval_strategy", "no",
-        "--save_strategy", "no", "--dataloader_num_workers", "2", "--logging_steps", "10", "--throughput_runs", "1",
-        "--seed", str(seed), *flags,
+        str(epochs), "--per_device_train_batch_size", str(batch_size), "--base_learning_rate", "0",
+        "--eval_strategy", "no", "--save_strategy", "no", "--dataloader_num_workers", "2", "--logging_steps", "10",
+        "--throughput_runs", "1", "--seed", str(seed), *flags,
     ]  # fmt: skip
 
 
@@ -166,8 +166,8 @@ def main(argv: list[str] | None = None) -> None:
                 for split in splits:
                     evaluate(args.data, run_dir, split, log)
     text = (
-        f"Top-1 (%) of DeiT-Tiny fine-tuned on {args.data} ({epochs} epochs, batch {batch_size}), each trained model evaluated "
-        f"unpruned and with variance pruning at keep 0.7 / 0.5 with fusion; mean (min–max) over seeds "
+        f"Top-1 (%) of DeiT-Tiny fine-tuned on {args.data} ({epochs} epochs, batch {batch_size}), each trained model "
+        f"evaluated unpruned and with variance pruning at keep 0.7 / 0.5 with fusion; mean (min–max) over seeds "
         f"{', '.join(map(str, args.seeds))}. Command: `python benchmarks/recipe_study.py {args.out} --data "
         f"{args.data}`.\n\n" + table(args, splits, log) + "\n"
     )
