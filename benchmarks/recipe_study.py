@@ -59,6 +59,9 @@ SETTINGS: dict[str, tuple[str, ...]] = {
     # pruning switched on late: unpruned until the start epoch, pruned after
     "variance-0.5-start3": (*VARIANCE, "--keep_rate", "0.5", "--learning_rate", "5e-4", "--pruning_start_epoch", "3"),
     "variance-0.5-start2": (*VARIANCE, "--keep_rate", "0.5", "--learning_rate", "5e-4", "--pruning_start_epoch", "2"),
+    "variance-0.7-start3": (*VARIANCE, "--keep_rate", "0.7", "--learning_rate", "5e-4", "--pruning_start_epoch", "3"),
+    "variance-0.7-warmup2": (*VARIANCE, "--keep_rate", "0.7", "--learning_rate", "5e-4",
+                             "--keep_rate_warmup_epochs", "2"),
 }  # fmt: skip
 """Setting name -> its `hf-vitprune train` flags (pruning, learning rate, recipe changes)."""
 
