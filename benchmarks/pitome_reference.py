@@ -69,7 +69,7 @@ def compare_merges(model, official, pixel_values, ratio) -> tuple[float, float, 
     Returns:
         `(max |Δ| of merged tokens, max |Δ| of sizes, merging layers compared, our logits (batch, classes))`.
     """
-    from hf_vitprune.token_reduction import PiToMeMerger
+    from hf_vitprune.reducers import PiToMeMerger
 
     worst = [0.0, 0.0, 0]
     original = PiToMeMerger.reduce

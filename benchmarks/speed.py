@@ -61,9 +61,10 @@ from hf_vitprune.measure import (  # _autocast: the protocol's autocast, shared 
     time_interleaved,
     time_pruning_settings,
 )
+from hf_vitprune.reducers import REDUCERS, AttentionPruner, ReductionState
 from hf_vitprune.report import markdown_delimiter
 from hf_vitprune.token_ops import CLASS_ATTENTION, KEYS, class_attention_row
-from hf_vitprune.token_reduction import REDUCERS, AttentionPruner, ReductionState, TokenReduction, reducer_from_config
+from hf_vitprune.token_reduction import TokenReduction, reducer_from_config
 
 SHAPES = {
     "deit-small": dict(hidden_size=384, num_attention_heads=6, intermediate_size=1536),

@@ -25,7 +25,8 @@ from .modeling_pruned_vit import (
     PrunedViTForImageClassification,
     PrunedViTModel,
 )
-from .token_reduction import REDUCERS, PruningSettings
+from .reducers import REDUCERS
+from .token_reduction import PruningSettings
 
 __version__ = "0.1.0"
 

@@ -13,17 +13,18 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import methods
-from .arguments import PruningGridArguments
+from . import __version__, methods
+from .arguments import PruningGridArguments, parse_arguments
 from .measure import (
     DTYPES,
     CompilerUnavailableError,
     check_compiler,
     check_timings,
     count_gmacs,
+    device_name,
     time_pruning_settings,
 )
-from .report import evaluation_protocol, markdown_table, table_footer, tokens_text
+from .report import markdown_table, table_footer, tokens_text
 from .token_reduction import PruningSettings
 
 
@@ -83,7 +84,7 @@ def evaluate_variants(
     Raises:
         NonFiniteLogitsError: when a variant's logits hold NaN or infinity (a ValueError naming the variant).
     """
-    from .token_reduction import per_sample_random_seeds
+    from .reducers import per_sample_random_seeds
 
     counts = torch.zeros(len(variants), 4, dtype=torch.long)  # top-1, top-5, images, skipped
     mine: dict[int, list[int]] = {}
@@ -561,10 +562,40 @@ def write_results(output_dir: Path, files: dict[str, str], setup: EvaluationSetu
         temporary.replace(output_dir / name)
 
 
+def evaluation_protocol(
+    setup: EvaluationSetup, args: EvaluateArguments, command: str | None, throughput_protocol: str | None
+) -> dict:
+    """How every number of a run was obtained, for the JSON report.
+
+    Args:
+        setup ([`~evaluation.EvaluationSetup`]), args ([`~evaluation.EvaluateArguments`]), command (`str`, *optional*):
+            the command line as recorded, throughput_protocol (`str`, *optional*): the timer's protocol line.
+
+    Returns:
+        `dict` of JSON-ready strings and numbers.
+    """
+    return {
+        "command": command,
+        "model": args.model_name_or_path,
+        "data": setup.data.source,
+        "images": setup.num_images,
+        "num_processes": 1 if setup.accelerator is None else setup.accelerator.num_processes,
+        "accuracy_pass_s": setup.accuracy_pass_s,
+        "class_list": args.class_list,
+        "preprocessing": setup.preprocessing,
+        "top1": "argmax over all model outputs; torch.manual_seed(seed) right before the pass (random pruning)",
+        "gmacs": "fvcore, one image, SDPA counted through an op handle (hf_vitprune.measure.count_gmacs)",
+        "throughput": throughput_protocol,
+        "timing_check": setup.timing_check,
+        "machine": device_name(setup.device),
+        "torch": torch.__version__,
+        "hf_vitprune": __version__,
+        "fusion_temperature_default": setup.model.config.fusion_temperature,
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Entry point of `hf-vitprune evaluate`: parse `argv` (flags, or one .json / .yaml file) and run."""
-    from .cli import parse_arguments
-
     argv = sys.argv[1:] if argv is None else argv
     (args,) = parse_arguments(EvaluateArguments, argv, prog="hf-vitprune evaluate", description=__doc__)
     return run_evaluation(args, command="hf-vitprune evaluate " + shlex.join(argv))

@@ -14,7 +14,8 @@ None raises: a method no longer registered (e.g. in an old results row) is label
 
 from __future__ import annotations
 
-from .token_reduction import REDUCERS, PruningSettings
+from .reducers import REDUCERS
+from .token_reduction import PruningSettings
 
 BIBTEX_IGAUE2025 = """@article{igaue2025patch,
   title   = {Patch Pruning Strategy Based on Robust Statistical Measures of Attention Weight Diversity in Vision

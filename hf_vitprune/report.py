@@ -1,19 +1,12 @@
 """How `hf-vitprune evaluate` and `sweep` write their results: the Markdown tables (labels and cells from
-[`methods`]), the token schedule text, and the protocol of every number."""
+[`methods`]), the token schedule text, and the footer that gives the protocol of every number."""
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
-
-import torch
 
 from . import methods
-from .measure import device_name
 from .token_reduction import PRUNING_FIELDS, PruningSettings
-
-if TYPE_CHECKING:
-    from .evaluation import EvaluateArguments, EvaluationSetup
 
 
 def tokens_text(config, num_patches: int) -> str:
@@ -85,40 +78,6 @@ def settings_of(row: dict) -> tuple[PruningSettings, tuple[str, ...]]:
     explicit temperature is flagged by `fusion_temperature_set`)."""
     settings = PruningSettings(**{name: row[name] for name in PRUNING_FIELDS if name in row})
     return settings, ("fusion_temperature",) if row.get("fusion_temperature_set") else ()
-
-
-def evaluation_protocol(
-    setup: EvaluationSetup, args: EvaluateArguments, command: str | None, throughput_protocol: str | None
-) -> dict:
-    """How every number of a run was obtained, for the JSON report.
-
-    Args:
-        setup ([`~evaluation.EvaluationSetup`]), args ([`~evaluation.EvaluateArguments`]), command (`str`, *optional*):
-            the command line as recorded, throughput_protocol (`str`, *optional*): the timer's protocol line.
-
-    Returns:
-        `dict` of JSON-ready strings and numbers.
-    """
-    from . import __version__
-
-    return {
-        "command": command,
-        "model": args.model_name_or_path,
-        "data": setup.data.source,
-        "images": setup.num_images,
-        "num_processes": 1 if setup.accelerator is None else setup.accelerator.num_processes,
-        "accuracy_pass_s": setup.accuracy_pass_s,
-        "class_list": args.class_list,
-        "preprocessing": setup.preprocessing,
-        "top1": "argmax over all model outputs; torch.manual_seed(seed) right before the pass (random pruning)",
-        "gmacs": "fvcore, one image, SDPA counted through an op handle (hf_vitprune.measure.count_gmacs)",
-        "throughput": throughput_protocol,
-        "timing_check": setup.timing_check,
-        "machine": device_name(setup.device),
-        "torch": torch.__version__,
-        "hf_vitprune": __version__,
-        "fusion_temperature_default": setup.model.config.fusion_temperature,
-    }
 
 
 def table_footer(report: dict) -> str:

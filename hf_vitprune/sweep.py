@@ -14,19 +14,20 @@ import sys
 from dataclasses import dataclass, field
 
 from . import methods
-from .arguments import with_grid_defaults
+from .arguments import parse_arguments, with_grid_defaults
 from .evaluation import (
     EvaluateArguments,
     Variant,
     check_output_dir,
+    evaluation_protocol,
     measure_variants,
     prepare_evaluation,
     variants_from_args,
     write_results,
 )
 from .measure import count_gmacs
-from .report import evaluation_protocol, markdown_table, settings_of, table_footer
-from .token_reduction import REDUCERS
+from .reducers import REDUCERS
+from .report import markdown_table, settings_of, table_footer
 
 SWEEP_OUTPUTS = ("sweep.json", "sweep.csv", "sweep.md", "top1_vs_gmacs.png", "top1_vs_images_per_s.png",
                  "matched_gmacs.md", "predictions.json")  # fmt: skip
@@ -224,8 +225,6 @@ def run_sweep(args: SweepArguments, command: str | None = None) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     """Entry point of `hf-vitprune sweep`: parse `argv` (flags, or one .json / .yaml file) and run."""
-    from .cli import parse_arguments
-
     argv = sys.argv[1:] if argv is None else argv
     (args,) = parse_arguments(SweepArguments, argv, prog="hf-vitprune sweep", description=__doc__)
     return run_sweep(args, command="hf-vitprune sweep " + shlex.join(argv))

@@ -33,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import methods
+from .arguments import parse_arguments
 from .measure import (
     DTYPES,
     BusyMachineWarning,
@@ -41,7 +42,8 @@ from .measure import (
     time_interleaved,
     time_pruning_settings,
 )
-from .token_reduction import REDUCERS, PruningSettings, default_prune_layers, reducer_from_config
+from .reducers import REDUCERS
+from .token_reduction import PruningSettings, default_prune_layers, reducer_from_config
 
 TUNE_OUTPUTS = ("setting.json", "pareto.md", "pareto.png", "results.md", "results.json")
 """The files a finished `hf-vitprune tune` writes into its `--output_dir` (besides `model/` and `tune_log.jsonl`)."""
@@ -959,8 +961,6 @@ def _pareto(points: list[Point]) -> set[int]:
 
 def main(argv: list[str] | None = None) -> dict:
     """Entry point of `hf-vitprune tune`: parse `argv` (flags, or one .json / .yaml file) and run."""
-    from .cli import parse_arguments
-
     argv = sys.argv[1:] if argv is None else argv
     (args,) = parse_arguments(TuneArguments, argv, prog="hf-vitprune tune", description=__doc__)
     return run_tune(args, command="hf-vitprune tune " + shlex.join(argv))

@@ -349,7 +349,7 @@ def test_bad_input_names_what_is_wrong():
 
 
 def test_a_sequence_without_candidates_is_a_clear_error():
-    from hf_vitprune.token_reduction import ReductionState
+    from hf_vitprune.reducers import ReductionState
 
     with pytest.raises(ValueError, match="4 tokens but 4 prefix tokens: there is no patch token"):
         ReductionState.start(torch.zeros(1, 4, 8), num_prefix_tokens=4)

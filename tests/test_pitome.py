@@ -10,8 +10,9 @@ import torch
 from conftest import REPO, load_benchmark, tiny_config_kwargs
 
 from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification
-from hf_vitprune.token_ops import pitome_energy, pitome_merge, pitome_merge_count
-from hf_vitprune.token_reduction import PiToMeMerger, PruningSettings
+from hf_vitprune.reducers import PiToMeMerger
+from hf_vitprune.token_merging import pitome_energy, pitome_merge, pitome_merge_count
+from hf_vitprune.token_reduction import PruningSettings
 
 REFERENCE = Path(os.environ.get("PITOME_REFERENCE", REPO / "runs" / "reference" / "pitome" / "merge.py"))
 """The official `algo/pitome/merge.py` (github.com/hchautran/PiToMe, CC BY-NC 4.0: fetched, not copied here)."""
