@@ -37,9 +37,9 @@ TARGETS = ((1, 1.3), (64, 1.5))
 
 def fixed_ladder(method: str, num_layers: int = 12) -> list[tuple[str, dict]]:
     """The fixed-schedule family of `method` that the tuner walks beside its per-layer search
-    (`hf_vitprune.tune.uniform_space`), weakest first, without its no-reduction point: the paper's layers 3, 6, 9 at
-    one keep rate (steps of 0.05), or ToMe's one `r` in every layer (steps of 2)."""
-    from hf_vitprune.tune import uniform_space
+    (`hf_vitprune.schedule_search.uniform_space`), weakest first, without its no-reduction point: the paper's layers
+    3, 6, 9 at one keep rate (steps of 0.05), or ToMe's one `r` in every layer (steps of 2)."""
+    from hf_vitprune.schedule_search import uniform_space
 
     space = uniform_space(method, num_layers)
     return [(f"tome r={value}" if method == "tome" else f"{method}@{value} layers 3,6,9", space.build([value]))

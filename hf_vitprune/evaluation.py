@@ -18,6 +18,7 @@ from .arguments import PruningGridArguments, parse_arguments
 from .measure import (
     DTYPES,
     CompilerUnavailableError,
+    autocast,
     check_compiler,
     check_timings,
     count_gmacs,
@@ -88,16 +89,11 @@ def evaluate_variants(
 
     counts = torch.zeros(len(variants), 4, dtype=torch.long)  # top-1, top-5, images, skipped
     mine: dict[int, list[int]] = {}
-    autocast = (
-        torch.autocast(device.type, dtype=DTYPES[dtype])
-        if DTYPES[dtype]
-        else torch.autocast(device.type, enabled=False)
-    )
     main = accelerator is None or accelerator.is_main_process
     processes = 1 if accelerator is None else accelerator.num_processes
     model.eval()
     bar = tqdm(desc=f"evaluate {len(variants)} variants", unit="img", disable=not (progress and main))
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), autocast(device, dtype):
         for batch in loader:
             if len(batch) != 5:  # no image ids: no per-image predictions, random pruning from the global generator
                 batch = (*batch[:2], None, None, batch[2] if len(batch) == 3 else 0)

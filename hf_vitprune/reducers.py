@@ -218,13 +218,15 @@ class TokenReducer:
             `list[(kept, fused)]`, one entry per reducing layer (DeiT-S at keep 0.7 with fusion:
             `[(138, 1), (98, 1), (70, 1)]`; ToMe: `fused` is 0).
         """
-        return [(kept, fused) for _, kept, fused in self._schedule(num_patches, num_hidden_layers)]
+        return [(kept, fused) for _, kept, fused in self.layer_schedule(num_patches, num_hidden_layers)]
 
     def reducing_layers(self, num_patches: int, num_hidden_layers: int) -> list[int]:
         """The 0-indexed layers that reduce (and report kept indices) for `num_patches` patches, in order."""
-        return [layer_idx for layer_idx, _, _ in self._schedule(num_patches, num_hidden_layers)]
+        return [layer_idx for layer_idx, _, _ in self.layer_schedule(num_patches, num_hidden_layers)]
 
-    def _schedule(self, num_patches: int, num_hidden_layers: int) -> Iterator[tuple[int, int, int]]:
+    def layer_schedule(self, num_patches: int, num_hidden_layers: int) -> Iterator[tuple[int, int, int]]:
+        """`(layer_idx, kept, fused)` of each reducing layer, in order, for an image of `num_patches` patches: the
+        candidate tokens the layer keeps and whether it appends a fused token (prefix tokens not counted)."""
         candidates = num_patches
         for layer_idx in range(num_hidden_layers):
             amount = self.amount(layer_idx, candidates)
