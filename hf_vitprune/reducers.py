@@ -175,6 +175,8 @@ class TokenReducer:
     """Whether a list `keep_rate` holds one rate per layer (else one per entry of `prune_layers`)."""
     min_keep_rate: ClassVar[float] = 0.0
     """The smallest keep rate the method takes (exclusive at 0: a pruning layer keeps at least one token)."""
+    amount_setting: ClassVar[str] = "keep_rate"
+    """The setting that says how much a layer reduces: `keep_rate` (a fraction kept), or `tome_r` (tokens merged)."""
 
     def __init__(self, settings, num_prefix_tokens: int, num_hidden_layers: int | None = None):
         self.settings = settings
@@ -482,6 +484,7 @@ class ToMeMerger(TokenMerger):
 
     name = "tome"
     settings_used = ("tome_r", "restore_patch_grid")
+    amount_setting = "tome_r"
 
     def amount(self, layer_idx, num_candidates):
         r = self.settings.tome_r

@@ -48,7 +48,7 @@ def search_space(method: str, num_layers: int, search_layers: list[int] | None =
     """
     reducer = REDUCERS[method]
     groups = [list(g) for g in split_layers(list(range(num_layers)), min(merge_groups, num_layers))]
-    if "tome_r" in reducer.settings_used:
+    if reducer.amount_setting == "tome_r":
         grid = list(range(0, 33, 4))
 
         def build(values):
@@ -93,7 +93,7 @@ def uniform_space(method: str, num_layers: int, keep_step: float = 0.1) -> Searc
     constant `r`); searched beside the per-layer path by our design (issue 30).
     """
     reducer = REDUCERS[method]
-    if "tome_r" in reducer.settings_used:
+    if reducer.amount_setting == "tome_r":
         return SearchSpace(method, [list(range(0, 33, 2))],
                            lambda v: {"pruning_method": method, "tome_r": v[0]} if v[0] else {"pruning_method": None},
                            ["r every layer"])  # fmt: skip

@@ -105,7 +105,7 @@ def matching_candidates(template: Variant, max_tome_r: int = 64) -> list[Variant
     to the method's `min_keep_rate`, 0.50 for PiToMe) when the method reads `keep_rate`, else ToMe's `r` 0, 1, ...,
     `max_tome_r`."""
     reducer = REDUCERS[template.changes["pruning_method"]]
-    if "tome_r" in reducer.settings_used:
+    if reducer.amount_setting == "tome_r":
         return [Variant({**template.changes, "tome_r": r}) for r in range(max_tome_r + 1)]
     rates = [round(k / 100, 2) for k in range(100, 0, -1) if k / 100 >= reducer.min_keep_rate]
     return [Variant({**template.changes, "keep_rate": rate}) for rate in rates]
