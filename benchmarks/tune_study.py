@@ -121,12 +121,13 @@ def main(argv: list[str] | None = None) -> None:
             tune_args = TuneArguments(
                 model_name_or_path=str(MODEL), dataset_name=str(DATA), calibration_split="train",
                 calibration_samples=args.calibration, report_split="val", report_samples=args.report_samples,
-                class_list="imagenet1k", methods=args.methods, target_speedup=target, batch_size=batch_size,
+                class_list="imagenet1k", pruning_method=args.methods, target_speedup=target,
+                throughput_batch_size=batch_size,
                 device="cpu", rounds=rounds, output_dir=str(out), tune_log=str(log),
             )  # fmt: skip
             command = (f"hf-vitprune tune --model_name_or_path {MODEL} --dataset_name {DATA} --calibration_split "
                        f"train --calibration_samples {args.calibration} --report_split val --class_list imagenet1k "
-                       f"--methods {' '.join(args.methods)} --target_speedup {target} --batch_size {batch_size} "
+                       f"--methods {' '.join(args.methods)} --target_speedup {target} --throughput_batch_size {batch_size} "
                        f"--device cpu --rounds {rounds} --tune_log {log}")  # fmt: skip
             result = run_tune(tune_args, command=command)
         for row in result["rows"]:

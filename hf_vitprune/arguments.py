@@ -26,6 +26,7 @@ from pathlib import Path
 
 from transformers.hf_argparser import string_to_bool
 
+from .measure import DTYPES, check_device
 from .reducers import REDUCERS
 from .token_reduction import (
     PRUNING_FIELDS,
@@ -330,6 +331,66 @@ def _file_values(values: dict, types: list, source: str) -> dict:
     return out
 
 
+@dataclasses.dataclass
+class ModelSourceArguments:
+    """The checkpoint a command loads (`evaluate`, `sweep`, `tune`, `train`, `export`, `visualize` take these flags)."""
+
+    model_name_or_path: str = field(
+        default="facebook/deit-small-patch16-224",
+        metadata={"help": "Hub id or local folder of a ViT / DeiT / PrunedViT checkpoint.", "aliases": ["--model"]},
+    )
+    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa or eager."})
+
+
+@dataclasses.dataclass
+class ImageDataArguments:
+    """The labelled images a command reads, and how their classes map onto the model's outputs (`evaluate`, `sweep`,
+    `tune`, `train`)."""
+
+    dataset_name: str = field(
+        default="clane9/imagenet-100",
+        metadata={"help": "Local folder with one sub-folder of images per class (or split folders holding them), or a "
+                  "Hub dataset id.", "aliases": ["--data", "--dataset"]},
+    )  # fmt: skip
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Folder of the Hub dataset's repository to read (e.g. 320px)."}
+    )
+    data_revision: str | None = field(
+        default=None,
+        metadata={"help": "Branch or commit of the Hub dataset (e.g. refs/convert/parquet, the Hub's Parquet export)."},
+    )
+    image_column: str = field(default="image", metadata={"help": "Image column of a Hub dataset."})
+    label_column: str = field(default="label", metadata={"help": "Label column of a Hub dataset."})
+    class_list: str | None = field(
+        default=None,
+        metadata={
+            "help": "Class list mapping data-set class names to the model's outputs (or a teacher's): imagenet1k "
+            "(built in: the ImageNet-1k WordNet ids and names), a TSV with index and wnid columns, or one class name "
+            "per line. Without it, class names must match the model's id2label (or one of its comma-separated names)."
+        },
+    )
+
+
+@dataclasses.dataclass
+class DeviceArguments:
+    """Where and in which precision a command runs the model (`evaluate`, `sweep`, `tune`)."""
+
+    device: str | None = field(default=None, metadata={"help": "cuda, cpu, ... (default: cuda if available)."})
+    dtype: str = field(default="fp32", metadata={"help": "fp32, or bf16 / fp16 autocast."})
+
+    def __post_init__(self):
+        """Check the device and dtype when the flags are parsed, before any model or data is loaded.
+
+        Raises:
+            ValueError: for a dtype not in `measure.DTYPES`, a device name torch does not know, or a device this
+                machine does not have (e.g. cuda without CUDA), naming the flag and what fits.
+        """
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {list(DTYPES)}, got {self.dtype!r}.")
+        if self.device is not None:
+            check_device(self.device)
+
+
 def overwrite_file_field():
     """The `--overwrite` flag of a command that writes one file (`export`, `visualize`): also spelled
     `--overwrite_output_dir` / `--overwrite_output`, as the commands that write a folder spell it."""
@@ -343,6 +404,9 @@ def overwrite_file_field():
 __all__ = [
     "ALIASES",
     "GRID_DEFAULTS",
+    "DeviceArguments",
+    "ImageDataArguments",
+    "ModelSourceArguments",
     "OnOff",
     "PruningArguments",
     "PruningGridArguments",

@@ -100,6 +100,35 @@ def count_gmacs(model: nn.Module, image_size: int | None = None) -> float:
     return total / 1e9
 
 
+def check_device(name: str) -> torch.device:
+    """The `torch.device` called `name`, once it is known to exist on this machine.
+
+    Raises:
+        ValueError: for a name torch does not know (listing the usual ones), or a device type this machine does not
+            have (cuda without a CUDA GPU, an index beyond the GPUs present, mps without Apple's GPU), naming
+            `--device`.
+    """
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"--device {name!r} is not a device torch knows ({error}); use cpu, cuda, cuda:N or mps."
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: this machine has no CUDA GPU torch can use; use --device cpu.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}.")  # fmt: skip
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: Apple's GPU (mps) is not available here; use --device cpu.")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        available = getattr(torch, device.type, None)
+        if available is None or not getattr(available, "is_available", lambda: False)():
+            raise ValueError(f"--device {name}: no {device.type} device is available here; use --device cpu.")
+    return device
+
+
 def device_name(device: torch.device) -> str:
     """A human-readable name of `device`: the GPU model, or the CPU model, core count and (Linux) last-level cache,
     e.g. `cpu (Intel(R) Xeon(R) Processor, 2 cores, 480 MiB L3)`. Virtual machines often report one generic CPU model

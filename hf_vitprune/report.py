@@ -1,12 +1,51 @@
-"""How `hf-vitprune evaluate` and `sweep` write their results: the Markdown tables (labels and cells from
-[`methods`]), the token schedule text, and the footer that gives the protocol of every number."""
+"""How the commands write their results: the output folder checked before any work, every file written whole
+(`write_files`), the Markdown tables of `evaluate` and `sweep` (labels and cells from [`methods`]), the token schedule
+text, and the footer that gives the protocol of every number."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from . import methods
 from .token_reduction import PRUNING_FIELDS, PruningSettings
+
+
+def check_output_dir(output_dir: str, overwrite: bool, filenames: tuple[str, ...]) -> Path:
+    """Refuse to replace any file a user already has, before any work starts.
+
+    Args:
+        output_dir (`str`): where the run writes.
+        overwrite (`bool`): replace existing files.
+        filenames (`tuple[str, ...]`): every file the run writes there; the first is returned.
+
+    Returns:
+        `Path` of `output_dir / filenames[0]`.
+
+    Raises:
+        FileExistsError: naming the files that exist, if any does and `overwrite` is false.
+    """
+    existing = [name for name in filenames if (Path(output_dir) / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{output_dir} already holds {', '.join(existing)}: pass --overwrite_output_dir to replace them, or "
+            "another --output_dir."
+        )
+    return Path(output_dir) / filenames[0]
+
+
+def write_files(output_dir: Path, files: dict[str, str]) -> None:
+    """Write each `{name: text}` into `output_dir` (created if needed), first to a temporary name and then renamed:
+    a file of that name is always complete, even if the run is killed while writing.
+
+    Raises:
+        OSError: when the folder cannot be created or a file written.
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        temporary = output_dir / f".{name}.partial"
+        temporary.write_text(text)
+        temporary.replace(output_dir / name)
 
 
 def tokens_text(config, num_patches: int) -> str:

@@ -18,7 +18,6 @@ from .arguments import parse_arguments, with_grid_defaults
 from .evaluation import (
     EvaluateArguments,
     Variant,
-    check_output_dir,
     evaluation_protocol,
     measure_variants,
     prepare_evaluation,
@@ -27,7 +26,7 @@ from .evaluation import (
 )
 from .measure import count_gmacs
 from .reducers import REDUCERS
-from .report import markdown_table, settings_of, table_footer
+from .report import check_output_dir, markdown_table, settings_of, table_footer
 
 SWEEP_OUTPUTS = ("sweep.json", "sweep.csv", "sweep.md", "top1_vs_gmacs.png", "top1_vs_images_per_s.png",
                  "matched_gmacs.md", "predictions.json")  # fmt: skip

@@ -33,17 +33,17 @@ import torch
 from tqdm.auto import tqdm
 
 from . import methods
-from .arguments import parse_arguments
+from .arguments import DeviceArguments, ImageDataArguments, ModelSourceArguments, parse_arguments
+from .evaluation import Variant, evaluate_variants
 from .measure import (
-    DTYPES,
     LatencyModel,
-    autocast,
     check_timings,
     measure_latency_model,
     time_pruning_settings,
     token_counts,
 )
 from .reducers import REDUCERS
+from .report import check_output_dir, write_files
 from .schedule_search import Point, greedy_search, next_step, pareto, search_space, setting_key, uniform_space
 from .token_reduction import PruningSettings
 
@@ -59,42 +59,34 @@ class TuneError(RuntimeError):
 
 
 @dataclass
-class TuneArguments:
-    """Arguments of `hf-vitprune tune` (every one is a command-line flag of the same name)."""
+class TuneArguments(ModelSourceArguments, ImageDataArguments, DeviceArguments):
+    """Arguments of `hf-vitprune tune` (every one is a command-line flag of the same name): the model, data and device
+    (the [`~arguments.ModelSourceArguments`], [`~arguments.ImageDataArguments`] and [`~arguments.DeviceArguments`]
+    every command shares), then the splits, the methods searched, the target and the search."""
 
-    model_name_or_path: str = field(
-        default="facebook/deit-small-patch16-224",
-        metadata={"help": "Hub id or local folder of a ViT / DeiT image classifier.", "aliases": ["--model"]},
-    )
-    dataset_name: str = field(
-        default="clane9/imagenet-100",
-        metadata={"help": "Hub dataset id or local folder of split folders (train/, val/).", "aliases": ["--dataset"]},
-    )
     calibration_split: str = field(default="train", metadata={"help": "Split the search measures top-1 on."})
     calibration_samples: int = field(default=1000, metadata={"help": "Seeded random images of the calibration split."})
     report_split: str | None = field(
         default="validation", metadata={"help": "Split the chosen settings are reported on (none: skip the report)."}
     )
     report_samples: int | None = field(default=None, metadata={"help": "Seeded random subset of the report split."})
-    data_dir: str | None = field(default=None, metadata={"help": "Folder of a Hub dataset's repository to read."})
-    image_column: str = field(default="image", metadata={"help": "Image column of a Hub dataset."})
-    label_column: str = field(default="label", metadata={"help": "Label column of a Hub dataset."})
-    class_list: str | None = field(
-        default=None, metadata={"help": "Class list mapping data-set classes to the model's outputs (imagenet1k, ...)."}
-    )
-    methods: list[str] = field(
+    pruning_method: list[str] = field(
         default_factory=lambda: ["variance", "evit", "tome", "pitome"],
-        metadata={"help": "Methods to search (names in token_reduction.REDUCERS)."},
-    )
+        metadata={"help": "The methods to search, each on its own (names in reducers.REDUCERS), as evaluate takes "
+                  "several.", "aliases": ["--methods"]},
+    )  # fmt: skip
     target_speedup: float | None = field(
         default=None, metadata={"help": "Measured speed-up over the unpruned model to reach (e.g. 1.5)."}
     )
     target_latency_ms: float | None = field(
         default=None, metadata={"help": "Measured milliseconds per batch to reach instead (at --batch_size)."}
     )
-    batch_size: int = field(default=1, metadata={"help": "Batch size the latency is measured at."})
-    device: str | None = field(default=None, metadata={"help": "cuda, cpu, ... (default: cuda if available)."})
-    dtype: str = field(default="fp32", metadata={"help": "fp32, or bf16 / fp16 autocast."})
+    throughput_batch_size: int = field(
+        default=1, metadata={"help": "Batch size the latency is measured at (evaluate's name for its timing batch)."}
+    )
+    batch_size: int | None = field(
+        default=None, metadata={"help": "Renamed: --throughput_batch_size (timing) or --eval_batch_size (top-1)."}
+    )
     search_layers: list[int] | None = field(
         default=None,
         metadata={"help": "Pruning layers the search may use (pruning methods); default: the paper's three layers "
@@ -131,20 +123,26 @@ class TuneArguments:
 
         Raises:
             ValueError: naming the flag, for no target or both, a target that is not a speed-up (<= 1) or not
-                positive, an unknown method, or counts below 1.
+                positive, an unknown method, counts below 1, the old `--batch_size`; a device or dtype
+                [`~arguments.DeviceArguments`] refuses.
         """
+        super().__post_init__()
+        if self.batch_size is not None:
+            raise ValueError(
+                f"--batch_size {self.batch_size}: tune's two batch sizes have their own flags: --throughput_batch_size "
+                "(the batch the latency is measured and the target reached at) and --eval_batch_size (the top-1 "
+                "passes)."
+            )
         if (self.target_speedup is None) == (self.target_latency_ms is None):
             raise ValueError("give exactly one of --target_speedup (e.g. 1.5) and --target_latency_ms.")
         if self.target_speedup is not None and not self.target_speedup > 1:
             raise ValueError(f"--target_speedup must be above 1 (the unpruned model is 1), got {self.target_speedup}.")
         if self.target_latency_ms is not None and not self.target_latency_ms > 0:
             raise ValueError(f"--target_latency_ms must be positive, got {self.target_latency_ms}.")
-        unknown = [m for m in self.methods if m not in REDUCERS]
-        if unknown or not self.methods:
-            raise ValueError(f"--methods {unknown or '(none)'}: use names of {list(REDUCERS)}.")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"--dtype must be one of {list(DTYPES)}, got {self.dtype!r}.")
-        for name in ("calibration_samples", "batch_size", "rounds", "eval_batch_size", "merge_groups"):
+        unknown = [m for m in self.pruning_method if m not in REDUCERS]
+        if unknown or not self.pruning_method:
+            raise ValueError(f"--pruning_method {unknown or '(none)'}: use names of {list(REDUCERS)}.")
+        for name in ("calibration_samples", "throughput_batch_size", "rounds", "eval_batch_size", "merge_groups"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
         if not 0 < self.keep_step < 1:
@@ -240,15 +238,12 @@ def load_split(args: TuneArguments, split: str, samples: int | None, model):
 
 def top1(model, pixels: torch.Tensor, labels: torch.Tensor, settings: dict, batch_size: int, device,
          dtype: str) -> float:  # fmt: skip
-    """Top-1 in % of `model` under `settings` on preprocessed images; random pruning seeded (0) per pass."""
-
-    correct = 0
+    """Top-1 in % of `model` under `settings` on preprocessed images, counted by evaluate's own pass
+    ([`~evaluation.evaluate_variants`]); random pruning seeded (0) per pass."""
+    batches = [(pixels[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, len(labels), batch_size)]
     torch.manual_seed(0)
-    with torch.inference_mode(), autocast(device, dtype), model.pruning(**settings):
-        for start in range(0, len(labels), batch_size):
-            logits = model(pixel_values=pixels[start : start + batch_size].to(device)).logits
-            correct += int((logits.argmax(-1).cpu() == labels[start : start + batch_size]).sum())
-    return 100 * correct / len(labels)
+    (count,) = evaluate_variants(model, batches, [Variant(settings)], torch.device(device), dtype, progress=False)
+    return 100 * count["correct_top1"] / count["images"]
 
 
 def verify(model, candidates: list[Point], args: TuneArguments, device) -> tuple[dict, str, dict]:
@@ -266,9 +261,10 @@ def verify(model, candidates: list[Point], args: TuneArguments, device) -> tuple
     for attempt in range(args.remeasure + 1):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            batch = args.throughput_batch_size
             timings, protocol = time_pruning_settings(
-                model, variants, batch_size=args.batch_size, rounds=args.rounds, runs=3 if args.batch_size > 1 else 5,
-                warmup=2, latency_runs=0, dtype=args.dtype, device=device, seed=args.seed + attempt,
+                model, variants, batch_size=batch, rounds=args.rounds, runs=3 if batch > 1 else 5, warmup=2,
+                latency_runs=0, dtype=args.dtype, device=device, seed=args.seed + attempt,
             )  # fmt: skip
         check = check_timings(timings)
         if check.quiet:
@@ -295,7 +291,6 @@ def run_tune(args: TuneArguments, command: str | None = None, latency_model: Lat
         ValueError: for an unsupported model, overlapping calibration and report splits, an unreachable target.
         TuneError: when the machine stays busy ([`verify`]) or no schedule reaches the target when measured.
     """
-    from .evaluation import check_output_dir
     from .loading import load_pruned_model
 
     out = check_output_dir(args.output_dir, args.overwrite_output_dir, TUNE_OUTPUTS).parent
@@ -322,14 +317,17 @@ def run_tune(args: TuneArguments, command: str | None = None, latency_model: Lat
     header = {"model": args.model_name_or_path, "calibration": calibration_source, "images": len(labels),
               "seed": args.seed, "dtype": args.dtype}  # fmt: skip
     log = TuneLog(
-        Path(args.tune_log) if args.tune_log else out / "tune_log.jsonl", header, args.batch_size, str(device)
+        Path(args.tune_log) if args.tune_log else out / "tune_log.jsonl",
+        header,
+        args.throughput_batch_size,
+        str(device),
     )
     if latency_model is None and log.latency is not None:
         latency_model = LatencyModel(**log.latency)
     if latency_model is None:
-        print(f"Measuring the latency model (batch {args.batch_size}, {args.dtype}, {device})")
-        latency_model = measure_latency_model(model, args.methods, args.batch_size, args.dtype, device,
-                                              args.rounds, args.seed)  # fmt: skip
+        print(f"Measuring the latency model (batch {args.throughput_batch_size}, {args.dtype}, {device})")
+        latency_model = measure_latency_model(model, args.pruning_method, args.throughput_batch_size, args.dtype,
+                                              device, args.rounds, args.seed)  # fmt: skip
         log.add_latency(latency_model)
     unpruned_ms = latency_model.unpruned_ms()
     target_ms = unpruned_ms / args.target_speedup if args.target_speedup else args.target_latency_ms
@@ -338,7 +336,7 @@ def run_tune(args: TuneArguments, command: str | None = None, latency_model: Lat
         raise ValueError(
             f"the target ({_target_text(args)}) is out of reach: even keeping one token per layer after the first "
             f"layer's attention would take {best_ms:.1f} ms, a speed-up of {unpruned_ms / best_ms:.2f}x over the "
-            f"unpruned {unpruned_ms:.1f} ms at batch {args.batch_size} here. Ask for at most that."
+            f"unpruned {unpruned_ms:.1f} ms at batch {args.throughput_batch_size} here. Ask for at most that."
         )
 
     def predict(settings):
@@ -352,7 +350,7 @@ def run_tune(args: TuneArguments, command: str | None = None, latency_model: Lat
 
     num_layers = model.config.num_hidden_layers
     spaces = {}  # per method: its per-layer search, and its fixed-schedule family (one coordinate)
-    for m in args.methods:
+    for m in args.pruning_method:
         spaces[m] = search_space(m, num_layers, args.search_layers, args.keep_step, args.merge_groups)
         spaces[f"{m} (fixed)"] = uniform_space(m, num_layers, args.keep_step)
     targets = dict.fromkeys(spaces, target_ms)  # each path's predicted target, corrected after each timing
@@ -393,7 +391,7 @@ def run_tune(args: TuneArguments, command: str | None = None, latency_model: Lat
     chosen = {
         method: max((chosen[n] for n in (method, f"{method} (fixed)") if n in chosen),
                     key=lambda c: (c[0].top1, c[1].speedup))
-        for method in args.methods if method in chosen or f"{method} (fixed)" in chosen
+        for method in args.pruning_method if method in chosen or f"{method} (fixed)" in chosen
     }  # fmt: skip
     if not chosen:
         measured = ", ".join(f"{k}: {t.speedup:.2f}x" for k, t in speeds.items())
@@ -458,8 +456,8 @@ def _check_model_type(name_or_path: str) -> None:
 
 def _target_text(args: TuneArguments) -> str:
     if args.target_speedup:
-        return f"{args.target_speedup:g}x speed-up at batch {args.batch_size}, {args.dtype}"
-    return f"{args.target_latency_ms:g} ms per batch of {args.batch_size}, {args.dtype}"
+        return f"{args.target_speedup:g}x speed-up at batch {args.throughput_batch_size}, {args.dtype}"
+    return f"{args.target_latency_ms:g} ms per batch of {args.throughput_batch_size}, {args.dtype}"
 
 
 def _short(settings: dict, config) -> str:
@@ -485,9 +483,7 @@ def _write_outputs(out: Path, model, result: dict, evaluated: list[Point], speed
     out.mkdir(parents=True, exist_ok=True)
 
     def write(name: str, text: str) -> None:
-        temporary = out / f".{name}.partial"
-        temporary.write_text(text)
-        temporary.replace(out / name)
+        write_files(out, {name: text})
 
     chosen = result["chosen"]
     write("setting.json", json.dumps(chosen, indent=2) + "\n")
@@ -498,7 +494,7 @@ def _write_outputs(out: Path, model, result: dict, evaluated: list[Point], speed
     frontier = pareto(points)
     lines = [f"Every schedule evaluated by `{command or 'hf-vitprune tune'}` ({result['protocol']['calibration']}, "
              f"{result['protocol']['calibration_images']} images; predicted speed-ups from the latency model at batch "
-             f"{args.batch_size}, {args.dtype}; measured ones: {result['protocol']['timing']}).", "",
+             f"{args.throughput_batch_size}, {args.dtype}; measured ones: {result['protocol']['timing']}).", "",
              "| method | schedule | calibration top-1 | predicted speed-up | measured speed-up (min–max) | Pareto |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     for p in points:

@@ -84,8 +84,8 @@ def _setup(tmp_path, overlap=False):
 
 def _args(model, data, out, **changes):
     values = dict(model_name_or_path=str(model), dataset_name=str(data), calibration_split="train",
-                  calibration_samples=12, report_split="val", methods=["variance", "tome"], target_speedup=1.3,
-                  batch_size=2, rounds=1, num_workers=0, eval_batch_size=4, output_dir=str(out))  # fmt: skip
+                  calibration_samples=12, report_split="val", pruning_method=["variance", "tome"], target_speedup=1.3,
+                  throughput_batch_size=2, rounds=1, num_workers=0, eval_batch_size=4, output_dir=str(out))  # fmt: skip
     return TuneArguments(**{**values, **changes})
 
 
@@ -194,12 +194,12 @@ def test_an_optimistic_latency_model_is_corrected_by_the_timing(tmp_path, monkey
         return timings, "fake clock"
 
     monkeypatch.setattr(tune_module, "time_pruning_settings", timed)
-    result = run_tune(_args(model, data, tmp_path / "tune", methods=["variance"]), latency_model=LATENCY)
+    result = run_tune(_args(model, data, tmp_path / "tune", pruning_method=["variance"]), latency_model=LATENCY)
     assert len(calls) >= 2  # timed again after the correction
     row = result["rows"][1]
     assert row["measured_speedup"] >= 1.3 and row["predicted_speedup"] >= 1.3 / 0.85 - 1e-9
     with pytest.raises(tune_module.TuneError, match="after 0 corrections"):
-        run_tune(_args(model, data, tmp_path / "again", methods=["variance"], refinements=0), latency_model=LATENCY)
+        run_tune(_args(model, data, tmp_path / "again", pruning_method=["variance"], refinements=0), latency_model=LATENCY)
 
 
 def test_a_pessimistic_latency_model_times_earlier_points(tmp_path, monkeypatch):
@@ -226,7 +226,7 @@ def test_a_pessimistic_latency_model_times_earlier_points(tmp_path, monkeypatch)
     monkeypatch.setattr(
         tune_module, "top1", lambda model_, _pixels, _labels, settings, *_: predicted_ms(model_, settings)
     )
-    result = run_tune(_args(model, data, tmp_path / "tune", methods=["variance"], target_speedup=1.4),
+    result = run_tune(_args(model, data, tmp_path / "tune", pruning_method=["variance"], target_speedup=1.4),
                       latency_model=LATENCY)  # fmt: skip
     row = result["rows"][1]
     assert row["measured_speedup"] >= 1.4 and row["predicted_speedup"] < 1.4  # chosen before the predicted crossing
@@ -255,7 +255,7 @@ def test_the_fixed_family_is_searched_beside_the_per_layer_schedules(tmp_path, f
         return ms - (10 if isinstance(settings.get("keep_rate"), list) else 0)
 
     monkeypatch.setattr(tune_module, "top1", known_top1)
-    result = run_tune(_args(model, data, tmp_path / "tune", methods=["variance"]), latency_model=LATENCY)
+    result = run_tune(_args(model, data, tmp_path / "tune", pruning_method=["variance"]), latency_model=LATENCY)
     chosen = result["chosen"]
     assert chosen["pruning_method"] == "variance" and isinstance(chosen["keep_rate"], float)
     assert chosen["prune_layers"] == list(default_prune_layers(4)) and result["rows"][1]["measured_speedup"] >= 1.3
