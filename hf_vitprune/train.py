@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from .arguments import PruningArguments, parse_arguments
+from .arguments import ImageDataArguments, ModelSourceArguments, PruningArguments, parse_arguments
 from .augmentation import AugmentationEpochCallback, TrainCollator, eval_collator, train_transform
 from .checkpoints import check_training_output_dir, push_output_dir, redact_command, resolve_resume_checkpoint
 from .losses import Distillation, DistillationLoss, soft_target_loss
@@ -28,14 +28,11 @@ from .token_reduction import PruningSettings
 
 
 @dataclass
-class ModelArguments(PruningArguments):
+class ModelArguments(PruningArguments, ModelSourceArguments):
     """Which checkpoint to start from and how it prunes: the pruning settings ([`~arguments.PruningArguments`]; a flag
-    left out keeps the checkpoint's value, the paper's setting for a stock ViT / DeiT), then the model options."""
+    left out keeps the checkpoint's value, the paper's setting for a stock ViT / DeiT), the checkpoint
+    ([`~arguments.ModelSourceArguments`], as every command takes it), then the model and schedule options."""
 
-    model_name_or_path: str = field(
-        default="facebook/deit-small-patch16-224",
-        metadata={"help": "Hub id or local folder of a ViT / DeiT / PrunedViT checkpoint.", "aliases": ["--model"]},
-    )
     tie_query_key: str | None = field(
         default=None,
         metadata={"help": "Tie the query and key projections (BSPF's symmetric attention) of a checkpoint that has "
@@ -64,7 +61,6 @@ class ModelArguments(PruningArguments):
         default=False,
         metadata={"help": "Start a new classification head when the data set's classes differ from the checkpoint's."},
     )
-    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa or eager."})
     distill_from: str | None = field(
         default=None,
         metadata={"help": "Knowledge distillation from a frozen teacher run in the same step: `unpruned` (the starting "
@@ -87,28 +83,15 @@ class ModelArguments(PruningArguments):
 
 
 @dataclass
-class DataArguments:
-    """What to train and evaluate on, and the augmentation recipe."""
+class DataArguments(ImageDataArguments):
+    """What to train and evaluate on ([`~arguments.ImageDataArguments`], as every command takes them, then the splits),
+    and the augmentation recipe."""
 
-    dataset_name: str = field(
-        default="clane9/imagenet-100",
-        metadata={"help": "Hub dataset id (with --train_split / --eval_split), or a local folder with class folders.",
-                  "aliases": ["--dataset", "--data"]},
-    )  # fmt: skip
-    train_split: str = field(default="train", metadata={"help": "Training split of a Hub dataset."})
-    data_dir: str | None = field(default=None, metadata={"help": "Folder of the Hub dataset's repository to read."})
-    data_revision: str | None = field(default=None, metadata={"help": "Branch or commit of the Hub dataset."})
+    train_split: str = field(default="train", metadata={"help": "Training split of a Hub dataset (or folder)."})
     eval_split: str = field(default="validation", metadata={"help": "Evaluation split of a Hub dataset."})
     eval_dataset: str | None = field(
         default=None, metadata={"help": "Separate evaluation data (local folder or Hub id); default: --dataset_name."}
     )
-    image_column: str = field(default="image", metadata={"help": "Image column of a Hub dataset."})
-    label_column: str = field(default="label", metadata={"help": "Label column of a Hub dataset."})
-    class_list: str | None = field(
-        default=None,
-        metadata={"help": "Maps the data set's classes onto a teacher's outputs: imagenet1k (built in) or a "
-                  "class-list file (see hf-vitprune evaluate --help)."},
-    )  # fmt: skip
     max_train_samples: int | None = field(default=None, metadata={"help": "Train on a seeded subset of this size."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on a seeded subset of this size."})
     augmentation: str = field(
