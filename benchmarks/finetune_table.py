@@ -67,7 +67,8 @@ def pruning_text(run: dict) -> str:
         KeyError: for a `pruning_method` this version of hf_vitprune does not know.
     """
     from hf_vitprune import methods
-    from hf_vitprune.token_reduction import PRUNING_FIELDS, REDUCERS, PruningSettings
+    from hf_vitprune.reducers import REDUCERS
+    from hf_vitprune.token_reduction import PRUNING_FIELDS, PruningSettings
 
     pruning = run["pruning"]
     method = pruning.get("pruning_method") or "none"

@@ -69,7 +69,7 @@ def compare_merges(model, official, pixel_values, ratio) -> tuple[float, float, 
     Returns:
         `(max |Δ| of merged tokens, max |Δ| of sizes, merging layers compared, our logits (batch, classes))`.
     """
-    from hf_vitprune.token_reduction import PiToMeMerger
+    from hf_vitprune.reducers import PiToMeMerger
 
     worst = [0.0, 0.0, 0]
     original = PiToMeMerger.reduce
@@ -120,6 +120,33 @@ def official_logits(model, official, pixel_values, ratio) -> torch.Tensor:
                 x, sizes = official_merge(official, x, k.mean(1), sizes, ratio, layer_idx, num_layers)
             x = x + layer.mlp(layer.layernorm_after(x))
         return model.classifier(vit.layernorm(x)[:, 0])
+
+
+def random_tensor_check(official) -> list[str]:
+    """`pitome_merge` against the official `pitome_vision` + `merge_wavg` on seeded random tokens, keys and sizes
+    (3 images, 49 candidates), both matchings, ratios 0.9 / 0.75 / 0.5, margin 0.4: one Markdown row each (max |Δ| of
+    the merged tokens, sizes equal or not). Moved here from tests/ (CI has no copy of the official code)."""
+    from hf_vitprune.token_merging import pitome_merge, pitome_merge_count
+
+    rows = []
+    for bipartite in (True, False):
+        for ratio in (0.9, 0.75, 0.5):
+            generator = torch.Generator().manual_seed(int(ratio * 100) + bipartite)
+            x, keys = torch.randn(3, 50, 16, generator=generator), torch.randn(3, 50, 8, generator=generator)
+            sizes = torch.randint(1, 5, (3, 50, 1), generator=generator).float()
+            sizes[:, 0] = 1
+            merge = official.pitome_vision(metric=keys, ratio=ratio, margin=0.4, class_token=True,
+                                           use_bsm_pitome=bipartite)  # fmt: skip
+            expected, expected_sizes = official.merge_wavg(merge, x, sizes)
+            matching = "bipartite" if bipartite else "energy"
+            ids = torch.arange(49).expand(3, -1)
+            r = pitome_merge_count(ratio, 49)
+            out, new_sizes, _, _, _ = pitome_merge(x, sizes[..., 0], keys, r, 1, ids, margin=0.4, matching=matching)
+            same_shape = out.shape == expected.shape
+            diff = (out - expected).abs().max().item() if same_shape else float("inf")
+            sizes_equal = same_shape and torch.equal(new_sizes, expected_sizes[..., 0])
+            rows.append(f"| {matching} | {ratio:g} | {diff:.1e} | {'yes' if sizes_equal else 'NO'} |")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -196,6 +223,15 @@ def main(argv: list[str] | None = None) -> None:
             f"{100 * row['ours'] / total:.2f} | {100 * row['official'] / total:.2f} | {row['differ']} | "
             f"{row['drifted']} | {row['logit']:.1e} |"
         )
+    lines += [
+        "",
+        "Random tensors (3 images, 49 candidates, margin 0.4), `token_merging.pitome_merge` against the official "
+        "`pitome_vision` + `merge_wavg`:",
+        "",
+        "| matching | ratio | max abs. diff. merged tokens | sizes equal |",
+        "|---|---|---|---|",
+        *random_tensor_check(official),
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.output:

@@ -50,20 +50,21 @@ from torch.utils import benchmark as torch_benchmark
 
 from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification
 from hf_vitprune.losses import distillation_loss
-from hf_vitprune.measure import (  # _autocast: the protocol's autocast, shared with measure
+from hf_vitprune.measure import (
     DTYPES,
     CompilerUnavailableError,
     TimedStep,
-    _autocast,
+    autocast,
     check_compiler,
     count_gmacs,
     device_name,
     time_interleaved,
     time_pruning_settings,
 )
+from hf_vitprune.reducers import REDUCERS, AttentionPruner, ReductionState
 from hf_vitprune.report import markdown_delimiter
 from hf_vitprune.token_ops import CLASS_ATTENTION, KEYS, class_attention_row
-from hf_vitprune.token_reduction import REDUCERS, AttentionPruner, ReductionState, TokenReduction, reducer_from_config
+from hf_vitprune.token_reduction import TokenReduction, reducer_from_config
 
 SHAPES = {
     "deit-small": dict(hidden_size=384, num_attention_heads=6, intermediate_size=1536),
@@ -296,7 +297,7 @@ def cuda_peak_memory_mib(shape: str, fields: dict, batch_size: int, training: bo
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     start = torch.cuda.memory_allocated(device)
-    with _autocast(device, dtype):
+    with autocast(device, dtype):
         if training:
             model.train()
             model(pixel_values=x).logits.float().sum().backward()
@@ -341,7 +342,7 @@ def attention_table(args, device, dtype: str) -> list[str]:
             models = {impl: build(shape, device, **fields) for impl in ("sdpa", "eager")}
             models["eager"].set_attn_implementation("eager")
             steps = {impl: (lambda m=models[impl]: m(pixel_values=x)) for impl in ("eager", "sdpa")}  # eager: reference
-            with torch.inference_mode(), _autocast(device, dtype):
+            with torch.inference_mode(), autocast(device, dtype):
                 timed = time_steps(steps, args.rounds, args.batch_size, seed=args.seed, device=device)
             sdpa, eager = timed["sdpa"].images_per_s, timed["eager"].images_per_s
             rows.append(f"| {shape} | {name} | {sdpa:.1f} | {eager:.1f} | {spread(timed['sdpa'].speedups)} |")
@@ -374,7 +375,7 @@ def pruning_overhead(model, batch_size: int, dtype: str, device: torch.device) -
     layer_idx = reducer.reducing_layers(model.vit.embeddings.patch_embeddings.num_patches, config.num_hidden_layers)[0]
     layer = model.vit.layers[layer_idx]
     pixel_values = torch.randn(batch_size, 3, 224, 224, generator=torch.Generator().manual_seed(0)).to(device)
-    with torch.inference_mode(), _autocast(device, dtype):
+    with torch.inference_mode(), autocast(device, dtype):
         hidden = model.vit.embeddings(pixel_values)
         for earlier in model.vit.layers[:layer_idx]:  # no reduction before the first pruning layer
             hidden = earlier(hidden)
@@ -444,7 +445,7 @@ def training_table(args, device, dtype: str) -> list[str]:
             taught = teacher if name.endswith("+ teacher") else None
 
             def step(model=model, optimizer=optimizer, taught=taught):
-                with _autocast(device, dtype):
+                with autocast(device, dtype):
                     logits = model(pixel_values=x).logits
                     if taught is not None:
                         with torch.no_grad():
@@ -473,7 +474,7 @@ def layer_table(args, device, dtype: str) -> list[str]:
         layer = build(shape, device, pruning_method=None).vit.layers[0]
         for tokens in args.layer_tokens:
             hidden = torch.randn(args.batch_size, tokens, SHAPES[shape]["hidden_size"], device=device)
-            with torch.inference_mode(), _autocast(device, dtype):
+            with torch.inference_mode(), autocast(device, dtype):
                 timer = torch_benchmark.Timer(stmt="layer(hidden)", globals={"layer": layer, "hidden": hidden},
                                               num_threads=torch.get_num_threads())  # fmt: skip
                 ms = 1e3 * timer.blocked_autorange(min_run_time=1.0).median

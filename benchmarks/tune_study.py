@@ -37,9 +37,9 @@ TARGETS = ((1, 1.3), (64, 1.5))
 
 def fixed_ladder(method: str, num_layers: int = 12) -> list[tuple[str, dict]]:
     """The fixed-schedule family of `method` that the tuner walks beside its per-layer search
-    (`hf_vitprune.tune.uniform_space`), weakest first, without its no-reduction point: the paper's layers 3, 6, 9 at
-    one keep rate (steps of 0.05), or ToMe's one `r` in every layer (steps of 2)."""
-    from hf_vitprune.tune import uniform_space
+    (`hf_vitprune.schedule_search.uniform_space`), weakest first, without its no-reduction point: the paper's layers
+    3, 6, 9 at one keep rate (steps of 0.05), or ToMe's one `r` in every layer (steps of 2)."""
+    from hf_vitprune.schedule_search import uniform_space
 
     space = uniform_space(method, num_layers)
     return [(f"tome r={value}" if method == "tome" else f"{method}@{value} layers 3,6,9", space.build([value]))
@@ -121,12 +121,13 @@ def main(argv: list[str] | None = None) -> None:
             tune_args = TuneArguments(
                 model_name_or_path=str(MODEL), dataset_name=str(DATA), calibration_split="train",
                 calibration_samples=args.calibration, report_split="val", report_samples=args.report_samples,
-                class_list="imagenet1k", methods=args.methods, target_speedup=target, batch_size=batch_size,
+                class_list="imagenet1k", pruning_method=args.methods, target_speedup=target,
+                throughput_batch_size=batch_size,
                 device="cpu", rounds=rounds, output_dir=str(out), tune_log=str(log),
             )  # fmt: skip
             command = (f"hf-vitprune tune --model_name_or_path {MODEL} --dataset_name {DATA} --calibration_split "
                        f"train --calibration_samples {args.calibration} --report_split val --class_list imagenet1k "
-                       f"--methods {' '.join(args.methods)} --target_speedup {target} --batch_size {batch_size} "
+                       f"--methods {' '.join(args.methods)} --target_speedup {target} --throughput_batch_size {batch_size} "
                        f"--device cpu --rounds {rounds} --tune_log {log}")  # fmt: skip
             result = run_tune(tune_args, command=command)
         for row in result["rows"]:

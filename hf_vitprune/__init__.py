@@ -6,8 +6,9 @@
   for Hub checkpoints, loadable anywhere with `trust_remote_code=True`.
 - `PruningSettings` (every setting declared once in `token_reduction.PruningFields`) and `REDUCERS` (the methods by
   `pruning_method` name); `BACKBONES` (the stock families `prune` knows).
-- Below the surface: `token_ops` (the tensor operations: scores, selection, fusion, merging), `token_reduction` (the
-  methods and one forward pass), `methods` (names, sources, BibTeX), and the commands (`hf-vitprune --help`).
+- Below the surface: `token_ops` and `token_merging` (the tensor operations: scores, selection, fusion; ToMe's and
+  PiToMe's merges), `reducers` (the methods), `token_reduction` (the settings and one forward pass), `methods`
+  (names, sources, BibTeX), and the commands (`hf-vitprune --help`).
 
 Importing the package registers the model family with the Auto classes (`AutoConfig`, `AutoModel`,
 `AutoModelForImageClassification`) and marks it for `auto_map`, so `save_pretrained`, `push_to_hub` and Trainer
@@ -25,7 +26,8 @@ from .modeling_pruned_vit import (
     PrunedViTForImageClassification,
     PrunedViTModel,
 )
-from .token_reduction import REDUCERS, PruningSettings
+from .reducers import REDUCERS
+from .token_reduction import PruningSettings
 
 __version__ = "0.1.0"
 

@@ -8,25 +8,28 @@ Every command takes the same flag for the same setting, named as the setting (`-
   of the settings it reads ([`PruningGridArguments.variants`]). `prune_layers` is one value for the whole run.
 
 Both are dataclasses for `transformers.HfArgumentParser`, so a command accepts them as flags or in a .json / .yaml
-file. The flags of earlier versions (`--methods`, `--keep_rates`, `--fusion on off`, `--renyi_alphas`, ...) are kept as
-aliases.
+file ([`parse_arguments`], which every command parses its flags with). The flags of earlier versions (`--methods`,
+`--keep_rates`, `--fusion on off`, `--renyi_alphas`, ...) are kept as aliases.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import sys
 import types
 import typing
 import warnings
 from argparse import ArgumentTypeError
 from dataclasses import field
+from pathlib import Path
 
 from transformers.hf_argparser import string_to_bool
 
+from .measure import DTYPES, check_device
+from .reducers import REDUCERS
 from .token_reduction import (
     PRUNING_FIELDS,
-    REDUCERS,
     PruningFields,
     UnreadSettingWarning,
     check_setting_names,
@@ -258,6 +261,136 @@ def grid_arguments(name: str, defaults: dict) -> type:
 PruningGridArguments = grid_arguments("PruningGridArguments", GRID_DEFAULTS)
 
 
+def parse_arguments(dataclass_types, argv: list[str] | None, prog: str, description: str | None = None) -> tuple:
+    """Parse `argv` into instances of `dataclass_types` with `transformers.HfArgumentParser`.
+
+    `argv` is either flags (`--name value`; a flag must be spelled out, abbreviations are refused) or one
+    `.json` / `.yaml` / `.yml` file holding the same names (a flag's aliases, e.g. `dataset` for `dataset_name`, are
+    accepted as keys too).
+
+    Returns:
+        One instance per dataclass type, in order.
+
+    Raises:
+        SystemExit: on `--help` or unparsable flags (argparse's behaviour).
+        ValueError: for unknown keys in a JSON / YAML file.
+    """
+    from transformers import HfArgumentParser
+
+    # no abbreviations: `--hub_tok X` must not quietly mean `--hub_token X` (nor a later flag's prefix an earlier one)
+    parser = HfArgumentParser(dataclass_types, prog=prog, description=description, allow_abbrev=False)
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        import json
+
+        import yaml
+
+        text = Path(argv[0]).read_text()
+        values = json.loads(text) if argv[0].endswith(".json") else yaml.safe_load(text)
+        if not isinstance(values, dict):
+            raise ValueError(f"{argv[0]} must hold one mapping of argument names to values.")
+        types = dataclass_types if isinstance(dataclass_types, (list, tuple)) else [dataclass_types]
+        try:
+            return parser.parse_dict(_file_values(values, types, argv[0]))
+        except TypeError as error:  # e.g. a required argument missing from the file
+            raise ValueError(f"{argv[0]}: {error}") from error
+    return parser.parse_args_into_dataclasses(argv)
+
+
+def _file_values(values: dict, types: list, source: str) -> dict:
+    """The values of an arguments file as the flags would give them: keys spelled as a flag's alias renamed to the
+    argument, a single value of a list argument wrapped in a list, true / false / on / off strings of a boolean
+    setting read as booleans (`HfArgumentParser.parse_dict` applies no argparse type).
+
+    Raises:
+        ValueError: for an argument given twice (under its name and an alias), naming both keys and the file.
+    """
+    import typing
+
+    aliases, hints = {}, {}
+    for cls in types:
+        resolved = typing.get_type_hints(cls)
+        for spec in dataclasses.fields(cls):
+            hints[spec.name] = resolved.get(spec.name, spec.type)
+            for alias in spec.metadata.get("aliases", []):
+                aliases[alias.lstrip("-").replace("-", "_")] = spec.name
+    out, given_as = {}, {}
+    for key, value in values.items():
+        name = aliases.get(key, key)
+        if name in out:
+            raise ValueError(f"{source} gives {name} twice, as {given_as[name]!r} and {key!r}: keep one.")
+        hint = hints.get(name)
+        members = [m for m in typing.get_args(hint) if m is not type(None)] if typing.get_origin(hint) else [hint]
+        listed = next((m for m in members if typing.get_origin(m) is list), None)
+        if listed is not None and value is not None and not isinstance(value, list):
+            value = [value]
+        element = typing.get_args(listed)[0] if listed is not None else (members[0] if members else None)
+        if element is OnOff and value is not None:
+            value = [OnOff(v) for v in value] if isinstance(value, list) else OnOff(value)
+        out[name], given_as[name] = value, key
+    return out
+
+
+@dataclasses.dataclass
+class ModelSourceArguments:
+    """The checkpoint a command loads (`evaluate`, `sweep`, `tune`, `train`, `export`, `visualize` take these flags)."""
+
+    model_name_or_path: str = field(
+        default="facebook/deit-small-patch16-224",
+        metadata={"help": "Hub id or local folder of a ViT / DeiT / PrunedViT checkpoint.", "aliases": ["--model"]},
+    )
+    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa or eager."})
+
+
+@dataclasses.dataclass
+class ImageDataArguments:
+    """The labelled images a command reads, and how their classes map onto the model's outputs (`evaluate`, `sweep`,
+    `tune`, `train`)."""
+
+    dataset_name: str = field(
+        default="clane9/imagenet-100",
+        metadata={"help": "Local folder with one sub-folder of images per class (or split folders holding them), or a "
+                  "Hub dataset id.", "aliases": ["--data", "--dataset"]},
+    )  # fmt: skip
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Folder of the Hub dataset's repository to read (e.g. 320px)."}
+    )
+    data_revision: str | None = field(
+        default=None,
+        metadata={"help": "Branch or commit of the Hub dataset (e.g. refs/convert/parquet, the Hub's Parquet export)."},
+    )
+    image_column: str = field(default="image", metadata={"help": "Image column of a Hub dataset."})
+    label_column: str = field(default="label", metadata={"help": "Label column of a Hub dataset."})
+    class_list: str | None = field(
+        default=None,
+        metadata={
+            "help": "Class list mapping data-set class names to the model's outputs (or a teacher's): imagenet1k "
+            "(built in: the ImageNet-1k WordNet ids and names), a TSV with index and wnid columns, or one class name "
+            "per line. Without it, class names must match the model's id2label (or one of its comma-separated names)."
+        },
+    )
+
+
+@dataclasses.dataclass
+class DeviceArguments:
+    """Where and in which precision a command runs the model (`evaluate`, `sweep`, `tune`)."""
+
+    device: str | None = field(default=None, metadata={"help": "cuda, cpu, ... (default: cuda if available)."})
+    dtype: str = field(default="fp32", metadata={"help": "fp32, or bf16 / fp16 autocast."})
+
+    def __post_init__(self):
+        """Check the device and dtype when the flags are parsed, before any model or data is loaded.
+
+        Raises:
+            ValueError: for a dtype not in `measure.DTYPES`, a device name torch does not know, or a device this
+                machine does not have (e.g. cuda without CUDA), naming the flag and what fits.
+        """
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {list(DTYPES)}, got {self.dtype!r}.")
+        if self.device is not None:
+            check_device(self.device)
+
+
 def overwrite_file_field():
     """The `--overwrite` flag of a command that writes one file (`export`, `visualize`): also spelled
     `--overwrite_output_dir` / `--overwrite_output`, as the commands that write a folder spell it."""
@@ -271,9 +404,13 @@ def overwrite_file_field():
 __all__ = [
     "ALIASES",
     "GRID_DEFAULTS",
+    "DeviceArguments",
+    "ImageDataArguments",
+    "ModelSourceArguments",
     "OnOff",
     "PruningArguments",
     "PruningGridArguments",
     "grid_arguments",
+    "parse_arguments",
     "with_grid_defaults",
 ]

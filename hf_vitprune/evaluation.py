@@ -13,17 +13,24 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import methods
-from .arguments import PruningGridArguments
+from . import __version__, methods
+from .arguments import (
+    DeviceArguments,
+    ImageDataArguments,
+    ModelSourceArguments,
+    PruningGridArguments,
+    parse_arguments,
+)
 from .measure import (
-    DTYPES,
     CompilerUnavailableError,
+    autocast,
     check_compiler,
     check_timings,
     count_gmacs,
+    device_name,
     time_pruning_settings,
 )
-from .report import evaluation_protocol, markdown_table, table_footer, tokens_text
+from .report import check_output_dir, markdown_table, table_footer, tokens_text, write_files
 from .token_reduction import PruningSettings
 
 
@@ -83,20 +90,15 @@ def evaluate_variants(
     Raises:
         NonFiniteLogitsError: when a variant's logits hold NaN or infinity (a ValueError naming the variant).
     """
-    from .token_reduction import per_sample_random_seeds
+    from .reducers import per_sample_random_seeds
 
     counts = torch.zeros(len(variants), 4, dtype=torch.long)  # top-1, top-5, images, skipped
     mine: dict[int, list[int]] = {}
-    autocast = (
-        torch.autocast(device.type, dtype=DTYPES[dtype])
-        if DTYPES[dtype]
-        else torch.autocast(device.type, enabled=False)
-    )
     main = accelerator is None or accelerator.is_main_process
     processes = 1 if accelerator is None else accelerator.num_processes
     model.eval()
     bar = tqdm(desc=f"evaluate {len(variants)} variants", unit="img", disable=not (progress and main))
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), autocast(device, dtype):
         for batch in loader:
             if len(batch) != 5:  # no image ids: no per-image predictions, random pruning from the global generator
                 batch = (*batch[:2], None, None, batch[2] if len(batch) == 3 else 0)
@@ -166,37 +168,13 @@ def check_finite(logits: torch.Tensor, variant: Variant, images_before: int, var
 
 
 @dataclass
-class EvaluateArguments(PruningGridArguments):
+class EvaluateArguments(PruningGridArguments, ModelSourceArguments, ImageDataArguments, DeviceArguments):
     """Arguments of `hf-vitprune evaluate` (every one is a command-line flag of the same name): the pruning settings
-    to compare ([`~arguments.PruningGridArguments`], one or more values each), then the model, data and protocol."""
+    to compare ([`~arguments.PruningGridArguments`], one or more values each), the model, data and device (the
+    [`~arguments.ModelSourceArguments`], [`~arguments.ImageDataArguments`] and [`~arguments.DeviceArguments`] every
+    command shares), then the split and the protocol."""
 
-    model_name_or_path: str = field(
-        default="facebook/deit-small-patch16-224",
-        metadata={"help": "Hub id or local folder of a ViT / DeiT / PrunedViT checkpoint.", "aliases": ["--model"]},
-    )
-    dataset_name: str = field(
-        default="clane9/imagenet-100",
-        metadata={"help": "Local folder with one sub-folder of images per class, or a Hub dataset id (with --split).",
-                  "aliases": ["--data", "--dataset"]},
-    )  # fmt: skip
     split: str | None = field(default="validation", metadata={"help": "Split of a Hub dataset (ignored for folders)."})
-    data_dir: str | None = field(
-        default=None, metadata={"help": "Folder of the Hub dataset's repository to read (e.g. 320px)."}
-    )
-    data_revision: str | None = field(
-        default=None,
-        metadata={"help": "Branch or commit of the Hub dataset (e.g. refs/convert/parquet, the Hub's Parquet export)."},
-    )
-    image_column: str = field(default="image", metadata={"help": "Image column of a Hub dataset."})
-    label_column: str = field(default="label", metadata={"help": "Label column of a Hub dataset."})
-    class_list: str | None = field(
-        default=None,
-        metadata={
-            "help": "Class list mapping data-set class names to the model's outputs: imagenet1k (built in: the "
-            "ImageNet-1k WordNet ids and names), a TSV with index and wnid columns, or one class name per line. "
-            "Without it, class names must match the model's id2label (or one of its comma-separated names)."
-        },
-    )
     tie_query_key: str | None = field(
         default=None,
         metadata={"help": "Tie the query and key projections of a checkpoint that has them apart (BSPF's symmetric "
@@ -210,9 +188,6 @@ class EvaluateArguments(PruningGridArguments):
     batch_size: int = field(default=64, metadata={"help": "Evaluation batch size."})
     num_workers: int = field(default=2, metadata={"help": "DataLoader worker processes."})
     max_samples: int | None = field(default=None, metadata={"help": "Evaluate a seeded random subset of this size."})
-    device: str | None = field(default=None, metadata={"help": "cuda, cpu, ... (default: cuda if available)."})
-    dtype: str = field(default="fp32", metadata={"help": "fp32, or bf16 / fp16 autocast."})
-    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa or eager."})
     throughput_batch_size: int = field(default=64, metadata={"help": "Batch size of the images/s measurement."})
     throughput_rounds: int = field(
         default=5, metadata={"help": "Interleaved timing rounds: each round times every variant once, shuffled."}
@@ -260,8 +235,10 @@ class EvaluateArguments(PruningGridArguments):
 
         Raises:
             ValueError: for a batch size, number of rounds, timed passes, bracket or `--max_samples` below 1, or a
-                negative number of warm-up or batch-1 passes or workers, naming the flag.
+                negative number of warm-up or batch-1 passes or workers, naming the flag; a device or dtype
+                [`~arguments.DeviceArguments`] refuses.
         """
+        super().__post_init__()
         minimum = {"throughput_batch_size": 1, "throughput_rounds": 1, "throughput_runs": 1, "throughput_bracket": 1,
                    "throughput_warmup": 0, "latency_runs": 0, "batch_size": 1, "num_workers": 0,
                    "max_samples": 1}  # fmt: skip
@@ -299,37 +276,13 @@ EVALUATE_OUTPUTS = ("results.json", "results.md", "predictions.json")
 """The files `hf-vitprune evaluate` writes into its `--output_dir`."""
 
 
-def check_output_dir(output_dir: str, overwrite: bool, filenames: tuple[str, ...] = EVALUATE_OUTPUTS) -> Path:
-    """Refuse to replace any file a user already has, before any work starts.
-
-    Args:
-        output_dir (`str`): where the run writes.
-        overwrite (`bool`): replace existing files.
-        filenames (`tuple[str, ...]`): every file the run writes there; the first is returned.
-
-    Returns:
-        `Path` of `output_dir / filenames[0]`.
-
-    Raises:
-        FileExistsError: naming the files that exist, if any does and `overwrite` is false.
-    """
-    existing = [name for name in filenames if (Path(output_dir) / name).exists()]
-    if existing and not overwrite:
-        raise FileExistsError(
-            f"{output_dir} already holds {', '.join(existing)}: pass --overwrite_output_dir to replace them, or "
-            "another --output_dir."
-        )
-    return Path(output_dir) / filenames[0]
-
-
 def variants_from_args(args: EvaluateArguments) -> list[Variant]:
     """The variants `args` asks for, every value checked before any model or data is loaded.
 
     Raises:
-        ValueError: for a bad `--dtype`, an unknown method, a setting no requested method reads, or a rejected value.
+        ValueError: for an unknown method, a setting no requested method reads, or a rejected value (the dtype and
+            device were checked when the flags were parsed).
     """
-    if args.dtype not in DTYPES:
-        raise ValueError(f"--dtype must be one of {list(DTYPES)}, got {args.dtype!r}.")
     variants = [Variant(changes) for changes in args.variants()]
     for variant in variants[1:]:
         replace(PruningSettings(), **variant.changes).with_defaults(12).validate(12)
@@ -555,16 +508,43 @@ def write_results(output_dir: Path, files: dict[str, str], setup: EvaluationSetu
         files = {**files, "predictions.json": json.dumps(
             {"variants": names, "top1_class": [predictions[i] for i in sorted(predictions)],
              "image_index": sorted(predictions)})}  # fmt: skip
-    for name, text in files.items():
-        temporary = output_dir / f".{name}.partial"
-        temporary.write_text(text)
-        temporary.replace(output_dir / name)
+    write_files(output_dir, files)
+
+
+def evaluation_protocol(
+    setup: EvaluationSetup, args: EvaluateArguments, command: str | None, throughput_protocol: str | None
+) -> dict:
+    """How every number of a run was obtained, for the JSON report.
+
+    Args:
+        setup ([`~evaluation.EvaluationSetup`]), args ([`~evaluation.EvaluateArguments`]), command (`str`, *optional*):
+            the command line as recorded, throughput_protocol (`str`, *optional*): the timer's protocol line.
+
+    Returns:
+        `dict` of JSON-ready strings and numbers.
+    """
+    return {
+        "command": command,
+        "model": args.model_name_or_path,
+        "data": setup.data.source,
+        "images": setup.num_images,
+        "num_processes": 1 if setup.accelerator is None else setup.accelerator.num_processes,
+        "accuracy_pass_s": setup.accuracy_pass_s,
+        "class_list": args.class_list,
+        "preprocessing": setup.preprocessing,
+        "top1": "argmax over all model outputs; torch.manual_seed(seed) right before the pass (random pruning)",
+        "gmacs": "fvcore, one image, SDPA counted through an op handle (hf_vitprune.measure.count_gmacs)",
+        "throughput": throughput_protocol,
+        "timing_check": setup.timing_check,
+        "machine": device_name(setup.device),
+        "torch": torch.__version__,
+        "hf_vitprune": __version__,
+        "fusion_temperature_default": setup.model.config.fusion_temperature,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Entry point of `hf-vitprune evaluate`: parse `argv` (flags, or one .json / .yaml file) and run."""
-    from .cli import parse_arguments
-
     argv = sys.argv[1:] if argv is None else argv
     (args,) = parse_arguments(EvaluateArguments, argv, prog="hf-vitprune evaluate", description=__doc__)
     return run_evaluation(args, command="hf-vitprune evaluate " + shlex.join(argv))

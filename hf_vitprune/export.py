@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .arguments import PruningArguments, overwrite_file_field
+from .arguments import PruningArguments, overwrite_file_field, parse_arguments
 from .measure import LogitsOnly, _model_image_size
 
 FORMATS = ("onnx", "pt2")
@@ -171,8 +171,6 @@ def run_export(args: ExportArguments, command: str | None = None) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     """Entry point of `hf-vitprune export`."""
-    from .cli import parse_arguments
-
     argv = sys.argv[1:] if argv is None else argv
     (args,) = parse_arguments(ExportArguments, argv, prog="hf-vitprune export", description=__doc__)
     return run_export(args, command="hf-vitprune export " + shlex.join(argv))

@@ -9,12 +9,8 @@ ICML 2021, eq. 2) and Hinton et al. (2015) for distillation.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
-
-if TYPE_CHECKING:
-    from .train import DataArguments, ModelArguments
 
 
 def soft_target_loss(label_smoothing: float):
@@ -181,52 +177,3 @@ class DistillationLoss:
             mse = (student_token.float() - teacher_token.float()).square().mean(-1)
             loss = loss + distillation.token_weight * reduce_per_image(mse, labels, num_items_in_batch)
         return loss
-
-
-def load_teacher(model_args: ModelArguments, data_args: DataArguments, student) -> Distillation | None:
-    """The teacher `--distill_from` names, checked against the student before any training.
-
-    Raises:
-        ValueError: for a teacher whose image size differs from the student's, whose head does not predict the
-            student's classes (with what to pass), that is pruned without `--allow_pruned_teacher`, or bad weights.
-    """
-    from .data import resolve_label_mapping
-    from .loading import check_model_source, load_pruned_model
-
-    source = model_args.distill_from
-    if source is None:
-        return None
-    if not 0 <= model_args.distill_alpha <= 1 or model_args.distill_temperature <= 0:
-        raise ValueError("--distill_alpha must lie in [0, 1] and --distill_temperature be > 0.")
-    from transformers import PretrainedConfig
-
-    unpruned = source == "unpruned"
-    path = model_args.model_name_or_path if unpruned else source
-    check_model_source(path)
-    # a stock ViT / DeiT checkpoint is an unpruned teacher (loading it as PrunedViT would add the default pruning)
-    stock = "pruning_method" not in PretrainedConfig.get_config_dict(path)[0]
-    teacher = load_pruned_model(path, attn_implementation=model_args.attn_implementation)
-    if unpruned or stock:
-        teacher.set_pruning(pruning_method=None)
-    elif teacher.config.pruning_method is not None and not model_args.allow_pruned_teacher:
-        raise ValueError(
-            f"--distill_from {source}: that model is itself pruned ({teacher.config.pruning_method}); pass "
-            "--allow_pruned_teacher to distill from it anyway, or the folder of an unpruned model."
-        )
-    if teacher.config.image_size != student.config.image_size:
-        raise ValueError(
-            f"--distill_from {source}: the teacher takes {teacher.config.image_size} px images, the student "
-            f"{student.config.image_size} px; distillation feeds both the same images."
-        )
-    student_classes = [student.config.id2label[i] for i in range(student.config.num_labels)]
-    try:
-        index = resolve_label_mapping(student_classes, teacher.config.id2label, data_args.class_list)
-    except ValueError as error:
-        raise ValueError(
-            f"--distill_from {source}: the teacher's head does not predict the student's classes ({error})"
-        ) from error
-    teacher.eval().requires_grad_(False)
-    return Distillation(
-        teacher, torch.tensor(index), model_args.distill_alpha, model_args.distill_temperature,
-        model_args.distill_token_weight, f"{path} with pruning off" if unpruned else path,
-    )  # fmt: skip

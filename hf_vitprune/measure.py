@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .reducers import REDUCERS
+from .token_reduction import TokenReduction, reducer_from_config
+
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -95,6 +98,35 @@ def count_gmacs(model: nn.Module, image_size: int | None = None) -> float:
     finally:
         model.train(was_training)
     return total / 1e9
+
+
+def check_device(name: str) -> torch.device:
+    """The `torch.device` called `name`, once it is known to exist on this machine.
+
+    Raises:
+        ValueError: for a name torch does not know (listing the usual ones), or a device type this machine does not
+            have (cuda without a CUDA GPU, an index beyond the GPUs present, mps without Apple's GPU), naming
+            `--device`.
+    """
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"--device {name!r} is not a device torch knows ({error}); use cpu, cuda, cuda:N or mps."
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: this machine has no CUDA GPU torch can use; use --device cpu.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}.")  # fmt: skip
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: Apple's GPU (mps) is not available here; use --device cpu.")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        available = getattr(torch, device.type, None)
+        if available is None or not getattr(available, "is_available", lambda: False)():
+            raise ValueError(f"--device {name}: no {device.type} device is available here; use --device cpu.")
+    return device
 
 
 def device_name(device: torch.device) -> str:
@@ -179,7 +211,13 @@ def _check_protocol(dtype: str, runs: int, batch_size: int) -> None:
         raise ValueError(f"runs and batch_size must be >= 1, got runs={runs}, batch_size={batch_size}.")
 
 
-def _autocast(device: torch.device, dtype: str):
+def autocast(device: torch.device, dtype: str):
+    """The autocast context of `dtype` on `device`: `torch.autocast` for "bf16" / "fp16" (weights stay float32), no
+    autocast for "fp32". The one helper every timing and accuracy pass uses.
+
+    Raises:
+        KeyError: for a dtype not in [`DTYPES`].
+    """
     return torch.autocast(device_type=device.type, dtype=DTYPES[dtype]) if DTYPES[dtype] else contextlib.nullcontext()
 
 
@@ -530,7 +568,7 @@ def time_pruning_settings(
         TimedStep(name, lambda: forward(batch), lambda: forward(single), lambda f=fields: model.pruning(**f))
         for name, fields in variants
     ]
-    with torch.inference_mode(), _autocast(device, dtype):
+    with torch.inference_mode(), autocast(device, dtype):
         timings = time_interleaved(steps, batch_size, rounds, runs, warmup, latency_runs, seed, bracket, device)
     check = check_timings(timings)
     if not check.quiet:
@@ -544,3 +582,169 @@ def time_pruning_settings(
         + ("" if check.quiet else f". WARNING: {check.message()}")
     )
     return timings, protocol
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The latency model of `hf-vitprune tune` (one layer timed at several token counts)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LatencyModel:
+    """Milliseconds of one forward pass of a schedule, predicted from one layer timed at several token counts.
+
+    `predict` adds: the rest of the model (`fixed_ms`: embeddings, final norm, head); each layer at its token count,
+    split between the tokens entering it (attention, by its share of the layer's MACs) and those leaving it (MLP);
+    and each reducing layer's own work (`overhead_ms[method]` at the full token count, scaled by the tokens entering).
+
+    Attributes:
+        tokens (`list[int]`), layer_ms (`list[float]`): one layer's milliseconds at these token counts (increasing),
+            interpolated linearly between them.
+        fixed_ms (`float`): the whole unpruned model minus its layers.
+        overhead_ms (`dict[str, float]`): per method, its reduction work at the full token count.
+        num_layers (`int`), num_prefix_tokens (`int`), hidden_size (`int`), intermediate_size (`int`).
+        batch_size (`int`), dtype (`str`), device (`str`): what was measured.
+    """
+
+    tokens: list[int]
+    layer_ms: list[float]
+    fixed_ms: float
+    overhead_ms: dict[str, float]
+    num_layers: int
+    num_prefix_tokens: int
+    hidden_size: int
+    intermediate_size: int
+    batch_size: int = 1
+    dtype: str = "fp32"
+    device: str = "cpu"
+
+    def layer(self, num_tokens: float) -> float:
+        """One layer's milliseconds at `num_tokens` tokens (linear between the measured counts, clamped)."""
+        points = list(zip(self.tokens, self.layer_ms))
+        if num_tokens <= points[0][0]:
+            return points[0][1] * num_tokens / points[0][0]
+        for (n0, t0), (n1, t1) in zip(points, points[1:]):
+            if num_tokens <= n1:
+                return t0 + (t1 - t0) * (num_tokens - n0) / (n1 - n0)
+        (n0, t0), (n1, t1) = points[-2], points[-1]
+        return t1 + (t1 - t0) * (num_tokens - n1) / (n1 - n0)
+
+    def attention_share(self, num_tokens: float) -> float:
+        """Share of a layer's MACs before its reduction point (attention: 4 N D^2 + 2 N^2 D of + 2 N D I)."""
+        d, n = self.hidden_size, num_tokens
+        attention = 4 * n * d * d + 2 * n * n * d
+        return attention / (attention + 2 * n * d * self.intermediate_size)
+
+    def predict(self, token_counts: list[tuple[int, int]], method: str | None) -> float:
+        """Milliseconds of a forward pass.
+
+        Args:
+            token_counts (`list[(entering, leaving)]`): tokens (prefix included) of each layer, in order.
+            method (`str`, *optional*): the method reducing where `leaving < entering`.
+        """
+        total, full = self.fixed_ms, self.tokens[-1]
+        for entering, leaving in token_counts:
+            share = self.attention_share(entering)
+            total += share * self.layer(entering) + (1 - share) * self.layer(leaving)
+            if leaving != entering and method is not None:
+                total += self.overhead_ms.get(method, 0.0) * entering / full
+        return total
+
+    def unpruned_ms(self) -> float:
+        """The unpruned model's predicted milliseconds."""
+        return self.predict([(self.tokens[-1], self.tokens[-1])] * self.num_layers, None)
+
+    def fastest_ms(self) -> float:
+        """A bound no schedule beats: the first layer's attention on every token, then one token per image left
+        besides the prefix, with no reduction work."""
+        full, least = self.tokens[-1], self.num_prefix_tokens + 1
+        counts = [(full, least)] + [(least, least)] * (self.num_layers - 1)
+        return self.predict(counts, None)
+
+
+def token_counts(model, settings: dict) -> list[tuple[int, int]]:
+    """Tokens `(entering, leaving)` of each layer of `model` under `settings` (prefix included), from the method's
+    own schedule (`TokenReducer._schedule`)."""
+    config = model.config
+    prefix = config.num_prefix_tokens
+    patches = model.base_model.embeddings.patch_embeddings.num_patches
+    counts = [[prefix + patches, prefix + patches] for _ in range(config.num_hidden_layers)]
+    with model.pruning(**settings):
+        reducer = reducer_from_config(config, prefix)
+        if reducer is None:
+            return [tuple(c) for c in counts]
+        for layer_idx, kept, fused in reducer.layer_schedule(patches, config.num_hidden_layers):
+            counts[layer_idx][1] = prefix + kept + fused  # reduced after its attention
+            for later in range(layer_idx + 1, config.num_hidden_layers):
+                counts[later] = [prefix + kept + fused] * 2
+    return [tuple(c) for c in counts]
+
+
+def measure_latency_model(model, methods_: list[str], batch_size: int, dtype: str, device, rounds: int = 5,
+                          seed: int = 0) -> LatencyModel:  # fmt: skip
+    """Time one layer at several token counts, the whole unpruned model, and one reducing layer of each method, all in
+    the same interleaved rounds ([`~measure.time_interleaved`]), and build the [`LatencyModel`]. A reducing layer's
+    timed pass is what a forward pass does there: build its `TokenReduction` and run the layer with it; the setting is
+    switched once per method, outside the timing (switching costs ~0.2 ms, about a layer's reduction work at batch 1).
+
+    Args:
+        model: a PrunedViT image classifier (its setting is left unchanged).
+        methods_ (`list[str]`): the methods whose reduction work is timed.
+        batch_size (`int`), dtype (`str`), device: as the latency is wanted.
+        rounds (`int`), seed (`int`): of the interleaved rounds.
+
+    Returns:
+        [`LatencyModel`].
+    """
+
+    config = model.config
+    device = torch.device(device)
+    model.eval().to(device)
+    prefix, layers = config.num_prefix_tokens, model.base_model.layers
+    patches = model.base_model.embeddings.patch_embeddings.num_patches
+    full = prefix + patches
+    grid = sorted({prefix + max(1, round(patches * q)) for q in (1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1)})
+    generator = torch.Generator().manual_seed(seed)
+    hidden = {n: torch.randn(batch_size, n, config.hidden_size, generator=generator).to(device) for n in grid}
+    image = torch.randn(batch_size, config.num_channels, config.image_size, config.image_size, generator=generator)
+    image = image.to(device)
+    layer = layers[0]
+
+    def reducing(method: str):
+        with model.pruning(**probe_settings(method, config.num_hidden_layers)):  # once: switching is not the work
+            reducer = reducer_from_config(config, prefix)  # as the model's forward pass builds it
+
+        def run():  # a forward pass builds its TokenReduction from the reducer, then the layer reduces
+            reduction = TokenReduction(reducer, prefix, num_hidden_layers=config.num_hidden_layers)
+            layer(hidden[full], None, token_reduction=reduction)
+
+        return run
+
+    steps = [TimedStep("model", lambda: model(pixel_values=image))]
+    steps += [TimedStep(f"layer@{n}", lambda n=n: layer(hidden[n])) for n in grid]
+    steps += [TimedStep(f"reduce:{m}", reducing(m)) for m in methods_]
+    with torch.inference_mode(), autocast(device, dtype), model.pruning(pruning_method=None):
+        timings = time_interleaved(steps, 1, rounds=rounds, runs=3, warmup=2, seed=seed, device=device)
+    check = check_timings(timings)
+    if not check.quiet:  # the search would follow a distorted model; the verification re-measures anyway
+        warnings.warn(f"latency model: {check.message()}", BusyMachineWarning, stacklevel=2)
+    ms = {t.name: 1e3 / t.images_per_s for t in timings}
+    layer_ms = [ms[f"layer@{n}"] for n in grid]
+    latency = LatencyModel(grid, layer_ms, 0.0, {}, config.num_hidden_layers, prefix, config.hidden_size,
+                           config.intermediate_size, batch_size, dtype, str(device))  # fmt: skip
+    latency.fixed_ms = max(ms["model"] - config.num_hidden_layers * ms[f"layer@{full}"], 0.0)
+    for method in methods_:
+        counts = token_counts(model, probe_settings(method, config.num_hidden_layers))[0]
+        share = latency.attention_share(full)
+        expected = share * latency.layer(counts[0]) + (1 - share) * latency.layer(counts[1])
+        latency.overhead_ms[method] = max(ms[f"reduce:{method}"] - expected, 0.0)
+    return latency
+
+
+def probe_settings(method: str, num_layers: int) -> dict:
+    """A setting of `method` that reduces at layer 0 only, by about 30 % (its reduction work is what is timed)."""
+    if REDUCERS[method].amount_setting == "tome_r":
+        return {"pruning_method": method, "tome_r": [16] + [0] * (num_layers - 1)}
+    if REDUCERS[method].keep_rate_per_layer:
+        return {"pruning_method": method, "keep_rate": [0.7] + [1.0] * (num_layers - 1)}
+    return {"pruning_method": method, "keep_rate": 0.7, "prune_layers": [0]}

@@ -14,7 +14,8 @@ None raises: a method no longer registered (e.g. in an old results row) is label
 
 from __future__ import annotations
 
-from .token_reduction import REDUCERS, PruningSettings
+from .reducers import REDUCERS
+from .token_reduction import PruningSettings
 
 BIBTEX_IGAUE2025 = """@article{igaue2025patch,
   title   = {Patch Pruning Strategy Based on Robust Statistical Measures of Attention Weight Diversity in Vision
@@ -105,22 +106,44 @@ def format_rate(rate) -> str:
 
 
 def _kind(method: str | None) -> str:
-    """`"none"`, `"tome"` (merging in every layer), `"bspf"`, `"pitome"` (a keep rate in every layer) or `"pruner"` (a
-    keep rate per pruning layer, any other method), by name and by the settings the method reads; a name no longer
-    registered counts as a pruner."""
+    """`"none"`, `"tome"` (a method whose amount is ToMe's `r`), `"bspf"`, `"pitome"` (a keep rate in every layer) or
+    `"pruner"` (a keep rate per pruning layer, any other method), by name and by the reducer's `amount_setting`; a
+    name no longer registered counts as a pruner."""
     if method is None:
         return "none"
     if method in ("bspf", "pitome"):
         return method
-    used = REDUCERS[method].settings_used if method in REDUCERS else ()
-    return "tome" if "tome_r" in used else "pruner"
+    reducer = REDUCERS.get(method)
+    return "tome" if reducer is not None and reducer.amount_setting == "tome_r" else "pruner"
+
+
+_IN_THE_BASE_LABEL = ("keep_rate", "fuse_pruned", "fusion_temperature", "tome_r", "renyi_alpha", "entropy_axis",
+                      "bspf_block", "bspf_joint", "pitome_margin", "prune_layers")  # fmt: skip
+"""Settings the base labels below show in their own way (`prune_layers` is one value for every row of a run)."""
+_DEFAULTS = PruningSettings()
+
+
+def _other_settings(settings: PruningSettings) -> list[str]:
+    """`name=value` of every other setting the method reads (its reducer's `settings_used`) whose value differs from
+    the default, so that two settings that differ in anything the method reads never share a label."""
+    reducer = REDUCERS.get(settings.pruning_method)
+    used = reducer.settings_used if reducer is not None else ()
+    return [f"{name}={format_rate(value) if not isinstance(value, bool) else value}"
+            for name in used if name not in _IN_THE_BASE_LABEL
+            and (value := getattr(settings, name)) != getattr(_DEFAULTS, name)]  # fmt: skip
 
 
 def label(settings: PruningSettings) -> str:
-    """The method's name in tables: `unpruned`, `variance`, `entropy (α=2)`, `ToMe (r=8)`, `BSPF (block 3, mean)`.
+    """The method's name in tables: `unpruned`, `variance`, `entropy (α=2)`, `ToMe (r=8)`, `BSPF (block 3, mean)`;
+    any other setting the method reads, away from its default, follows in brackets: `PiToMe [pitome_alpha=2]`.
 
     Args: `settings` (see the module docstring). Returns: `str`.
     """
+    others = _other_settings(settings)
+    return _base_label(settings) + (f" [{', '.join(others)}]" if others else "")
+
+
+def _base_label(settings: PruningSettings) -> str:
     method, kind = settings.pruning_method, _kind(settings.pruning_method)
     if kind == "none":
         return "unpruned"
@@ -139,10 +162,18 @@ def label(settings: PruningSettings) -> str:
 def short_name(settings: PruningSettings, explicit: tuple[str, ...] = ()) -> str:
     """A compact label of one setting: `unpruned`, `variance@0.7+fusion`, `entropy(a=2)@0.5`, `tome(r=8)`,
     `bspf(b=3,mean)@0.7`; a fusion temperature in `explicit` (chosen rather than the model's) shows as
-    `+fusion(T=0.3)`.
+    `+fusion(T=0.3)`, and any other setting the method reads, away from its default, in brackets:
+    `pitome@0.7[pitome_alpha=2]`, `tome(r=8)[restore_patch_grid=True]`. Two settings that differ in anything the
+    method reads (bar `prune_layers`, one value per run, and a temperature left at the model's value) never share a
+    name.
 
     Args: `settings`, `explicit` (see the module docstring). Returns: `str`.
     """
+    others = _other_settings(settings)
+    return _base_short_name(settings, explicit) + (f"[{','.join(others)}]" if others else "")
+
+
+def _base_short_name(settings: PruningSettings, explicit: tuple[str, ...]) -> str:
     method, kind = settings.pruning_method, _kind(settings.pruning_method)
     if kind == "none":
         return "unpruned"

@@ -50,7 +50,7 @@ def _hub_id(name: str) -> str | None:
 
 def _uses(method: str | None, field: str) -> bool:
     """Whether `field` acts under `method` (its reducer's `settings_used`; nothing acts without pruning)."""
-    from .token_reduction import REDUCERS
+    from .reducers import REDUCERS
 
     return method in REDUCERS and field in REDUCERS[method].settings_used
 

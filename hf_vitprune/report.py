@@ -1,19 +1,51 @@
-"""How `hf-vitprune evaluate` and `sweep` write their results: the Markdown tables (labels and cells from
-[`methods`]), the token schedule text, and the protocol of every number."""
+"""How the commands write their results: the output folder checked before any work, every file written whole
+(`write_files`), the Markdown tables of `evaluate` and `sweep` (labels and cells from [`methods`]), the token schedule
+text, and the footer that gives the protocol of every number."""
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
-
-import torch
+from pathlib import Path
 
 from . import methods
-from .measure import device_name
 from .token_reduction import PRUNING_FIELDS, PruningSettings
 
-if TYPE_CHECKING:
-    from .evaluation import EvaluateArguments, EvaluationSetup
+
+def check_output_dir(output_dir: str, overwrite: bool, filenames: tuple[str, ...]) -> Path:
+    """Refuse to replace any file a user already has, before any work starts.
+
+    Args:
+        output_dir (`str`): where the run writes.
+        overwrite (`bool`): replace existing files.
+        filenames (`tuple[str, ...]`): every file the run writes there; the first is returned.
+
+    Returns:
+        `Path` of `output_dir / filenames[0]`.
+
+    Raises:
+        FileExistsError: naming the files that exist, if any does and `overwrite` is false.
+    """
+    existing = [name for name in filenames if (Path(output_dir) / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{output_dir} already holds {', '.join(existing)}: pass --overwrite_output_dir to replace them, or "
+            "another --output_dir."
+        )
+    return Path(output_dir) / filenames[0]
+
+
+def write_files(output_dir: Path, files: dict[str, str]) -> None:
+    """Write each `{name: text}` into `output_dir` (created if needed), first to a temporary name and then renamed:
+    a file of that name is always complete, even if the run is killed while writing.
+
+    Raises:
+        OSError: when the folder cannot be created or a file written.
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        temporary = output_dir / f".{name}.partial"
+        temporary.write_text(text)
+        temporary.replace(output_dir / name)
 
 
 def tokens_text(config, num_patches: int) -> str:
@@ -85,40 +117,6 @@ def settings_of(row: dict) -> tuple[PruningSettings, tuple[str, ...]]:
     explicit temperature is flagged by `fusion_temperature_set`)."""
     settings = PruningSettings(**{name: row[name] for name in PRUNING_FIELDS if name in row})
     return settings, ("fusion_temperature",) if row.get("fusion_temperature_set") else ()
-
-
-def evaluation_protocol(
-    setup: EvaluationSetup, args: EvaluateArguments, command: str | None, throughput_protocol: str | None
-) -> dict:
-    """How every number of a run was obtained, for the JSON report.
-
-    Args:
-        setup ([`~evaluation.EvaluationSetup`]), args ([`~evaluation.EvaluateArguments`]), command (`str`, *optional*):
-            the command line as recorded, throughput_protocol (`str`, *optional*): the timer's protocol line.
-
-    Returns:
-        `dict` of JSON-ready strings and numbers.
-    """
-    from . import __version__
-
-    return {
-        "command": command,
-        "model": args.model_name_or_path,
-        "data": setup.data.source,
-        "images": setup.num_images,
-        "num_processes": 1 if setup.accelerator is None else setup.accelerator.num_processes,
-        "accuracy_pass_s": setup.accuracy_pass_s,
-        "class_list": args.class_list,
-        "preprocessing": setup.preprocessing,
-        "top1": "argmax over all model outputs; torch.manual_seed(seed) right before the pass (random pruning)",
-        "gmacs": "fvcore, one image, SDPA counted through an op handle (hf_vitprune.measure.count_gmacs)",
-        "throughput": throughput_protocol,
-        "timing_check": setup.timing_check,
-        "machine": device_name(setup.device),
-        "torch": torch.__version__,
-        "hf_vitprune": __version__,
-        "fusion_temperature_default": setup.model.config.fusion_temperature,
-    }
 
 
 def table_footer(report: dict) -> str:

@@ -14,19 +14,19 @@ import sys
 from dataclasses import dataclass, field
 
 from . import methods
-from .arguments import with_grid_defaults
+from .arguments import parse_arguments, with_grid_defaults
 from .evaluation import (
     EvaluateArguments,
     Variant,
-    check_output_dir,
+    evaluation_protocol,
     measure_variants,
     prepare_evaluation,
     variants_from_args,
     write_results,
 )
 from .measure import count_gmacs
-from .report import evaluation_protocol, markdown_table, settings_of, table_footer
-from .token_reduction import REDUCERS
+from .reducers import REDUCERS
+from .report import check_output_dir, markdown_table, settings_of, table_footer
 
 SWEEP_OUTPUTS = ("sweep.json", "sweep.csv", "sweep.md", "top1_vs_gmacs.png", "top1_vs_images_per_s.png",
                  "matched_gmacs.md", "predictions.json")  # fmt: skip
@@ -104,7 +104,7 @@ def matching_candidates(template: Variant, max_tome_r: int = 64) -> list[Variant
     to the method's `min_keep_rate`, 0.50 for PiToMe) when the method reads `keep_rate`, else ToMe's `r` 0, 1, ...,
     `max_tome_r`."""
     reducer = REDUCERS[template.changes["pruning_method"]]
-    if "tome_r" in reducer.settings_used:
+    if reducer.amount_setting == "tome_r":
         return [Variant({**template.changes, "tome_r": r}) for r in range(max_tome_r + 1)]
     rates = [round(k / 100, 2) for k in range(100, 0, -1) if k / 100 >= reducer.min_keep_rate]
     return [Variant({**template.changes, "keep_rate": rate}) for rate in rates]
@@ -224,8 +224,6 @@ def run_sweep(args: SweepArguments, command: str | None = None) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     """Entry point of `hf-vitprune sweep`: parse `argv` (flags, or one .json / .yaml file) and run."""
-    from .cli import parse_arguments
-
     argv = sys.argv[1:] if argv is None else argv
     (args,) = parse_arguments(SweepArguments, argv, prog="hf-vitprune sweep", description=__doc__)
     return run_sweep(args, command="hf-vitprune sweep " + shlex.join(argv))

@@ -20,22 +20,19 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from .arguments import PruningArguments
+from .arguments import ImageDataArguments, ModelSourceArguments, PruningArguments, parse_arguments
 from .augmentation import AugmentationEpochCallback, TrainCollator, eval_collator, train_transform
 from .checkpoints import check_training_output_dir, push_output_dir, redact_command, resolve_resume_checkpoint
-from .losses import Distillation, DistillationLoss, load_teacher, soft_target_loss
+from .losses import Distillation, DistillationLoss, soft_target_loss
 from .token_reduction import PruningSettings
 
 
 @dataclass
-class ModelArguments(PruningArguments):
+class ModelArguments(PruningArguments, ModelSourceArguments):
     """Which checkpoint to start from and how it prunes: the pruning settings ([`~arguments.PruningArguments`]; a flag
-    left out keeps the checkpoint's value, the paper's setting for a stock ViT / DeiT), then the model options."""
+    left out keeps the checkpoint's value, the paper's setting for a stock ViT / DeiT), the checkpoint
+    ([`~arguments.ModelSourceArguments`], as every command takes it), then the model and schedule options."""
 
-    model_name_or_path: str = field(
-        default="facebook/deit-small-patch16-224",
-        metadata={"help": "Hub id or local folder of a ViT / DeiT / PrunedViT checkpoint.", "aliases": ["--model"]},
-    )
     tie_query_key: str | None = field(
         default=None,
         metadata={"help": "Tie the query and key projections (BSPF's symmetric attention) of a checkpoint that has "
@@ -64,7 +61,6 @@ class ModelArguments(PruningArguments):
         default=False,
         metadata={"help": "Start a new classification head when the data set's classes differ from the checkpoint's."},
     )
-    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa or eager."})
     distill_from: str | None = field(
         default=None,
         metadata={"help": "Knowledge distillation from a frozen teacher run in the same step: `unpruned` (the starting "
@@ -87,28 +83,15 @@ class ModelArguments(PruningArguments):
 
 
 @dataclass
-class DataArguments:
-    """What to train and evaluate on, and the augmentation recipe."""
+class DataArguments(ImageDataArguments):
+    """What to train and evaluate on ([`~arguments.ImageDataArguments`], as every command takes them, then the splits),
+    and the augmentation recipe."""
 
-    dataset_name: str = field(
-        default="clane9/imagenet-100",
-        metadata={"help": "Hub dataset id (with --train_split / --eval_split), or a local folder with class folders.",
-                  "aliases": ["--dataset", "--data"]},
-    )  # fmt: skip
-    train_split: str = field(default="train", metadata={"help": "Training split of a Hub dataset."})
-    data_dir: str | None = field(default=None, metadata={"help": "Folder of the Hub dataset's repository to read."})
-    data_revision: str | None = field(default=None, metadata={"help": "Branch or commit of the Hub dataset."})
+    train_split: str = field(default="train", metadata={"help": "Training split of a Hub dataset (or folder)."})
     eval_split: str = field(default="validation", metadata={"help": "Evaluation split of a Hub dataset."})
     eval_dataset: str | None = field(
         default=None, metadata={"help": "Separate evaluation data (local folder or Hub id); default: --dataset_name."}
     )
-    image_column: str = field(default="image", metadata={"help": "Image column of a Hub dataset."})
-    label_column: str = field(default="label", metadata={"help": "Label column of a Hub dataset."})
-    class_list: str | None = field(
-        default=None,
-        metadata={"help": "Maps the data set's classes onto a teacher's outputs: imagenet1k (built in) or a "
-                  "class-list file (see hf-vitprune evaluate --help)."},
-    )  # fmt: skip
     max_train_samples: int | None = field(default=None, metadata={"help": "Train on a seeded subset of this size."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on a seeded subset of this size."})
     augmentation: str = field(
@@ -290,8 +273,6 @@ def top_k_metrics():
 
 def parse_args(argv: list[str] | None = None):
     """Parse flags (or one .json / .yaml file) into `(ModelArguments, DataArguments, PruningTrainingArguments)`."""
-    from .cli import parse_arguments
-
     return parse_arguments(
         (ModelArguments, DataArguments, PruningTrainingArguments), argv, prog="hf-vitprune train", description=__doc__
     )
@@ -369,6 +350,55 @@ def load_training_data(data_args: DataArguments, seed: int):
     if unknown:
         raise ValueError(f"Evaluation classes {unknown[:5]} do not occur in the training data.")
     return train_data, eval_data
+
+
+def load_teacher(model_args: ModelArguments, data_args: DataArguments, student) -> Distillation | None:
+    """The teacher `--distill_from` names, checked against the student before any training.
+
+    Raises:
+        ValueError: for a teacher whose image size differs from the student's, whose head does not predict the
+            student's classes (with what to pass), that is pruned without `--allow_pruned_teacher`, or bad weights.
+    """
+    from .data import resolve_label_mapping
+    from .loading import check_model_source, load_pruned_model
+
+    source = model_args.distill_from
+    if source is None:
+        return None
+    if not 0 <= model_args.distill_alpha <= 1 or model_args.distill_temperature <= 0:
+        raise ValueError("--distill_alpha must lie in [0, 1] and --distill_temperature be > 0.")
+    from transformers import PretrainedConfig
+
+    unpruned = source == "unpruned"
+    path = model_args.model_name_or_path if unpruned else source
+    check_model_source(path)
+    # a stock ViT / DeiT checkpoint is an unpruned teacher (loading it as PrunedViT would add the default pruning)
+    stock = "pruning_method" not in PretrainedConfig.get_config_dict(path)[0]
+    teacher = load_pruned_model(path, attn_implementation=model_args.attn_implementation)
+    if unpruned or stock:
+        teacher.set_pruning(pruning_method=None)
+    elif teacher.config.pruning_method is not None and not model_args.allow_pruned_teacher:
+        raise ValueError(
+            f"--distill_from {source}: that model is itself pruned ({teacher.config.pruning_method}); pass "
+            "--allow_pruned_teacher to distill from it anyway, or the folder of an unpruned model."
+        )
+    if teacher.config.image_size != student.config.image_size:
+        raise ValueError(
+            f"--distill_from {source}: the teacher takes {teacher.config.image_size} px images, the student "
+            f"{student.config.image_size} px; distillation feeds both the same images."
+        )
+    student_classes = [student.config.id2label[i] for i in range(student.config.num_labels)]
+    try:
+        index = resolve_label_mapping(student_classes, teacher.config.id2label, data_args.class_list)
+    except ValueError as error:
+        raise ValueError(
+            f"--distill_from {source}: the teacher's head does not predict the student's classes ({error})"
+        ) from error
+    teacher.eval().requires_grad_(False)
+    return Distillation(
+        teacher, torch.tensor(index), model_args.distill_alpha, model_args.distill_temperature,
+        model_args.distill_token_weight, f"{path} with pruning off" if unpruned else path,
+    )  # fmt: skip
 
 
 def global_batch_size(training_args) -> int:

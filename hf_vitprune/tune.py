@@ -33,15 +33,19 @@ import torch
 from tqdm.auto import tqdm
 
 from . import methods
+from .arguments import DeviceArguments, ImageDataArguments, ModelSourceArguments, parse_arguments
+from .evaluation import Variant, evaluate_variants
 from .measure import (
-    DTYPES,
-    BusyMachineWarning,
-    TimedStep,
+    LatencyModel,
     check_timings,
-    time_interleaved,
+    measure_latency_model,
     time_pruning_settings,
+    token_counts,
 )
-from .token_reduction import REDUCERS, PruningSettings, default_prune_layers, reducer_from_config
+from .reducers import REDUCERS
+from .report import check_output_dir, write_files
+from .schedule_search import Point, greedy_search, next_step, pareto, search_space, setting_key, uniform_space
+from .token_reduction import PruningSettings
 
 TUNE_OUTPUTS = ("setting.json", "pareto.md", "pareto.png", "results.md", "results.json")
 """The files a finished `hf-vitprune tune` writes into its `--output_dir` (besides `model/` and `tune_log.jsonl`)."""
@@ -55,42 +59,34 @@ class TuneError(RuntimeError):
 
 
 @dataclass
-class TuneArguments:
-    """Arguments of `hf-vitprune tune` (every one is a command-line flag of the same name)."""
+class TuneArguments(ModelSourceArguments, ImageDataArguments, DeviceArguments):
+    """Arguments of `hf-vitprune tune` (every one is a command-line flag of the same name): the model, data and device
+    (the [`~arguments.ModelSourceArguments`], [`~arguments.ImageDataArguments`] and [`~arguments.DeviceArguments`]
+    every command shares), then the splits, the methods searched, the target and the search."""
 
-    model_name_or_path: str = field(
-        default="facebook/deit-small-patch16-224",
-        metadata={"help": "Hub id or local folder of a ViT / DeiT image classifier.", "aliases": ["--model"]},
-    )
-    dataset_name: str = field(
-        default="clane9/imagenet-100",
-        metadata={"help": "Hub dataset id or local folder of split folders (train/, val/).", "aliases": ["--dataset"]},
-    )
     calibration_split: str = field(default="train", metadata={"help": "Split the search measures top-1 on."})
     calibration_samples: int = field(default=1000, metadata={"help": "Seeded random images of the calibration split."})
     report_split: str | None = field(
         default="validation", metadata={"help": "Split the chosen settings are reported on (none: skip the report)."}
     )
     report_samples: int | None = field(default=None, metadata={"help": "Seeded random subset of the report split."})
-    data_dir: str | None = field(default=None, metadata={"help": "Folder of a Hub dataset's repository to read."})
-    image_column: str = field(default="image", metadata={"help": "Image column of a Hub dataset."})
-    label_column: str = field(default="label", metadata={"help": "Label column of a Hub dataset."})
-    class_list: str | None = field(
-        default=None, metadata={"help": "Class list mapping data-set classes to the model's outputs (imagenet1k, ...)."}
-    )
-    methods: list[str] = field(
+    pruning_method: list[str] = field(
         default_factory=lambda: ["variance", "evit", "tome", "pitome"],
-        metadata={"help": "Methods to search (names in token_reduction.REDUCERS)."},
-    )
+        metadata={"help": "The methods to search, each on its own (names in reducers.REDUCERS), as evaluate takes "
+                  "several.", "aliases": ["--methods"]},
+    )  # fmt: skip
     target_speedup: float | None = field(
         default=None, metadata={"help": "Measured speed-up over the unpruned model to reach (e.g. 1.5)."}
     )
     target_latency_ms: float | None = field(
         default=None, metadata={"help": "Measured milliseconds per batch to reach instead (at --batch_size)."}
     )
-    batch_size: int = field(default=1, metadata={"help": "Batch size the latency is measured at."})
-    device: str | None = field(default=None, metadata={"help": "cuda, cpu, ... (default: cuda if available)."})
-    dtype: str = field(default="fp32", metadata={"help": "fp32, or bf16 / fp16 autocast."})
+    throughput_batch_size: int = field(
+        default=1, metadata={"help": "Batch size the latency is measured at (evaluate's name for its timing batch)."}
+    )
+    batch_size: int | None = field(
+        default=None, metadata={"help": "Renamed: --throughput_batch_size (timing) or --eval_batch_size (top-1)."}
+    )
     search_layers: list[int] | None = field(
         default=None,
         metadata={"help": "Pruning layers the search may use (pruning methods); default: the paper's three layers "
@@ -127,394 +123,30 @@ class TuneArguments:
 
         Raises:
             ValueError: naming the flag, for no target or both, a target that is not a speed-up (<= 1) or not
-                positive, an unknown method, or counts below 1.
+                positive, an unknown method, counts below 1, the old `--batch_size`; a device or dtype
+                [`~arguments.DeviceArguments`] refuses.
         """
+        super().__post_init__()
+        if self.batch_size is not None:
+            raise ValueError(
+                f"--batch_size {self.batch_size}: tune's two batch sizes have their own flags: --throughput_batch_size "
+                "(the batch the latency is measured and the target reached at) and --eval_batch_size (the top-1 "
+                "passes)."
+            )
         if (self.target_speedup is None) == (self.target_latency_ms is None):
             raise ValueError("give exactly one of --target_speedup (e.g. 1.5) and --target_latency_ms.")
         if self.target_speedup is not None and not self.target_speedup > 1:
             raise ValueError(f"--target_speedup must be above 1 (the unpruned model is 1), got {self.target_speedup}.")
         if self.target_latency_ms is not None and not self.target_latency_ms > 0:
             raise ValueError(f"--target_latency_ms must be positive, got {self.target_latency_ms}.")
-        unknown = [m for m in self.methods if m not in REDUCERS]
-        if unknown or not self.methods:
-            raise ValueError(f"--methods {unknown or '(none)'}: use names of {list(REDUCERS)}.")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"--dtype must be one of {list(DTYPES)}, got {self.dtype!r}.")
-        for name in ("calibration_samples", "batch_size", "rounds", "eval_batch_size", "merge_groups"):
+        unknown = [m for m in self.pruning_method if m not in REDUCERS]
+        if unknown or not self.pruning_method:
+            raise ValueError(f"--pruning_method {unknown or '(none)'}: use names of {list(REDUCERS)}.")
+        for name in ("calibration_samples", "throughput_batch_size", "rounds", "eval_batch_size", "merge_groups"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
         if not 0 < self.keep_step < 1:
             raise ValueError(f"--keep_step must lie in (0, 1), got {self.keep_step}.")
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# The latency model
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class LatencyModel:
-    """Milliseconds of one forward pass of a schedule, predicted from one layer timed at several token counts.
-
-    `predict` adds: the rest of the model (`fixed_ms`: embeddings, final norm, head); each layer at its token count,
-    split between the tokens entering it (attention, by its share of the layer's MACs) and those leaving it (MLP);
-    and each reducing layer's own work (`overhead_ms[method]` at the full token count, scaled by the tokens entering).
-
-    Attributes:
-        tokens (`list[int]`), layer_ms (`list[float]`): one layer's milliseconds at these token counts (increasing),
-            interpolated linearly between them.
-        fixed_ms (`float`): the whole unpruned model minus its layers.
-        overhead_ms (`dict[str, float]`): per method, its reduction work at the full token count.
-        num_layers (`int`), num_prefix_tokens (`int`), hidden_size (`int`), intermediate_size (`int`).
-        batch_size (`int`), dtype (`str`), device (`str`): what was measured.
-    """
-
-    tokens: list[int]
-    layer_ms: list[float]
-    fixed_ms: float
-    overhead_ms: dict[str, float]
-    num_layers: int
-    num_prefix_tokens: int
-    hidden_size: int
-    intermediate_size: int
-    batch_size: int = 1
-    dtype: str = "fp32"
-    device: str = "cpu"
-
-    def layer(self, num_tokens: float) -> float:
-        """One layer's milliseconds at `num_tokens` tokens (linear between the measured counts, clamped)."""
-        points = list(zip(self.tokens, self.layer_ms))
-        if num_tokens <= points[0][0]:
-            return points[0][1] * num_tokens / points[0][0]
-        for (n0, t0), (n1, t1) in zip(points, points[1:]):
-            if num_tokens <= n1:
-                return t0 + (t1 - t0) * (num_tokens - n0) / (n1 - n0)
-        (n0, t0), (n1, t1) = points[-2], points[-1]
-        return t1 + (t1 - t0) * (num_tokens - n1) / (n1 - n0)
-
-    def attention_share(self, num_tokens: float) -> float:
-        """Share of a layer's MACs before its reduction point (attention: 4 N D^2 + 2 N^2 D of + 2 N D I)."""
-        d, n = self.hidden_size, num_tokens
-        attention = 4 * n * d * d + 2 * n * n * d
-        return attention / (attention + 2 * n * d * self.intermediate_size)
-
-    def predict(self, token_counts: list[tuple[int, int]], method: str | None) -> float:
-        """Milliseconds of a forward pass.
-
-        Args:
-            token_counts (`list[(entering, leaving)]`): tokens (prefix included) of each layer, in order.
-            method (`str`, *optional*): the method reducing where `leaving < entering`.
-        """
-        total, full = self.fixed_ms, self.tokens[-1]
-        for entering, leaving in token_counts:
-            share = self.attention_share(entering)
-            total += share * self.layer(entering) + (1 - share) * self.layer(leaving)
-            if leaving != entering and method is not None:
-                total += self.overhead_ms.get(method, 0.0) * entering / full
-        return total
-
-    def unpruned_ms(self) -> float:
-        """The unpruned model's predicted milliseconds."""
-        return self.predict([(self.tokens[-1], self.tokens[-1])] * self.num_layers, None)
-
-    def fastest_ms(self) -> float:
-        """A bound no schedule beats: the first layer's attention on every token, then one token per image left
-        besides the prefix, with no reduction work."""
-        full, least = self.tokens[-1], self.num_prefix_tokens + 1
-        counts = [(full, least)] + [(least, least)] * (self.num_layers - 1)
-        return self.predict(counts, None)
-
-
-def token_counts(model, settings: dict) -> list[tuple[int, int]]:
-    """Tokens `(entering, leaving)` of each layer of `model` under `settings` (prefix included), from the method's
-    own schedule (`TokenReducer._schedule`)."""
-    config = model.config
-    prefix = config.num_prefix_tokens
-    patches = model.base_model.embeddings.patch_embeddings.num_patches
-    counts = [[prefix + patches, prefix + patches] for _ in range(config.num_hidden_layers)]
-    with model.pruning(**settings):
-        reducer = reducer_from_config(config, prefix)
-        if reducer is None:
-            return [tuple(c) for c in counts]
-        for layer_idx, kept, fused in reducer._schedule(patches, config.num_hidden_layers):
-            counts[layer_idx][1] = prefix + kept + fused  # reduced after its attention
-            for later in range(layer_idx + 1, config.num_hidden_layers):
-                counts[later] = [prefix + kept + fused] * 2
-    return [tuple(c) for c in counts]
-
-
-def measure_latency_model(model, methods_: list[str], batch_size: int, dtype: str, device, rounds: int = 5,
-                          seed: int = 0) -> LatencyModel:  # fmt: skip
-    """Time one layer at several token counts, the whole unpruned model, and one reducing layer of each method, all in
-    the same interleaved rounds ([`~measure.time_interleaved`]), and build the [`LatencyModel`]. A reducing layer's
-    timed pass is what a forward pass does there: build its `TokenReduction` and run the layer with it; the setting is
-    switched once per method, outside the timing (switching costs ~0.2 ms, about a layer's reduction work at batch 1).
-
-    Args:
-        model: a PrunedViT image classifier (its setting is left unchanged).
-        methods_ (`list[str]`): the methods whose reduction work is timed.
-        batch_size (`int`), dtype (`str`), device: as the latency is wanted.
-        rounds (`int`), seed (`int`): of the interleaved rounds.
-
-    Returns:
-        [`LatencyModel`].
-    """
-    from .measure import _autocast
-    from .token_reduction import TokenReduction
-
-    config = model.config
-    device = torch.device(device)
-    model.eval().to(device)
-    prefix, layers = config.num_prefix_tokens, model.base_model.layers
-    patches = model.base_model.embeddings.patch_embeddings.num_patches
-    full = prefix + patches
-    grid = sorted({prefix + max(1, round(patches * q)) for q in (1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1)})
-    generator = torch.Generator().manual_seed(seed)
-    hidden = {n: torch.randn(batch_size, n, config.hidden_size, generator=generator).to(device) for n in grid}
-    image = torch.randn(batch_size, config.num_channels, config.image_size, config.image_size, generator=generator)
-    image = image.to(device)
-    layer = layers[0]
-
-    def reducing(method: str):
-        with model.pruning(**_probe_settings(method, config.num_hidden_layers)):  # once: switching is not the work
-            reducer = reducer_from_config(config, prefix)  # as the model's forward pass builds it
-
-        def run():  # a forward pass builds its TokenReduction from the reducer, then the layer reduces
-            reduction = TokenReduction(reducer, prefix, num_hidden_layers=config.num_hidden_layers)
-            layer(hidden[full], None, token_reduction=reduction)
-
-        return run
-
-    steps = [TimedStep("model", lambda: model(pixel_values=image))]
-    steps += [TimedStep(f"layer@{n}", lambda n=n: layer(hidden[n])) for n in grid]
-    steps += [TimedStep(f"reduce:{m}", reducing(m)) for m in methods_]
-    with torch.inference_mode(), _autocast(device, dtype), model.pruning(pruning_method=None):
-        timings = time_interleaved(steps, 1, rounds=rounds, runs=3, warmup=2, seed=seed, device=device)
-    check = check_timings(timings)
-    if not check.quiet:  # the search would follow a distorted model; the verification re-measures anyway
-        warnings.warn(f"latency model: {check.message()}", BusyMachineWarning, stacklevel=2)
-    ms = {t.name: 1e3 / t.images_per_s for t in timings}
-    layer_ms = [ms[f"layer@{n}"] for n in grid]
-    latency = LatencyModel(grid, layer_ms, 0.0, {}, config.num_hidden_layers, prefix, config.hidden_size,
-                           config.intermediate_size, batch_size, dtype, str(device))  # fmt: skip
-    latency.fixed_ms = max(ms["model"] - config.num_hidden_layers * ms[f"layer@{full}"], 0.0)
-    for method in methods_:
-        counts = token_counts(model, _probe_settings(method, config.num_hidden_layers))[0]
-        share = latency.attention_share(full)
-        expected = share * latency.layer(counts[0]) + (1 - share) * latency.layer(counts[1])
-        latency.overhead_ms[method] = max(ms[f"reduce:{method}"] - expected, 0.0)
-    return latency
-
-
-def _probe_settings(method: str, num_layers: int) -> dict:
-    """A setting of `method` that reduces at layer 0 only, by about 30 % (its reduction work is what is timed)."""
-    used = REDUCERS[method].settings_used
-    if "tome_r" in used:
-        return {"pruning_method": method, "tome_r": [16] + [0] * (num_layers - 1)}
-    if REDUCERS[method].keep_rate_per_layer:
-        return {"pruning_method": method, "keep_rate": [0.7] + [1.0] * (num_layers - 1)}
-    return {"pruning_method": method, "keep_rate": 0.7, "prune_layers": [0]}
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# The search
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class SearchSpace:
-    """The coordinates one method's schedule is searched over.
-
-    Attributes:
-        method (`str`).
-        grids (`list[list]`): per coordinate, its values from no reduction to the strongest.
-        build (`Callable[[list], dict]`): the settings of one point (one grid index per coordinate).
-        names (`list[str]`): each coordinate's name (for the log).
-    """
-
-    method: str
-    grids: list[list]
-    build: object
-    names: list[str]
-
-
-def search_space(method: str, num_layers: int, search_layers: list[int] | None = None, keep_step: float = 0.1,
-                 merge_groups: int = 3) -> SearchSpace:  # fmt: skip
-    """The coordinates of `method`'s schedule.
-
-    - Pruning methods (`keep_rate` per entry of `prune_layers`): one coordinate per layer of `search_layers` (default:
-      [`default_prune_layers`] plus the layer after a sixth of the depth), its keep rate from 1 down by `keep_step` to
-      `keep_step`; a layer at 1 is left out of `prune_layers`.
-    - ToMe: `merge_groups` groups of consecutive layers, each one `r` from 0 up by 4 to 32.
-    - Methods with a keep rate per layer (PiToMe): the same groups, each one keep rate from 1 down by 0.025 to the
-      method's `min_keep_rate`.
-
-    Raises:
-        ValueError: for a search layer outside the model.
-    """
-    reducer = REDUCERS[method]
-    groups = [list(g) for g in _split(list(range(num_layers)), min(merge_groups, num_layers))]
-    if "tome_r" in reducer.settings_used:
-        grid = list(range(0, 33, 4))
-
-        def build(values):
-            return {"pruning_method": method, "tome_r": [values[g] for g, group in enumerate(groups) for _ in group]}
-
-        return SearchSpace(method, [grid] * len(groups), build, [f"r layers {g[0]}-{g[-1]}" for g in groups])
-    if reducer.keep_rate_per_layer:
-        grid = _keep_rate_grid(reducer)
-
-        def build(values):
-            rates = [values[g] for g, group in enumerate(groups) for _ in group]
-            return {"pruning_method": method, "keep_rate": rates}
-
-        return SearchSpace(method, [grid] * len(groups), build, [f"keep layers {g[0]}-{g[-1]}" for g in groups])
-    layers = sorted(set(search_layers if search_layers else _default_search_layers(num_layers)))
-    bad = [i for i in layers if not 0 <= i < num_layers]
-    if bad:
-        raise ValueError(f"--search_layers {bad} are not layers of this model (0 to {num_layers - 1}).")
-    count = int(round(1 / keep_step))
-    grid = [round(1 - keep_step * i, 4) for i in range(count) if 1 - keep_step * i > 1e-9]
-
-    def build(values):
-        chosen = [(layer, rate) for layer, rate in zip(layers, values) if rate < 1]
-        if not chosen:
-            return {"pruning_method": None}
-        return {"pruning_method": method, "prune_layers": [layer for layer, _ in chosen],
-                "keep_rate": [rate for _, rate in chosen]}  # fmt: skip
-
-    return SearchSpace(method, [grid] * len(layers), build, [f"keep layer {i}" for i in layers])
-
-
-def uniform_space(method: str, num_layers: int, keep_step: float = 0.1) -> SearchSpace:
-    """The fixed-schedule family of `method` as a one-coordinate space: the paper's schedule (one keep rate at
-    [`default_prune_layers`], from 1 down by `keep_step / 2`), ToMe's (one `r` in every layer, 0 up by 2 to 32), one
-    PiToMe keep rate in every layer (1 down by 0.025 to its `min_keep_rate`). The tuner walks it beside the
-    per-layer search, so its choice is never a schedule the fixed family beats on calibration top-1 at the target.
-
-    Returns:
-        [`SearchSpace`] with one coordinate; its first value is no reduction (`{"pruning_method": None}`).
-
-    Source: the fixed schedules of the paper (Igaue & Aizawa 2025, layers 4, 7, 10) and ToMe (Bolya et al. 2023,
-    constant `r`); searched beside the per-layer path by our design (issue 30).
-    """
-    reducer = REDUCERS[method]
-    if "tome_r" in reducer.settings_used:
-        return SearchSpace(method, [list(range(0, 33, 2))],
-                           lambda v: {"pruning_method": method, "tome_r": v[0]} if v[0] else {"pruning_method": None},
-                           ["r every layer"])  # fmt: skip
-    if reducer.keep_rate_per_layer:
-        grid = _keep_rate_grid(reducer)
-        return SearchSpace(method, [grid],
-                           lambda v: {"pruning_method": method, "keep_rate": v[0]} if v[0] < 1 else
-                           {"pruning_method": None}, ["keep every layer"])  # fmt: skip
-    step = keep_step / 2
-    grid = [round(1 - step * i, 4) for i in range(int(round(1 / step))) if 1 - step * i > 1e-9]
-    layers = default_prune_layers(num_layers)
-
-    def build(values):
-        if values[0] >= 1:
-            return {"pruning_method": None}
-        return {"pruning_method": method, "keep_rate": values[0], "prune_layers": list(layers)}
-
-    return SearchSpace(method, [grid], build, [f"keep at layers {','.join(map(str, layers))}"])
-
-
-def _keep_rate_grid(reducer) -> list[float]:
-    """Keep rates of a method with one per layer (PiToMe): 1 down by 0.025 to its `min_keep_rate`."""
-    steps = round((1 - reducer.min_keep_rate) / 0.025)
-    return [round(1 - 0.025 * i, 3) for i in range(steps + 1)]
-
-
-def _default_search_layers(num_layers: int) -> list[int]:
-    return sorted(set(default_prune_layers(num_layers)) | {max(1, round(num_layers / 6))})
-
-
-def _split(items: list, parts: int) -> list[list]:
-    size, extra = divmod(len(items), parts)
-    out, start = [], 0
-    for part in range(parts):
-        end = start + size + (part < extra)
-        out.append(items[start:end])
-        start = end
-    return out
-
-
-@dataclass
-class Point:
-    """One schedule the search evaluated.
-
-    Attributes:
-        method (`str`), indices (`list[int]`): grid index per coordinate; settings (`dict`).
-        predicted_ms (`float`), predicted_speedup (`float`), top1 (`float`): calibration top-1 in %.
-        on_path (`bool`): a step the greedy search took.
-    """
-
-    method: str
-    indices: list[int]
-    settings: dict
-    predicted_ms: float
-    predicted_speedup: float
-    top1: float
-    on_path: bool = False
-
-
-def greedy_search(space: SearchSpace, predict_ms, top1_of, target_ms: float, unpruned_ms: float,
-                  overshoot: int = 1, progress=None) -> tuple[list[Point], list[Point]]:  # fmt: skip
-    """Greedy coordinate search: from no reduction, advance the coordinate whose next grid value loses the least
-    calibration top-1 per millisecond saved (a step that gains top-1 first; a value that saves no time, e.g. a keep
-    rate that still keeps every token, is passed over to the next), until the predicted time reaches
-    `target_ms`, then `overshoot` steps more (so the timing that verifies the choice has a point beyond it).
-
-    Args:
-        space ([`SearchSpace`]); predict_ms (`Callable[[dict], float]`); top1_of (`Callable[[dict], float]`): top-1 in
-            % of the settings (cached by the caller); target_ms, unpruned_ms (`float`); overshoot (`int`);
-            progress (*optional*): a tqdm bar advanced per evaluation.
-
-    Returns:
-        `(path, evaluated)`: the points taken, in order (the first is no reduction), and every point evaluated.
-    """
-    indices = [0] * len(space.grids)
-
-    def settings_of(idx: list[int]) -> dict:
-        return space.build([grid[i] for grid, i in zip(space.grids, idx)])
-
-    def point(idx: list[int], settings: dict, ms: float) -> Point:
-        top1 = top1_of(settings)
-        if progress is not None:
-            progress.update(1)
-        return Point(space.method, list(idx), settings, ms, unpruned_ms / ms, top1)
-
-    start = settings_of(indices)
-    current = point(indices, start, predict_ms(start))
-    current.on_path = True
-    path, evaluated, beyond = [current], [current], 0
-    while beyond <= overshoot:
-        if current.predicted_ms <= target_ms:
-            beyond += 1
-            if beyond > overshoot:
-                break
-        moves = []
-        for c, grid in enumerate(space.grids):
-            step = indices[c] + 1  # the next value of this coordinate that saves time (a small step may save none)
-            while step < len(grid):
-                idx = [*indices[:c], step, *indices[c + 1 :]]
-                settings = settings_of(idx)
-                ms = predict_ms(settings)  # cheap: top-1 is measured only for a step that saves time
-                if current.predicted_ms - ms > 0:
-                    candidate = point(idx, settings, ms)
-                    evaluated.append(candidate)
-                    saving = current.predicted_ms - ms
-                    moves.append(((current.top1 - candidate.top1) / saving, -saving, c, candidate))
-                    break
-                step += 1
-        if not moves:
-            break
-        _, _, _, current = min(moves, key=lambda m: m[:3])
-        indices = current.indices
-        current.on_path = True
-        path.append(current)
-    return path, evaluated
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -568,11 +200,6 @@ class TuneLog:
         self._append({"kind": "latency", "latency": self.latency})
 
 
-def setting_key(settings: dict) -> str:
-    """The cache key of a setting (its JSON, keys sorted)."""
-    return json.dumps(settings, sort_keys=True)
-
-
 def load_split(args: TuneArguments, split: str, samples: int | None, model):
     """`(pixel_values (N, 3, H, W), labels (N,), fingerprints set)` of a split, preprocessed as the model expects."""
     import hashlib
@@ -611,16 +238,12 @@ def load_split(args: TuneArguments, split: str, samples: int | None, model):
 
 def top1(model, pixels: torch.Tensor, labels: torch.Tensor, settings: dict, batch_size: int, device,
          dtype: str) -> float:  # fmt: skip
-    """Top-1 in % of `model` under `settings` on preprocessed images; random pruning seeded (0) per pass."""
-    from .measure import _autocast
-
-    correct = 0
+    """Top-1 in % of `model` under `settings` on preprocessed images, counted by evaluate's own pass
+    ([`~evaluation.evaluate_variants`]); random pruning seeded (0) per pass."""
+    batches = [(pixels[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, len(labels), batch_size)]
     torch.manual_seed(0)
-    with torch.inference_mode(), _autocast(device, dtype), model.pruning(**settings):
-        for start in range(0, len(labels), batch_size):
-            logits = model(pixel_values=pixels[start : start + batch_size].to(device)).logits
-            correct += int((logits.argmax(-1).cpu() == labels[start : start + batch_size]).sum())
-    return 100 * correct / len(labels)
+    (count,) = evaluate_variants(model, batches, [Variant(settings)], torch.device(device), dtype, progress=False)
+    return 100 * count["correct_top1"] / count["images"]
 
 
 def verify(model, candidates: list[Point], args: TuneArguments, device) -> tuple[dict, str, dict]:
@@ -638,9 +261,10 @@ def verify(model, candidates: list[Point], args: TuneArguments, device) -> tuple
     for attempt in range(args.remeasure + 1):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            batch = args.throughput_batch_size
             timings, protocol = time_pruning_settings(
-                model, variants, batch_size=args.batch_size, rounds=args.rounds, runs=3 if args.batch_size > 1 else 5,
-                warmup=2, latency_runs=0, dtype=args.dtype, device=device, seed=args.seed + attempt,
+                model, variants, batch_size=batch, rounds=args.rounds, runs=3 if batch > 1 else 5, warmup=2,
+                latency_runs=0, dtype=args.dtype, device=device, seed=args.seed + attempt,
             )  # fmt: skip
         check = check_timings(timings)
         if check.quiet:
@@ -667,7 +291,6 @@ def run_tune(args: TuneArguments, command: str | None = None, latency_model: Lat
         ValueError: for an unsupported model, overlapping calibration and report splits, an unreachable target.
         TuneError: when the machine stays busy ([`verify`]) or no schedule reaches the target when measured.
     """
-    from .evaluation import check_output_dir
     from .loading import load_pruned_model
 
     out = check_output_dir(args.output_dir, args.overwrite_output_dir, TUNE_OUTPUTS).parent
@@ -694,14 +317,17 @@ def run_tune(args: TuneArguments, command: str | None = None, latency_model: Lat
     header = {"model": args.model_name_or_path, "calibration": calibration_source, "images": len(labels),
               "seed": args.seed, "dtype": args.dtype}  # fmt: skip
     log = TuneLog(
-        Path(args.tune_log) if args.tune_log else out / "tune_log.jsonl", header, args.batch_size, str(device)
+        Path(args.tune_log) if args.tune_log else out / "tune_log.jsonl",
+        header,
+        args.throughput_batch_size,
+        str(device),
     )
     if latency_model is None and log.latency is not None:
         latency_model = LatencyModel(**log.latency)
     if latency_model is None:
-        print(f"Measuring the latency model (batch {args.batch_size}, {args.dtype}, {device})")
-        latency_model = measure_latency_model(model, args.methods, args.batch_size, args.dtype, device,
-                                              args.rounds, args.seed)  # fmt: skip
+        print(f"Measuring the latency model (batch {args.throughput_batch_size}, {args.dtype}, {device})")
+        latency_model = measure_latency_model(model, args.pruning_method, args.throughput_batch_size, args.dtype,
+                                              device, args.rounds, args.seed)  # fmt: skip
         log.add_latency(latency_model)
     unpruned_ms = latency_model.unpruned_ms()
     target_ms = unpruned_ms / args.target_speedup if args.target_speedup else args.target_latency_ms
@@ -710,7 +336,7 @@ def run_tune(args: TuneArguments, command: str | None = None, latency_model: Lat
         raise ValueError(
             f"the target ({_target_text(args)}) is out of reach: even keeping one token per layer after the first "
             f"layer's attention would take {best_ms:.1f} ms, a speed-up of {unpruned_ms / best_ms:.2f}x over the "
-            f"unpruned {unpruned_ms:.1f} ms at batch {args.batch_size} here. Ask for at most that."
+            f"unpruned {unpruned_ms:.1f} ms at batch {args.throughput_batch_size} here. Ask for at most that."
         )
 
     def predict(settings):
@@ -724,7 +350,7 @@ def run_tune(args: TuneArguments, command: str | None = None, latency_model: Lat
 
     num_layers = model.config.num_hidden_layers
     spaces = {}  # per method: its per-layer search, and its fixed-schedule family (one coordinate)
-    for m in args.methods:
+    for m in args.pruning_method:
         spaces[m] = search_space(m, num_layers, args.search_layers, args.keep_step, args.merge_groups)
         spaces[f"{m} (fixed)"] = uniform_space(m, num_layers, args.keep_step)
     targets = dict.fromkeys(spaces, target_ms)  # each path's predicted target, corrected after each timing
@@ -741,7 +367,7 @@ def run_tune(args: TuneArguments, command: str | None = None, latency_model: Lat
         # The greedy path does not depend on the target (only where it stops), so each round walks the same path.
         candidates, optimistic = {}, []
         for name, path in paths.items():
-            step = _next_step(path, speeds, targets[name], lambda t: _reached(t, args, unpruned_ms))
+            step = next_step(path, speeds, targets[name], lambda t: _reached(t, args, unpruned_ms))
             if isinstance(step, Point):
                 chosen[name] = (step, speeds[setting_key(step.settings)])
             elif step:
@@ -765,7 +391,7 @@ def run_tune(args: TuneArguments, command: str | None = None, latency_model: Lat
     chosen = {
         method: max((chosen[n] for n in (method, f"{method} (fixed)") if n in chosen),
                     key=lambda c: (c[0].top1, c[1].speedup))
-        for method in args.methods if method in chosen or f"{method} (fixed)" in chosen
+        for method in args.pruning_method if method in chosen or f"{method} (fixed)" in chosen
     }  # fmt: skip
     if not chosen:
         measured = ", ".join(f"{k}: {t.speedup:.2f}x" for k, t in speeds.items())
@@ -814,35 +440,6 @@ def _reached(timing, args: TuneArguments, unpruned_ms: float) -> bool:
     return unpruned_ms / timing.speedup <= args.target_latency_ms
 
 
-def _next_step(path: list[Point], speeds: dict, target_ms: float, reached) -> Point | list[Point]:
-    """What the verification does next on one method's greedy path, given the timings so far.
-
-    The choice is the earliest point of the path (the best calibration top-1 there) whose measured speed-up reaches
-    the target, once the point before it has been timed and did not (or it is the first step). So:
-
-    - a timed point reaches the target and the one before it was timed too (and did not), or it is the first step:
-      returns that point, the choice;
-    - a timed point reaches it but earlier points are untimed (the latency model was pessimistic: the device is faster
-      than predicted): returns the two untimed points just before it, to time next;
-    - none reaches it: returns the untimed points around the predicted crossing of `target_ms` (one before, the
-      crossing, one after), or `[]` when they are all timed (the latency model was optimistic: correct the target).
-
-    Args:
-        path (`list[Point]`): the greedy path, its first point no reduction; speeds (`dict[str, InterleavedTiming]`):
-            the measured timings by [`setting_key`]; target_ms (`float`): the predicted target of this round;
-            reached (`Callable[[InterleavedTiming], bool]`).
-    """
-    timed = [i for i in range(1, len(path)) if setting_key(path[i].settings) in speeds]
-    reaching = [i for i in timed if reached(speeds[setting_key(path[i].settings)])]
-    if reaching:
-        first = reaching[0]
-        if first == 1 or first - 1 in timed:
-            return path[first]
-        return [p for p in path[max(first - 2, 1) : first] if setting_key(p.settings) not in speeds]
-    crossing = next((i for i, p in enumerate(path) if p.predicted_ms <= target_ms), len(path) - 1)
-    return [p for p in path[max(crossing - 1, 1) : crossing + 2] if setting_key(p.settings) not in speeds]
-
-
 def _check_model_type(name_or_path: str) -> None:
     """Refuse a checkpoint `tune` cannot take, listing the ones it can."""
     from transformers import AutoConfig
@@ -859,8 +456,8 @@ def _check_model_type(name_or_path: str) -> None:
 
 def _target_text(args: TuneArguments) -> str:
     if args.target_speedup:
-        return f"{args.target_speedup:g}x speed-up at batch {args.batch_size}, {args.dtype}"
-    return f"{args.target_latency_ms:g} ms per batch of {args.batch_size}, {args.dtype}"
+        return f"{args.target_speedup:g}x speed-up at batch {args.throughput_batch_size}, {args.dtype}"
+    return f"{args.target_latency_ms:g} ms per batch of {args.throughput_batch_size}, {args.dtype}"
 
 
 def _short(settings: dict, config) -> str:
@@ -886,9 +483,7 @@ def _write_outputs(out: Path, model, result: dict, evaluated: list[Point], speed
     out.mkdir(parents=True, exist_ok=True)
 
     def write(name: str, text: str) -> None:
-        temporary = out / f".{name}.partial"
-        temporary.write_text(text)
-        temporary.replace(out / name)
+        write_files(out, {name: text})
 
     chosen = result["chosen"]
     write("setting.json", json.dumps(chosen, indent=2) + "\n")
@@ -896,10 +491,10 @@ def _write_outputs(out: Path, model, result: dict, evaluated: list[Point], speed
         model.save_pretrained(out / "model")
     unique = {setting_key(p.settings): p for p in evaluated}
     points = sorted(unique.values(), key=lambda p: (p.method, -p.predicted_ms))
-    frontier = _pareto(points)
+    frontier = pareto(points)
     lines = [f"Every schedule evaluated by `{command or 'hf-vitprune tune'}` ({result['protocol']['calibration']}, "
              f"{result['protocol']['calibration_images']} images; predicted speed-ups from the latency model at batch "
-             f"{args.batch_size}, {args.dtype}; measured ones: {result['protocol']['timing']}).", "",
+             f"{args.throughput_batch_size}, {args.dtype}; measured ones: {result['protocol']['timing']}).", "",
              "| method | schedule | calibration top-1 | predicted speed-up | measured speed-up (min–max) | Pareto |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     for p in points:
@@ -947,24 +542,11 @@ def _write_outputs(out: Path, model, result: dict, evaluated: list[Point], speed
     print(text)
 
 
-def _pareto(points: list[Point]) -> set[int]:
-    """ids of the points no other point beats on both calibration top-1 and predicted speed-up."""
-    frontier = set()
-    for p in points:
-        if not any(q.top1 >= p.top1 and q.predicted_speedup > p.predicted_speedup
-                   or q.top1 > p.top1 and q.predicted_speedup >= p.predicted_speedup for q in points):  # fmt: skip
-            frontier.add(id(p))
-    return frontier
-
-
 def main(argv: list[str] | None = None) -> dict:
     """Entry point of `hf-vitprune tune`: parse `argv` (flags, or one .json / .yaml file) and run."""
-    from .cli import parse_arguments
-
     argv = sys.argv[1:] if argv is None else argv
     (args,) = parse_arguments(TuneArguments, argv, prog="hf-vitprune tune", description=__doc__)
     return run_tune(args, command="hf-vitprune tune " + shlex.join(argv))
 
 
-__all__ = ["LatencyModel", "SearchSpace", "TuneArguments", "greedy_search", "measure_latency_model", "run_tune",
-           "search_space"]  # fmt: skip
+__all__ = ["TuneArguments", "TuneLog", "run_tune"]

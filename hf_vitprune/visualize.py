@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .arguments import grid_arguments, overwrite_file_field
+from .arguments import grid_arguments, overwrite_file_field, parse_arguments
 from .token_reduction import reducer_from_config
 
 VISUALIZE_DEFAULTS = {"pruning_method": ["variance", "medad", "evit"], "keep_rate": [0.7], "fuse_pruned": [True]}
@@ -207,8 +207,6 @@ def visualize(args: VisualizeArguments, command: str | None = None) -> Path:
 
 def main(argv: list[str] | None = None) -> Path:
     """Entry point of `hf-vitprune visualize`."""
-    from .cli import parse_arguments
-
     argv = sys.argv[1:] if argv is None else argv
     (args,) = parse_arguments(VisualizeArguments, argv, prog="hf-vitprune visualize", description=__doc__)
     return visualize(args, command="hf-vitprune visualize " + shlex.join(argv))

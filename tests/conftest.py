@@ -22,6 +22,33 @@ needs_shared = pytest.mark.skipif(
 )
 
 
+def _registered_methods():
+    from hf_vitprune.reducers import REDUCERS
+
+    return tuple(REDUCERS)
+
+
+METHODS = _registered_methods()
+"""Every registered method (`REDUCERS`): a method added is tested everywhere by default."""
+
+SAME_OPERATIONS = {"evit": "variance", "random": "variance"}
+"""Methods whose forward pass runs another's operations, only their scores' elementwise arithmetic differing (EViT:
+the mean over heads of the statistic variance also averages; random: uniform draws in place of the scores). The slow
+matrices (ONNX, compiled backbones) run the other method for them; every other test runs them too."""
+
+METHODS_WITH_DISTINCT_OPERATIONS = tuple(m for m in METHODS if m not in SAME_OPERATIONS)
+
+
+def _merging_methods():
+    from hf_vitprune.reducers import REDUCERS, TokenMerger
+
+    return tuple(m for m in METHODS if issubclass(REDUCERS[m], TokenMerger))
+
+
+MERGING_METHODS = _merging_methods()
+"""The methods that merge tokens in every layer (ToMe, PiToMe); the others prune at their pruning layers."""
+
+
 def tiny_config_kwargs(**overrides):
     """A 4-layer, 4-head, 32-px ViT with 8-px patches (16 patches): fast, and an even head count for MedAD."""
     kwargs = dict(

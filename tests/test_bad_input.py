@@ -217,7 +217,7 @@ def test_a_refused_prune_leaves_a_stock_model_unchanged():
 def test_an_arguments_file_reads_as_the_flags_do(tmp_path):
     """JSON / YAML files: a single value of a several-valued setting, on/off strings, old key spellings; an argument
     given twice (under an alias too) or a required one missing is one clear error."""
-    from hf_vitprune.cli import parse_arguments
+    from hf_vitprune.arguments import parse_arguments
     from hf_vitprune.evaluation import EvaluateArguments
     from hf_vitprune.export import ExportArguments
 
@@ -242,7 +242,7 @@ def test_an_arguments_file_reads_as_the_flags_do(tmp_path):
 
 
 def test_the_old_flag_spellings_work_on_every_command():
-    from hf_vitprune.cli import parse_arguments
+    from hf_vitprune.arguments import parse_arguments
     from hf_vitprune.export import ExportArguments
     from hf_vitprune.train import parse_args
 

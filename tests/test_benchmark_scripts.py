@@ -438,3 +438,19 @@ def test_matched_table_gives_standard_errors_drops_and_both_speedups(tmp_path):
     # s.e. sqrt(0.7 * 0.3 / 400) = 2.29 %; drop 70 - 80; the grid row (no target) is left out
     assert "| 0.6 (0.50×) | ToMe | tome(r=8) | 0.610 | 70.00 ± 2.29 | -10.00 | 1.90× (1.80–2.00) | 1.30× |" in text
     assert "| — | unpruned | unpruned | 1.200 | 80.00 ± 2.00 | +0.00 |" in text and "evit" not in text
+
+
+def test_diff_results_matches_rows_by_their_settings_not_their_names(tmp_path):
+    """Two PiToMe rows an older version named alike (`pitome@0.7` for alpha 1 and 2) are two rows, each matched with
+    its own setting in the other run, however it is named there."""
+    diff_results = load_benchmark("diff_results")
+    row = {"pruning_method": "pitome", "keep_rate": 0.7, "pitome_margin": None, "restore_patch_grid": False,
+           "top1": 50.0, "top5": 90.0, "gmacs": 0.5, "tokens": "16", "images": 4}  # fmt: skip
+    old = [{**row, "name": "pitome@0.7", "pitome_alpha": 1.0}, {**row, "name": "pitome@0.7", "pitome_alpha": 2.0}]
+    new = [{**old[1], "name": "pitome@0.7[pitome_alpha=2]", "top1": 75.0}, {**old[0], "name": "pitome@0.7"}]
+    for name, rows in (("old", old), ("new", new)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"rows": rows}))
+    assert len(diff_results.rows_by_key(str(tmp_path / "old.json"))) == 2
+    assert diff_results.diff(str(tmp_path / "old.json"), str(tmp_path / "new.json")) == [
+        "pitome@0.7[pitome_alpha=2]: top1 50.0 -> 75.0"
+    ]

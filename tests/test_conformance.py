@@ -12,7 +12,7 @@ from fractions import Fraction
 
 import pytest
 import torch
-from conftest import DEIT_TINY, IMAGENETTE, needs_shared
+from conftest import DEIT_TINY, IMAGENETTE, MERGING_METHODS, METHODS, METHODS_WITH_DISTINCT_OPERATIONS, needs_shared
 from transformers import (
     CLIPVisionConfig,
     CLIPVisionModel,
@@ -34,7 +34,6 @@ from transformers import (
 import hf_vitprune
 from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification, prune
 
-METHODS = ["variance", "medad", "evit", "entropy", "random", "tome", "bspf", "pitome"]
 TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, image_size=32, patch_size=8)  # 16 patches
 PRUNING = dict(keep_rate=0.5, prune_layers=[1, 2], tome_r=3)
 
@@ -121,7 +120,7 @@ def test_token_counts_gradients_and_batch_independence(backbone, method, pixel_v
     prune(model, pruning_method=method, **PRUNING)
     main, hidden, out = _outputs(model, pixel_values)
     assert [h.shape[1] for h in hidden] == _expected_token_counts(method, prefix)
-    reducing = 4 if method in ("tome", "pitome") else 2
+    reducing = 4 if method in MERGING_METHODS else 2
     assert len(out.kept_patch_indices) == reducing
     for kept in out.kept_patch_indices:
         assert kept.shape[0] == 3 and kept.max() < 16 and kept.min() >= -1
@@ -195,7 +194,7 @@ def test_bspf_keeps_the_same_tokens_under_float32_rounding_noise():
         assert kept(noisy / noisy.sum(-1, keepdim=True)) == reference
 
 
-@pytest.mark.parametrize("method", ["variance", "medad", "evit", "entropy", "random", "bspf"])
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in MERGING_METHODS])
 def test_kept_tokens_are_in_sequence_order(method, pixel_values):
     model, prefix = _build("vit")
     prune(model, pruning_method=method, **PRUNING)
@@ -219,11 +218,11 @@ def test_save_load_prune_again_is_bit_identical(backbone, method, pixel_values, 
     assert torch.equal(_outputs(reloaded, pixel_values)[0], expected)
 
 
-# Every method on the two backbones with more than one prefix token (DeiT: class + distillation; DINOv2 with
-# registers: class + 4 registers), where prefix handling and the methods meet; the single-prefix backbones each with
-# a share of the methods, so every adapter compiles with a pruning and a merging or fusing method. (The full 5 x 7
-# product took ~170 s of the suite; each case here is ~5 s of dynamo + AOTAutograd tracing.)
-COMPILE_CASES = [(backbone, method) for backbone in ("deit", "dinov2-registers") for method in METHODS] + [
+# Every method with its own operations on the two backbones with more than one prefix token (DeiT: class +
+# distillation; DINOv2 with registers: class + 4 registers), where prefix handling and the methods meet; the
+# single-prefix backbones each with a share of the methods, so every adapter compiles with a pruning and a merging or
+# fusing method. (The full 5 x 8 product took ~170 s of the suite; each case here is ~5 s of dynamo + AOTAutograd.)
+COMPILE_CASES = [(b, m) for b in ("deit", "dinov2-registers") for m in METHODS_WITH_DISTINCT_OPERATIONS] + [
     ("vit", "variance"), ("vit", "random"), ("dinov2", "medad"), ("dinov2", "tome"), ("clip", "evit"),
     ("clip", "entropy"), ("clip", "bspf")]  # fmt: skip
 
@@ -349,7 +348,7 @@ def test_bad_input_names_what_is_wrong():
 
 
 def test_a_sequence_without_candidates_is_a_clear_error():
-    from hf_vitprune.token_reduction import ReductionState
+    from hf_vitprune.reducers import ReductionState
 
     with pytest.raises(ValueError, match="4 tokens but 4 prefix tokens: there is no patch token"):
         ReductionState.start(torch.zeros(1, 4, 8), num_prefix_tokens=4)

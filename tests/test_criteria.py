@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from hf_vitprune.reducers import REDUCERS
 from hf_vitprune.token_ops import (
     entropy_scores,
     evit_scores,
@@ -16,7 +17,7 @@ from hf_vitprune.token_ops import (
     true_median,
     variance_scores,
 )
-from hf_vitprune.token_reduction import REDUCERS, PruningSettings
+from hf_vitprune.token_reduction import PruningSettings
 
 # class-token attention, batch 1, 4 heads (rows) x 3 candidate tokens (columns)
 A = torch.tensor([[[0.1, 0.2, 0.3], [0.3, 0.2, 0.1], [0.5, 0.2, 0.4], [0.1, 0.4, 0.2]]])

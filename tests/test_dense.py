@@ -31,8 +31,9 @@ from transformers.models.dinov2_with_registers.modeling_dinov2_with_registers im
 
 from hf_vitprune import PrunedViTConfig, PrunedViTModel, prune
 from hf_vitprune.export import export_model, run_exported
-from hf_vitprune.token_ops import merge_tokens, prune_tokens, restore_patch_grid, similarity_fusion
-from hf_vitprune.token_reduction import REDUCERS, AttentionPruner, ReductionState
+from hf_vitprune.reducers import REDUCERS, AttentionPruner, ReductionState
+from hf_vitprune.token_merging import merge_tokens
+from hf_vitprune.token_ops import prune_tokens, restore_patch_grid, similarity_fusion
 
 TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, image_size=32, patch_size=8)  # 16 patches
 STAGES = ["stage1", "stage2", "stage3", "stage4"]

@@ -2,15 +2,13 @@
 
 import pytest
 import torch
-from conftest import DEIT_TINY, IMAGENETTE, needs_shared, tiny_config_kwargs
+from conftest import DEIT_TINY, IMAGENETTE, METHODS, METHODS_WITH_DISTINCT_OPERATIONS, needs_shared, tiny_config_kwargs
 from transformers import Dinov2Config, Dinov2ForImageClassification
 
 from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification, prune
 from hf_vitprune.cli import main as cli_main
 from hf_vitprune.export import export_model, run_exported
 from hf_vitprune.measure import LogitsOnly
-
-METHODS = ["variance", "medad", "evit", "entropy", "random", "tome", "pitome"]
 
 
 def _tiny(method):
@@ -101,7 +99,7 @@ def test_export_bad_input_is_one_clear_line(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err and (tmp_path / "there.onnx").read_text() == "keep me"
 
 
-@pytest.mark.parametrize("method", ["variance", "medad", "evit", "entropy", "bspf", "tome", "pitome"])
+@pytest.mark.parametrize("method", [m for m in METHODS_WITH_DISTINCT_OPERATIONS if m != "random"])
 def test_the_standard_onnx_call_with_a_batch_1_example_stays_dynamic(tmp_path, method):
     """`torch.onnx.export(model, (pixel_values,), dynamo=True, dynamic_shapes=...)` as HF users write it, with a batch-1
     example: the exported batch axis is dynamic (torch.export specialises sizes 0 and 1, and pruning's matmul and

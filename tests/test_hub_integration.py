@@ -132,7 +132,14 @@ def test_saved_weights_use_the_native_names_and_both_layouts_load(stock_vit_dir,
             assert torch.equal(reloaded.eval()(pixel_values=pixel_values).logits, expected)
 
 
-SHIPPED = {"configuration_pruned_vit.py", "modeling_pruned_vit.py", "token_ops.py", "token_reduction.py"}
+SHIPPED = {
+    "configuration_pruned_vit.py",
+    "modeling_pruned_vit.py",
+    "reducers.py",
+    "token_merging.py",
+    "token_ops.py",
+    "token_reduction.py",
+}
 ALLOWED_IMPORTS = {"torch", "transformers", "huggingface_hub"}
 
 

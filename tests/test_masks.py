@@ -4,12 +4,11 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny_config_kwargs
+from conftest import METHODS, tiny_config_kwargs
 from transformers import Dinov2Config, Dinov2Model, ViTConfig, ViTForImageClassification
 
 from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification, prune
 
-METHODS = ["variance", "medad", "evit", "entropy", "random", "tome", "bspf", "pitome"]
 PIXELS = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 

@@ -216,7 +216,7 @@ def test_entropy_pruning_with_a_large_order_gives_finite_logits():
 
 @needs_shared
 def test_evaluate_stops_naming_the_variant_with_non_finite_logits(tmp_path, monkeypatch, capsys):
-    from hf_vitprune.token_reduction import MedADPruner
+    from hf_vitprune.reducers import MedADPruner
 
     monkeypatch.setattr(MedADPruner, "score", lambda self, statistic, *a: statistic.mean(1) * float("nan"))
     data = tmp_path / "val" / "n01440764"

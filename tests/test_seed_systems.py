@@ -9,6 +9,7 @@ from conftest import run_fresh_process, tiny_config_kwargs
 from transformers import ViTConfig, ViTForImageClassification
 
 from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification
+from hf_vitprune.reducers import REDUCERS, ReductionState
 from hf_vitprune.token_ops import (
     ATTENTION,
     CLASS_ATTENTION,
@@ -18,7 +19,7 @@ from hf_vitprune.token_ops import (
     key_entropy_scores,
     similarity_fusion,
 )
-from hf_vitprune.token_reduction import REDUCERS, PruningSettings, ReductionState
+from hf_vitprune.token_reduction import PruningSettings
 
 # Entropy readings -----------------------------------------------------------------------------------------------------
 

@@ -13,9 +13,9 @@ from conftest import tiny_config_kwargs
 
 import hf_vitprune
 from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification
-from hf_vitprune.arguments import PruningArguments, PruningGridArguments
-from hf_vitprune.cli import parse_arguments
-from hf_vitprune.token_reduction import PRUNING_FIELDS, REDUCERS, PruningFields, UnreadSettingWarning
+from hf_vitprune.arguments import PruningArguments, PruningGridArguments, parse_arguments
+from hf_vitprune.reducers import REDUCERS
+from hf_vitprune.token_reduction import PRUNING_FIELDS, PruningFields, UnreadSettingWarning
 
 VALUES = {
     "pruning_method": "medad",

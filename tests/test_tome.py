@@ -6,8 +6,9 @@ from conftest import tiny_config_kwargs
 
 from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification
 from hf_vitprune.modeling_pruned_vit import PrunedViTLayer
-from hf_vitprune.token_ops import merge_tokens, tome_merge_limit
-from hf_vitprune.token_reduction import ReductionState, TokenReduction, reducer_from_config
+from hf_vitprune.reducers import ReductionState
+from hf_vitprune.token_merging import merge_tokens, tome_merge_limit
+from hf_vitprune.token_reduction import TokenReduction, reducer_from_config
 
 # One class token + 4 candidates (sequence positions 1..4). Side A = even positions = candidates 1 and 3,
 # side B = odd positions = candidates 0 and 2. Keys are chosen so that candidate 1 is closest to candidate 0

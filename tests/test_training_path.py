@@ -9,7 +9,7 @@ from conftest import tiny_config_kwargs
 from transformers import ViTConfig, ViTForImageClassification
 
 from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification
-from hf_vitprune.token_reduction import REDUCERS
+from hf_vitprune.reducers import REDUCERS
 
 
 def _stock_and_pruned(**pruning):

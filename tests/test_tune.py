@@ -8,11 +8,13 @@ import torch
 from conftest import make_image_folder, tiny_config_kwargs
 
 from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification
+from hf_vitprune import measure as measure_module
 from hf_vitprune import tune as tune_module
 from hf_vitprune.cli import main as cli_main
-from hf_vitprune.measure import InterleavedTiming, TimingCheck
+from hf_vitprune.measure import InterleavedTiming, LatencyModel, TimingCheck
+from hf_vitprune.schedule_search import SearchSpace, greedy_search, search_space, setting_key, uniform_space
 from hf_vitprune.token_reduction import default_prune_layers
-from hf_vitprune.tune import LatencyModel, SearchSpace, TuneArguments, greedy_search, run_tune, search_space
+from hf_vitprune.tune import TuneArguments, run_tune
 
 # a 4-layer model, 1 prefix token + 16 patches; one layer costs 1 ms per token, the rest of the model 3 ms
 LATENCY = LatencyModel(tokens=[2, 5, 9, 17], layer_ms=[2.0, 5.0, 9.0, 17.0], fixed_ms=3.0,
@@ -82,8 +84,8 @@ def _setup(tmp_path, overlap=False):
 
 def _args(model, data, out, **changes):
     values = dict(model_name_or_path=str(model), dataset_name=str(data), calibration_split="train",
-                  calibration_samples=12, report_split="val", methods=["variance", "tome"], target_speedup=1.3,
-                  batch_size=2, rounds=1, num_workers=0, eval_batch_size=4, output_dir=str(out))  # fmt: skip
+                  calibration_samples=12, report_split="val", pruning_method=["variance", "tome"], target_speedup=1.3,
+                  throughput_batch_size=2, rounds=1, num_workers=0, eval_batch_size=4, output_dir=str(out))  # fmt: skip
     return TuneArguments(**{**values, **changes})
 
 
@@ -95,7 +97,7 @@ def fake_timing(monkeypatch):
         timings = []
         unpruned = LATENCY.unpruned_ms()
         for name, settings in variants:
-            ms = LATENCY.predict(tune_module.token_counts(model, settings), settings.get("pruning_method"))
+            ms = LATENCY.predict(measure_module.token_counts(model, settings), settings.get("pruning_method"))
             speedup = unpruned / ms
             timings.append(InterleavedTiming(name, 1e3 / ms, 1e3 / ms, 1e3 / ms, speedup, speedup, speedup))
         return timings, "fake clock"
@@ -186,18 +188,18 @@ def test_an_optimistic_latency_model_is_corrected_by_the_timing(tmp_path, monkey
         calls.append(len(variants))
         unpruned, timings = LATENCY.unpruned_ms(), []
         for name, settings in variants:
-            ms = LATENCY.predict(tune_module.token_counts(model_, settings), settings.get("pruning_method"))
+            ms = LATENCY.predict(measure_module.token_counts(model_, settings), settings.get("pruning_method"))
             speedup = 0.85 * unpruned / ms if settings.get("pruning_method") else 1.0
             timings.append(InterleavedTiming(name, 1.0, 1.0, 1.0, speedup, speedup, speedup, rates=[1.0, 1.0]))
         return timings, "fake clock"
 
     monkeypatch.setattr(tune_module, "time_pruning_settings", timed)
-    result = run_tune(_args(model, data, tmp_path / "tune", methods=["variance"]), latency_model=LATENCY)
+    result = run_tune(_args(model, data, tmp_path / "tune", pruning_method=["variance"]), latency_model=LATENCY)
     assert len(calls) >= 2  # timed again after the correction
     row = result["rows"][1]
     assert row["measured_speedup"] >= 1.3 and row["predicted_speedup"] >= 1.3 / 0.85 - 1e-9
     with pytest.raises(tune_module.TuneError, match="after 0 corrections"):
-        run_tune(_args(model, data, tmp_path / "again", methods=["variance"], refinements=0), latency_model=LATENCY)
+        run_tune(_args(model, data, tmp_path / "again", pruning_method=["variance"], refinements=0), latency_model=LATENCY)
 
 
 def test_a_pessimistic_latency_model_times_earlier_points(tmp_path, monkeypatch):
@@ -210,33 +212,33 @@ def test_a_pessimistic_latency_model_times_earlier_points(tmp_path, monkeypatch)
     def timed(model_, variants, **kwargs):
         unpruned, timings = LATENCY.unpruned_ms(), []
         for name, settings in variants:
-            ms = LATENCY.predict(tune_module.token_counts(model_, settings), settings.get("pruning_method"))
+            ms = LATENCY.predict(measure_module.token_counts(model_, settings), settings.get("pruning_method"))
             speedup = 1.3 * unpruned / ms if settings.get("pruning_method") else 1.0
             measured[name] = speedup
             timings.append(InterleavedTiming(name, 1.0, 1.0, 1.0, speedup, speedup, speedup, rates=[1.0, 1.0]))
         return timings, "fake clock"
 
     def predicted_ms(model_, settings):
-        return LATENCY.predict(tune_module.token_counts(model_, settings), settings.get("pruning_method"))
+        return LATENCY.predict(measure_module.token_counts(model_, settings), settings.get("pruning_method"))
 
     monkeypatch.setattr(tune_module, "time_pruning_settings", timed)
     # a known calibration top-1 (the predicted time), so the test can walk the search's path itself
     monkeypatch.setattr(
         tune_module, "top1", lambda model_, _pixels, _labels, settings, *_: predicted_ms(model_, settings)
     )
-    result = run_tune(_args(model, data, tmp_path / "tune", methods=["variance"], target_speedup=1.4),
+    result = run_tune(_args(model, data, tmp_path / "tune", pruning_method=["variance"], target_speedup=1.4),
                       latency_model=LATENCY)  # fmt: skip
     row = result["rows"][1]
     assert row["measured_speedup"] >= 1.4 and row["predicted_speedup"] < 1.4  # chosen before the predicted crossing
     # on the search's own path (per-layer or the fixed family), the point before the choice was timed and fell short
     tiny = PrunedViTForImageClassification.from_pretrained(model)
     layers = tiny.config.num_hidden_layers
-    for space in (search_space("variance", layers), tune_module.uniform_space("variance", layers)):
+    for space in (search_space("variance", layers), uniform_space("variance", layers)):
         path, _ = greedy_search(space, lambda s: predicted_ms(tiny, s), lambda s: predicted_ms(tiny, s), target_ms=0.0,
                                 unpruned_ms=LATENCY.unpruned_ms(), overshoot=0)  # fmt: skip
-        keys = [tune_module.setting_key(p.settings) for p in path]
-        if tune_module.setting_key(row["settings"]) in keys:
-            at = keys.index(tune_module.setting_key(row["settings"]))
+        keys = [setting_key(p.settings) for p in path]
+        if setting_key(row["settings"]) in keys:
+            at = keys.index(setting_key(row["settings"]))
             assert at > 1 and measured[keys[at - 1]] < 1.4, [measured.get(k) for k in keys]
             break
     else:
@@ -249,11 +251,11 @@ def test_the_fixed_family_is_searched_beside_the_per_layer_schedules(tmp_path, f
     model, data = _setup(tmp_path)
 
     def known_top1(model_, _pixels, _labels, settings, *_):  # per-layer keep rates lose 10 points
-        ms = LATENCY.predict(tune_module.token_counts(model_, settings), settings.get("pruning_method"))
+        ms = LATENCY.predict(measure_module.token_counts(model_, settings), settings.get("pruning_method"))
         return ms - (10 if isinstance(settings.get("keep_rate"), list) else 0)
 
     monkeypatch.setattr(tune_module, "top1", known_top1)
-    result = run_tune(_args(model, data, tmp_path / "tune", methods=["variance"]), latency_model=LATENCY)
+    result = run_tune(_args(model, data, tmp_path / "tune", pruning_method=["variance"]), latency_model=LATENCY)
     chosen = result["chosen"]
     assert chosen["pruning_method"] == "variance" and isinstance(chosen["keep_rate"], float)
     assert chosen["prune_layers"] == list(default_prune_layers(4)) and result["rows"][1]["measured_speedup"] >= 1.3
@@ -293,8 +295,8 @@ def test_the_latency_model_times_a_reduction_without_switching_the_setting(monke
             timed_switches.append(len(switches) - before)
         return [InterleavedTiming(s.name, 1e3 / ms[s.name], 0, 0, 1.0, 1.0, 1.0) for s in steps]
 
-    monkeypatch.setattr(tune_module, "time_interleaved", fake_time_interleaved)
-    latency = tune_module.measure_latency_model(model, ["variance", "tome"], batch_size=2, dtype="fp32",
+    monkeypatch.setattr(measure_module, "time_interleaved", fake_time_interleaved)
+    latency = measure_module.measure_latency_model(model, ["variance", "tome"], batch_size=2, dtype="fp32",
                                                 device="cpu", rounds=1)  # fmt: skip
     assert timed_switches == [0] * len(ms)  # no timed pass switched the setting
     # variance keeps ceil(0.7 * 16) = 12 patches + the fused token + the class token; ToMe merges r = 8 (half of 16)
