@@ -127,8 +127,8 @@ def main(argv: list[str] | None = None) -> None:
             )  # fmt: skip
             command = (f"hf-vitprune tune --model_name_or_path {MODEL} --dataset_name {DATA} --calibration_split "
                        f"train --calibration_samples {args.calibration} --report_split val --class_list imagenet1k "
-                       f"--methods {' '.join(args.methods)} --target_speedup {target} --throughput_batch_size {batch_size} "
-                       f"--device cpu --rounds {rounds} --tune_log {log}")  # fmt: skip
+                       f"--pruning_method {' '.join(args.methods)} --target_speedup {target} --throughput_batch_size "
+                       f"{batch_size} --device cpu --rounds {rounds} --tune_log {log}")  # fmt: skip
             result = run_tune(tune_args, command=command)
         for row in result["rows"]:
             report_cache[json.dumps(row["settings"], sort_keys=True)] = row["report_top1"]

@@ -199,7 +199,9 @@ def test_an_optimistic_latency_model_is_corrected_by_the_timing(tmp_path, monkey
     row = result["rows"][1]
     assert row["measured_speedup"] >= 1.3 and row["predicted_speedup"] >= 1.3 / 0.85 - 1e-9
     with pytest.raises(tune_module.TuneError, match="after 0 corrections"):
-        run_tune(_args(model, data, tmp_path / "again", pruning_method=["variance"], refinements=0), latency_model=LATENCY)
+        run_tune(
+            _args(model, data, tmp_path / "again", pruning_method=["variance"], refinements=0), latency_model=LATENCY
+        )
 
 
 def test_a_pessimistic_latency_model_times_earlier_points(tmp_path, monkeypatch):
