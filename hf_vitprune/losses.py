@@ -83,13 +83,14 @@ class Distillation:
     """A frozen teacher and how the student learns from it (see [`ImageClassificationTrainer`]).
 
     Attributes:
-        teacher (`nn.Module`): in eval mode, no gradients.
+        teacher (`nn.Module`, *optional*): in eval mode, no gradients; `None` until it exists (a self-teacher is the
+            student itself, copied when pruning starts: [`~train.SelfTeacherCallback`]), the student's loss alone.
         teacher_index (`torch.LongTensor` of shape `(student classes,)`): the teacher output of each student output.
         alpha (`float`), temperature (`float`), token_weight (`float`): as the `--distill_*` flags.
         source (`str`): what the teacher is, for the results.
     """
 
-    teacher: torch.nn.Module
+    teacher: torch.nn.Module | None
     teacher_index: torch.Tensor
     alpha: float
     temperature: float
@@ -158,7 +159,7 @@ class DistillationLoss:
             RuntimeError: when called before the student's forward pass was seen (`watch` not called on it).
         """
         loss = self.student_loss(outputs, labels, num_items_in_batch=num_items_in_batch)
-        if not self._training:  # evaluation: the student's loss only
+        if not self._training or self.distillation.teacher is None:  # evaluation, or a teacher still to come
             return loss
         if self._images is None:
             raise RuntimeError("DistillationLoss saw no forward pass of the student: call watch(model) on it first.")

@@ -65,8 +65,9 @@ class ModelArguments(PruningArguments, ModelSourceArguments):
         default=None,
         metadata={"help": "Knowledge distillation from a frozen teacher run in the same step: `unpruned` (the starting "
                   "checkpoint with pruning off: nothing to download; its head must cover the data set's classes, "
-                  "through --class_list if needed) or the folder of another model (e.g. the unpruned model "
-                  "fine-tuned on this data)."},
+                  "through --class_list if needed), `self` (the model being trained, copied with pruning off when "
+                  "pruning starts at --pruning_start_epoch: the unpruned stage teaches the pruned one) or the folder "
+                  "of another model (e.g. the unpruned model fine-tuned on this data)."},
     )  # fmt: skip
     distill_alpha: float = field(
         default=0.5, metadata={"help": "Weight of the distillation loss: (1 - a) * cross-entropy + a * soft KL."}
@@ -250,6 +251,32 @@ def check_pruning_schedule(model_args: ModelArguments, pruning_method: str | Non
         )
 
 
+class SelfTeacherCallback(TrainerCallback):
+    """`--distill_from self`: at the first training step of `start_epoch` (when pruning starts), a frozen copy of the
+    model with pruning off becomes the teacher of the distillation; before it the student's loss is used alone.
+
+    A run resumed after `start_epoch` copies the model it resumes from (the teacher of the uninterrupted run is not
+    saved in checkpoints); the results record the epoch the teacher was copied at.
+
+    Source: DeiT's soft distillation (Touvron et al., ICML 2021) with the two stages of one run as teacher and student;
+    our recipe (docs/training.md).
+    """
+
+    def __init__(self, distillation: Distillation, start_epoch: float):
+        self.distillation = distillation
+        self.start_epoch = start_epoch
+        self.copied_at: float | None = None
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if self.distillation.teacher is None and model is not None and (state.epoch or 0.0) >= self.start_epoch:
+            import copy
+
+            teacher = copy.deepcopy(model).eval().requires_grad_(False)
+            teacher.set_pruning(pruning_method=None)
+            self.distillation.teacher = teacher
+            self.copied_at = state.epoch
+
+
 TOP_K_SOURCE = "top-1 / top-5 computed from the logits (hf_vitprune.evaluation.top_k_hits)"
 
 
@@ -367,6 +394,16 @@ def load_teacher(model_args: ModelArguments, data_args: DataArguments, student) 
         return None
     if not 0 <= model_args.distill_alpha <= 1 or model_args.distill_temperature <= 0:
         raise ValueError("--distill_alpha must lie in [0, 1] and --distill_temperature be > 0.")
+    if source == "self":
+        if not model_args.pruning_start_epoch > 0:
+            raise ValueError(
+                "--distill_from self distils the pruned stage from the unpruned one: it needs --pruning_start_epoch "
+                "(the epoch pruning starts and the teacher is copied), e.g. 3/4 of --num_train_epochs."
+            )
+        return Distillation(
+            None, torch.arange(student.config.num_labels), model_args.distill_alpha, model_args.distill_temperature,
+            model_args.distill_token_weight, f"the model itself at epoch {model_args.pruning_start_epoch:g}, unpruned",
+        )  # fmt: skip
     from transformers import PretrainedConfig
 
     unpruned = source == "unpruned"
@@ -434,6 +471,8 @@ def build_trainer(
         training_args.learning_rate = data_args.base_learning_rate * global_batch_size(training_args) / 256
     callbacks = [AugmentationEpochCallback(train_set)]
     check_pruning_schedule(model_args, model.config.pruning_method)
+    if distillation is not None and distillation.teacher is None:
+        callbacks.append(SelfTeacherCallback(distillation, model_args.pruning_start_epoch))
     if model_args.keep_rate_warmup_epochs > 0 or model_args.pruning_start_epoch > 0:
         callbacks.append(
             KeepRateScheduleCallback(

@@ -150,3 +150,41 @@ def test_the_imagenet100_path_rehearsed_offline(tmp_path):
                      "--output_dir", str(evaluated)]) == 0  # fmt: skip
     rows = json.loads((evaluated / "results.json").read_text())["rows"]
     assert [row["images"] for row in rows] == [6, 6]
+
+
+def test_self_distillation_copies_the_model_unpruned_when_pruning_starts(workspace, tmp_path, capsys):
+    """`--distill_from self`: before --pruning_start_epoch the student's loss alone (alpha 0 and no teacher agree bit
+    for bit with the plain late-start run); from it, a frozen copy of the model with pruning off teaches."""
+    late = ["--pruning_start_epoch", "0.5"]  # 4 steps of 4 images on 16 images: pruning from the third step
+    plain, alpha_zero, distilled = tmp_path / "plain", tmp_path / "alpha0", tmp_path / "distilled"
+    assert cli_main(_args(workspace, plain, *late)) == 0
+    assert cli_main(_args(workspace, alpha_zero, *late, "--distill_from", "self", "--distill_alpha", "0")) == 0
+    assert cli_main(_args(workspace, distilled, *late, "--distill_from", "self", "--distill_alpha", "0.5")) == 0
+    a, b, c = (load_file(folder / "model.safetensors") for folder in (plain, alpha_zero, distilled))
+    assert all(torch.equal(a[k], b[k]) for k in a) and any(not torch.equal(a[k], c[k]) for k in a)
+    recorded = json.loads((distilled / "pruning_results.json").read_text())["training"]["distillation"]
+    assert recorded["teacher"] == "the model itself at epoch 0.5, unpruned"
+    assert cli_main(_args(workspace, tmp_path / "refused", "--distill_from", "self")) == 2
+    assert "--distill_from self distils the pruned stage from the unpruned one" in capsys.readouterr().err
+
+
+def test_the_self_teacher_is_a_frozen_unpruned_copy_taken_at_the_start_epoch():
+    from types import SimpleNamespace
+
+    from hf_vitprune import PrunedViTConfig, PrunedViTForImageClassification
+    from hf_vitprune.losses import Distillation
+    from hf_vitprune.train import SelfTeacherCallback
+
+    model = PrunedViTForImageClassification(PrunedViTConfig(**tiny_config_kwargs()))
+    distillation = Distillation(None, torch.arange(5), 0.5, 1.0, 0.0, "self")
+    callback = SelfTeacherCallback(distillation, start_epoch=2)
+    callback.on_step_begin(None, SimpleNamespace(epoch=1.9), None, model=model)
+    assert distillation.teacher is None
+    callback.on_step_begin(None, SimpleNamespace(epoch=2.0), None, model=model)
+    teacher = distillation.teacher
+    assert teacher is not model and teacher.config.pruning_method is None and model.config.pruning_method == "variance"
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    with torch.no_grad():
+        model.classifier.weight.add_(1.0)  # the student moves on; the teacher keeps the weights it was copied with
+    callback.on_step_begin(None, SimpleNamespace(epoch=3.0), None, model=model)
+    assert distillation.teacher is teacher and not torch.equal(teacher.classifier.weight, model.classifier.weight)
