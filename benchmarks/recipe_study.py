@@ -62,6 +62,11 @@ SETTINGS: dict[str, tuple[str, ...]] = {
     "variance-0.7-start3": (*VARIANCE, "--keep_rate", "0.7", "--learning_rate", "5e-4", "--pruning_start_epoch", "3"),
     "variance-0.7-warmup2": (*VARIANCE, "--keep_rate", "0.7", "--learning_rate", "5e-4",
                              "--keep_rate_warmup_epochs", "2"),
+    # late start with the unpruned stage distilled into the pruned one
+    "variance-0.5-start3-self": (*VARIANCE, "--keep_rate", "0.5", "--learning_rate", "5e-4", "--pruning_start_epoch",
+                                 "3", "--distill_from", "self"),
+    "variance-0.7-start3-self": (*VARIANCE, "--keep_rate", "0.7", "--learning_rate", "5e-4", "--pruning_start_epoch",
+                                 "3", "--distill_from", "self"),
 }  # fmt: skip
 """Setting name -> its `hf-vitprune train` flags (pruning, learning rate, recipe changes)."""
 
