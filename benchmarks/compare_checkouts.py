@@ -95,6 +95,8 @@ SETTINGS = [
     {"pruning_method": "tome", "tome_r": 8},
     {"pruning_method": "bspf", "keep_rate": 0.7, "bspf_block": 3, "bspf_joint": "mean"},
     {"pruning_method": "bspf", "keep_rate": 0.5, "bspf_block": 1, "bspf_joint": "product"},
+    {"pruning_method": "pitome", "keep_rate": 0.9},
+    {"pruning_method": "pitome", "keep_rate": 0.7, "pitome_margin": 0.5, "pitome_alpha": 2.0},
 ]  # fmt: skip
 """Every method and reading the logits check covers."""
 

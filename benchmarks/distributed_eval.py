@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.path.relpath(ROOT.parent / "shared"))  # as a user types it from the repository root: ../shared
 MODEL = SHARED / "models" / "deit-tiny-patch16-224"
 IMAGES = SHARED / "data" / "imagenette" / "val"
 

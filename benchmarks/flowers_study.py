@@ -22,13 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.path.relpath(ROOT.parent / "shared", ROOT))  # ../shared: the commands run from the root
 MODEL = SHARED / "models" / "deit-tiny-patch16-224"
 DATA = SHARED / "data" / "oxford-17-flowers"
 
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--table-only", action="store_true", help="Tabulate the finished runs; train nothing.")
     parser.add_argument("--output", type=Path, help="Also write the tables (Markdown) here.")
     args = parser.parse_args(argv)
-    if not DATA.is_dir():
+    if not (ROOT / DATA).is_dir():
         sys.exit(f"{DATA} is absent: the study needs ../shared (the Oxford 17 Flowers splits and DeiT-Tiny).")
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "study.log"

@@ -22,13 +22,14 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
+import os
 import sys
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.path.relpath(ROOT.parent / "shared"))  # as a user types it from the repository root: ../shared
 MODEL = SHARED / "models" / "deit-tiny-patch16-224"
 IMAGES = SHARED / "data" / "imagenette" / "val"
 

@@ -23,13 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.path.relpath(ROOT.parent / "shared"))  # as a user types it from the repository root: ../shared
 MODEL = SHARED / "models" / "deit-tiny-patch16-224"
 DATA = SHARED / "data" / "imagenette"
 TARGETS = ((1, 1.3), (64, 1.5))

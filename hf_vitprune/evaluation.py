@@ -289,6 +289,19 @@ def variants_from_args(args: EvaluateArguments) -> list[Variant]:
     return variants
 
 
+def check_shards(max_samples: int | None, num_processes: int) -> None:
+    """Refuse a `--max_samples` subset smaller than the processes of an `accelerate launch` run, before any work.
+
+    Raises:
+        ValueError: naming both numbers and what to do.
+    """
+    if max_samples is not None and max_samples < num_processes:
+        raise ValueError(
+            f"--max_samples {max_samples} is smaller than the {num_processes} processes: every process needs at least "
+            "one image. Evaluate more images or launch fewer processes."
+        )
+
+
 def prepare_evaluation(args: EvaluateArguments) -> EvaluationSetup:
     """Load the model and the data, map the labels and build the DeiT-preprocessing DataLoader.
 
@@ -316,11 +329,7 @@ def prepare_evaluation(args: EvaluateArguments) -> EvaluationSetup:
     )
     if accelerator.num_processes > 1:
         device = accelerator.device
-        if args.max_samples is not None and args.max_samples < accelerator.num_processes:
-            raise ValueError(
-                f"--max_samples {args.max_samples} is smaller than the {accelerator.num_processes} processes: every "
-                "process needs at least one image. Evaluate more images or launch fewer processes."
-            )
+        check_shards(args.max_samples, accelerator.num_processes)
     extra = args.model_settings()
     if args.patch_stride is not None:
         extra["patch_stride"] = args.patch_stride

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from .evaluation import (
 )
 from .measure import count_gmacs
 from .reducers import REDUCERS
-from .report import check_output_dir, markdown_table, settings_of, table_footer
+from .report import check_output_dir, markdown_delimiter, markdown_table, table_footer
 
 SWEEP_OUTPUTS = ("sweep.json", "sweep.csv", "sweep.md", "top1_vs_gmacs.png", "top1_vs_images_per_s.png",
                  "matched_gmacs.md", "predictions.json")  # fmt: skip
@@ -152,15 +153,32 @@ def plot_tradeoff(rows: list[dict], x: str, xlabel: str, path: str, title: str) 
     plt.close(fig)
 
 
-def matched_table(rows: list[dict]) -> str:
-    """Markdown table of the matched-GMACs rows, one block per target."""
-    lines = ["| target GMACs | method | setting | GMACs | top-1 (%) | images/s |", "|---|---|---|---|---|---|"]
-    for row in sorted((r for r in rows if r.get("matched_target") is not None), key=lambda r: -r["matched_target"]):
-        setting = methods.setting_text(settings_of(row)[0])
-        lines.append(
-            f"| {row['matched_target']:g} | {row['series']} | {setting} | {row['gmacs']:.3f} | {row['top1']:.2f} | "
-            f"{row['images_per_s']:.1f} |"
-        )
+def matched_table(rows: list[dict], images: int) -> str:
+    """Markdown table of the matched-GMACs rows: the unpruned model, then for each target (largest first) each
+    method's setting whose GMACs came closest ([`match_gmacs`]), best top-1 first, with its top-1 and the binomial
+    standard error `sqrt(p (1 - p) / n)` over the `images` evaluated, the drop from the unpruned model, and (when
+    timed) the speed-up at the throughput batch (median over interleaved rounds, min-max) and at batch 1 (median
+    latency).
+
+    Args:
+        rows (`list[dict]`): the sweep's rows (`run_sweep`), the unpruned model first; images (`int`): images evaluated.
+    """
+    unpruned = rows[0]
+
+    def line(target: str, row: dict) -> str:
+        p = row["top1"] / 100
+        error = 100 * math.sqrt(p * (1 - p) / max(images, 1))
+        timed = not math.isnan(row.get("speedup", math.nan))
+        speed = f"{row['speedup']:.2f}× ({row['speedup_min']:.2f}–{row['speedup_max']:.2f})" if timed else "–"
+        batch1 = f"{row['latency_speedup']:.2f}×" if row.get("latency_speedup") is not None else "–"
+        return (f"| {target} | {row['series']} | {row['name']} | {row['gmacs']:.3f} | {row['top1']:.2f} ± {error:.2f} "
+                f"| {row['top1'] - unpruned['top1']:+.2f} | {speed} | {batch1} |")  # fmt: skip
+
+    header = "| target GMACs | method | setting | GMACs | top-1 (± s.e.) | drop | speed-up (min–max) | batch 1 |"
+    lines = [header, markdown_delimiter(header), line("—", unpruned)]
+    for target in sorted({r["matched_target"] for r in rows if r.get("matched_target") is not None}, reverse=True):
+        matched = sorted((r for r in rows if r.get("matched_target") == target), key=lambda r: -r["top1"])
+        lines += [line(f"{target:g} ({target / unpruned['gmacs']:.2f}×)", row) for row in matched]
     return "\n".join(lines)
 
 
@@ -215,7 +233,7 @@ def run_sweep(args: SweepArguments, command: str | None = None) -> dict:
     if not args.skip_throughput:
         plot_tradeoff(rows, "images_per_s", "images/s", out / "top1_vs_images_per_s.png", title)
     if matched:
-        text = matched_table(rows) + footer
+        text = matched_table(rows, setup.num_images) + footer
         (out / "matched_gmacs.md").write_text(text)
         print(text)
     setup.accelerator.wait_for_everyone()

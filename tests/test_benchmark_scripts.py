@@ -418,28 +418,6 @@ def test_speed_agreement_tests_pooled_runs_process_by_process(tmp_path, capsys):
     assert 0.31 < float(line.split(" | ")[-1].rstrip(" |")) < 0.36
 
 
-def test_matched_table_gives_standard_errors_drops_and_both_speedups(tmp_path):
-    matched_table = load_benchmark("matched_table")
-    row = dict(speedup=1.0, speedup_min=1.0, speedup_max=1.0, latency_speedup=1.0)
-    report = {
-        "protocol": {"images": 400, "model": "m", "data": "d", "throughput": "t"},
-        "rows": [
-            {**row, "name": "unpruned", "series": "unpruned", "gmacs": 1.2, "top1": 80.0, "matched_target": None},
-            {**row, "name": "evit@0.7+fusion", "series": "evit + fusion", "gmacs": 0.8, "top1": 75.0,
-             "matched_target": None},
-            {"name": "tome(r=8)", "series": "ToMe", "gmacs": 0.61, "top1": 70.0, "matched_target": 0.6,
-             "speedup": 1.9, "speedup_min": 1.8, "speedup_max": 2.0, "latency_speedup": 1.3},
-        ],
-    }  # fmt: skip
-    path = tmp_path / "sweep.json"
-    path.write_text(json.dumps(report))
-    matched_table.main([str(path), "--output", str(tmp_path / "t.md")])
-    text = (tmp_path / "t.md").read_text()
-    # s.e. sqrt(0.7 * 0.3 / 400) = 2.29 %; drop 70 - 80; the grid row (no target) is left out
-    assert "| 0.6 (0.50×) | ToMe | tome(r=8) | 0.610 | 70.00 ± 2.29 | -10.00 | 1.90× (1.80–2.00) | 1.30× |" in text
-    assert "| — | unpruned | unpruned | 1.200 | 80.00 ± 2.00 | +0.00 |" in text and "evit" not in text
-
-
 def test_diff_results_matches_rows_by_their_settings_not_their_names(tmp_path):
     """Two PiToMe rows an older version named alike (`pitome@0.7` for alpha 1 and 2) are two rows, each matched with
     its own setting in the other run, however it is named there."""

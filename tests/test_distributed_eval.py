@@ -69,14 +69,10 @@ def tiny_model(tmp_path_factory):
     return root / "model"
 
 
-def test_more_processes_than_images_and_the_refusals(tiny_model, tmp_path):
+def test_more_processes_than_images_and_a_failing_shard(tiny_model, tmp_path):
+    """Two launches: a sweep over one image on two processes (one shard empty: every variant counts the one image,
+    one set of files from the main process), and a run whose shard holds an unreadable image (no results at all)."""
     make_image_folder(tmp_path / "one_image", {"cat": 1, "dog": 0})
-    result = _launch(*_evaluate_args(tiny_model, tmp_path / "one_image", tmp_path / "out", *VARIANTS))
-    assert result.returncode == 0, result.stderr[-4000:]
-    report = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert report["protocol"]["num_processes"] == 2 and [r["images"] for r in report["rows"]] == [1] * 4
-
-    # sweep: the same sharding, one set of files from the main process
     sweep = ["sweep", *_evaluate_args(tiny_model, tmp_path / "one_image", tmp_path / "sweep")[1:], *VARIANTS]
     result = _launch(*sweep)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -84,17 +80,22 @@ def test_more_processes_than_images_and_the_refusals(tiny_model, tmp_path):
     assert report["protocol"]["num_processes"] == 2 and [r["images"] for r in report["rows"]] == [1] * 4
     assert not list((tmp_path / "sweep").glob(".*partial"))
 
-    # --max_samples below the number of processes: refused before any work, naming both
-    make_image_folder(tmp_path / "images", {"cat": 3, "dog": 3})
-    refused = _launch(*_evaluate_args(tiny_model, tmp_path / "images", tmp_path / "refused", "--max_samples", "1"))
-    assert refused.returncode != 0 and "--max_samples 1 is smaller than the 2 processes" in refused.stderr
-    assert not (tmp_path / "refused").exists()
-
     # a process that fails mid-run (an unreadable image in its shard) stops the run: no results file at all
+    make_image_folder(tmp_path / "images", {"cat": 3, "dog": 3})
     (tmp_path / "images" / "dog" / "img_9.jpg").write_bytes(b"not an image")
     failed = _launch(*_evaluate_args(tiny_model, tmp_path / "images", tmp_path / "failed"))
     assert failed.returncode != 0 and "img_9.jpg" in failed.stderr
     assert not (tmp_path / "failed").exists() or not any((tmp_path / "failed").iterdir())
+
+
+def test_max_samples_below_the_processes_is_refused_naming_both():
+    """Checked before any model or data is loaded (prepare_evaluation calls it first under a launch)."""
+    from hf_vitprune.evaluation import check_shards
+
+    with pytest.raises(ValueError, match="--max_samples 1 is smaller than the 2 processes"):
+        check_shards(1, 2)
+    check_shards(2, 2)
+    check_shards(None, 8)
 
 
 @needs_shared

@@ -2,11 +2,13 @@
 
 import json
 import shlex
+import warnings
 
 import pytest
 from conftest import DEIT_TINY, IMAGENETTE, REPO, needs_shared
 
 from hf_vitprune.cli import main
+from hf_vitprune.token_reduction import UnreadSettingWarning
 
 HUB_ONLY = {"--data_dir", "--data_revision"}  # a local folder has no repository folder or branch
 
@@ -53,8 +55,12 @@ def test_the_readme_command_names_the_hub_sources():
 @pytest.mark.slow
 @needs_shared
 def test_the_readme_command_runs_offline_on_shared(tmp_path):
+    """It runs, and without an `UnreadSettingWarning`: the grid crosses each method only with the settings it reads
+    (ToMe's `--tome_r` never meets the pruning methods, the keep rates never meet ToMe)."""
     argv = offline(readme_first_command(), str(tmp_path / "out"), max_samples=24)
-    assert main(argv) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnreadSettingWarning)
+        assert main(argv) == 0
     report = json.loads((tmp_path / "out" / "sweep.json").read_text())
     series = {row["series"] for row in report["rows"]}
     assert series == {"unpruned", "evit + fusion", "variance + fusion", "medad + fusion", "entropy (α=1) + fusion",

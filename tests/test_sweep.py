@@ -47,3 +47,25 @@ def test_bisection_finds_what_counting_every_setting_finds(model, template, monk
         found = sweep.match_gmacs(model, target, template, max_tome_r=40)
         assert found == (candidates[expected], every[expected]), fraction
     assert model.config.pruning_method == "variance" and model.config.keep_rate == 0.5  # left as it was
+
+
+def test_the_matched_table_gives_standard_errors_drops_and_both_speedups():
+    from hf_vitprune.sweep import matched_table
+
+    row = dict(speedup=1.0, speedup_min=1.0, speedup_max=1.0, latency_speedup=1.0)
+    rows = [
+        {**row, "name": "unpruned", "series": "unpruned", "gmacs": 1.2, "top1": 80.0, "matched_target": None},
+        {**row, "name": "evit@0.7+fusion", "series": "evit + fusion", "gmacs": 0.8, "top1": 75.0,
+         "matched_target": None},
+        {"name": "tome(r=8)", "series": "ToMe", "gmacs": 0.61, "top1": 70.0, "matched_target": 0.6,
+         "speedup": 1.9, "speedup_min": 1.8, "speedup_max": 2.0, "latency_speedup": 1.3},
+        {"name": "pitome@0.5", "series": "PiToMe", "gmacs": 0.6, "top1": 72.0, "matched_target": 0.6,
+         "speedup": float("nan"), "latency_speedup": None},
+    ]  # fmt: skip
+    text = matched_table(rows, images=400)
+    # s.e. sqrt(0.7 * 0.3 / 400) = 2.29 %; drop 70 - 80; best top-1 first; the grid row (no target) is left out
+    lines = text.splitlines()
+    assert lines[2] == "| — | unpruned | unpruned | 1.200 | 80.00 ± 2.00 | +0.00 | 1.00× (1.00–1.00) | 1.00× |"
+    assert lines[3] == "| 0.6 (0.50×) | PiToMe | pitome@0.5 | 0.600 | 72.00 ± 2.24 | -8.00 | – | – |"
+    assert lines[4] == "| 0.6 (0.50×) | ToMe | tome(r=8) | 0.610 | 70.00 ± 2.29 | -10.00 | 1.90× (1.80–2.00) | 1.30× |"
+    assert "evit" not in text and len(lines) == 5
