@@ -192,6 +192,8 @@ def _variants(self) -> list[dict]:
             raise ValueError(f"--{name} must name at least one value.")
     read = {n for m in methods for n in settings_read_by(m)}
     given = [n for n in _GRID_ORDER if getattr(self, n) is not None and getattr(self, n) != _default(self, n)]
+    if self.prune_layers is not None:  # one value for the whole run, but unread all the same by merging methods
+        given.append("prune_layers")
     unused = [n for n in given if n not in read]
     if unused:  # the same documented no-op as everywhere: recorded nowhere here, so say so
         readers = {n: [m for m in REDUCERS if n in REDUCERS[m].settings_used] for n in unused}

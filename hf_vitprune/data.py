@@ -103,7 +103,14 @@ def _folder_dataset(path: str, image_column: str, label_column: str):
 
 
 def _hub_dataset(
-    name: str, split: str | None, image_column: str, label_column: str, data_dir, revision, streaming: bool = False
+    name: str,
+    split: str | None,
+    image_column: str,
+    label_column: str,
+    data_dir,
+    revision,
+    streaming: bool = False,
+    split_flag: str = "--split",
 ):
     """`(datasets.Dataset, class names)` of split `split` of Hub dataset `name`, images undecoded.
 
@@ -114,7 +121,7 @@ def _hub_dataset(
     import datasets
 
     if split is None:
-        raise ValueError(f"{name!r} looks like a Hub dataset id: pass its split, e.g. --split validation.")
+        raise ValueError(f"{name!r} looks like a Hub dataset id: pass its split, e.g. {split_flag} validation.")
     try:
         dataset = datasets.load_dataset(name, split=split, data_dir=data_dir, revision=revision, streaming=streaming)
     except Exception as error:  # noqa: BLE001 - re-raised with what to do
@@ -141,7 +148,7 @@ def _hub_dataset(
 SPLIT_FOLDERS = {"train": ("train",), "validation": ("validation", "val", "valid"), "test": ("test",)}
 
 
-def resolve_split_folder(path: str, split: str | None) -> str:
+def resolve_split_folder(path: str, split: str | None, split_flag: str = "--split") -> str:
     """For a local folder that holds split sub-folders (`train/`, `val/`, ...), the sub-folder of `split`.
 
     A folder whose sub-folders are all split names (train, val, validation, valid, test) is a folder of splits, never
@@ -149,7 +156,7 @@ def resolve_split_folder(path: str, split: str | None) -> str:
     way round). Any other folder is returned unchanged.
 
     Raises:
-        ValueError: for a folder of splits without the requested split.
+        ValueError: for a folder of splits without the requested split, naming `split_flag` (the command's flag).
     """
     root = Path(path)
     if not root.is_dir():
@@ -165,8 +172,8 @@ def resolve_split_folder(path: str, split: str | None) -> str:
             return str(root / name)
     asked = f"has no split {split!r}" if split else "is a folder of splits"
     raise ValueError(
-        f"{path!r} {asked}; the splits found are {sorted(subdirs)}: pass --split (or --train_split / --eval_split) "
-        "naming one of them, or point at the split folder itself."
+        f"{path!r} {asked}; the splits found are {sorted(subdirs)}: pass {split_flag} naming one of them, or point at "
+        "the split folder itself."
     )
 
 
@@ -206,6 +213,7 @@ def load_image_data(
     data_dir: str | None = None,
     revision: str | None = None,
     streaming: bool = False,
+    split_flag: str = "--split",
 ) -> ImageData:
     """Load a labelled image data set: a local folder with one sub-folder per class, or a Hub dataset.
 
@@ -227,6 +235,8 @@ def load_image_data(
             Parquet export of a dataset that only has a loading script); ignored for local folders.
         streaming (`bool`): read a Hub dataset (or a local copy of one) as a `datasets` stream, nothing downloaded
             ahead; ignored for a folder of class folders (read file by file anyway).
+        split_flag (`str`): the command's flag for `split`, named in the errors (`--split`, `--train_split`,
+            `--calibration_split`, ...).
 
     Returns:
         [`ImageData`] whose image column is not decoded yet (decoding happens in the transform, which names the file
@@ -238,14 +248,18 @@ def load_image_data(
         ValueError: for a Hub dataset that cannot be loaded, lacks the columns, or whose label is not a class label.
     """
     if is_dataset_repository(data):  # a local copy of a Hub dataset: the same code path as the Hub id
-        dataset, classes = _hub_dataset(data, split, image_column, label_column, data_dir, revision, streaming)
+        dataset, classes = _hub_dataset(
+            data, split, image_column, label_column, data_dir, revision, streaming, split_flag
+        )
         source = f"{data}:{split}"
     elif os.path.exists(data) or data.startswith((".", "/", "~")):
-        data = resolve_split_folder(data, split)
+        data = resolve_split_folder(data, split, split_flag)
         dataset, classes = _folder_dataset(data, image_column, label_column)
         source, streaming = str(data), False
     else:
-        dataset, classes = _hub_dataset(data, split, image_column, label_column, data_dir, revision, streaming)
+        dataset, classes = _hub_dataset(
+            data, split, image_column, label_column, data_dir, revision, streaming, split_flag
+        )
         source = f"{data}:{split}" if data_dir is None else f"{data}/{data_dir}:{split}"
     if streaming:
         if max_samples is not None:
@@ -600,6 +614,8 @@ class TransformedImages(torch.utils.data.Dataset):
         data ([`ImageData`]), transform (callable on an RGB PIL image), label_ids (`Sequence[int]`, *optional*).
         skip_unreadable (`bool`): an image that cannot be decoded gives the item `None` (and a warning naming the
             file) instead of an error; [`collate_skipping`] drops such items and counts them. Default: stop.
+        skip_flag (`str`, *optional*): the command's flag that sets `skip_unreadable`, suggested in the error (a
+            command without one suggests repairing or removing the file).
         seed (`int`, *optional*): make random transforms reproducible: item `index` of epoch `e` is transformed under
             torch's generator seeded from `(seed, e, index)` (see [`sample_seed`]), whatever ran before it, so a run
             resumed from a checkpoint draws the augmentations the uninterrupted run drew. Set the epoch with
@@ -617,7 +633,9 @@ class TransformedImages(torch.utils.data.Dataset):
         skip_unreadable: bool = False,
         seed: int | None = None,
         with_ids: bool = False,
+        skip_flag: str | None = None,
     ):
+        self.skip_flag = skip_flag
         self.with_ids = with_ids
         self.data = data
         self.transform = transform
@@ -650,7 +668,10 @@ class TransformedImages(torch.utils.data.Dataset):
             image = open_rgb(row[self.data.image_column])
         except ValueError as error:
             if not self.skip_unreadable:
-                raise ValueError(f"{error} (pass --skip_unreadable to skip and count such images)") from error
+                hint = (
+                    f"pass {self.skip_flag} to skip and count such images" if self.skip_flag else "repair or remove it"
+                )
+                raise ValueError(f"{error} ({hint})") from error
             warnings.warn(f"skipped: {error}", stacklevel=2)
             return None
         if self.with_ids:

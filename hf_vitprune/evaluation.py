@@ -353,7 +353,12 @@ def prepare_evaluation(args: EvaluateArguments) -> EvaluationSetup:
 
         data.dataset = split_dataset_by_node(data.dataset, accelerator.process_index, accelerator.num_processes)
     images = TransformedImages(
-        data, preprocessing.eval_transform(), label_ids, skip_unreadable=args.skip_unreadable, with_ids=True
+        data,
+        preprocessing.eval_transform(),
+        label_ids,
+        skip_unreadable=args.skip_unreadable,
+        with_ids=True,
+        skip_flag="--skip_unreadable",
     )
     loader = torch.utils.data.DataLoader(
         images.streamed() if streamed else images,

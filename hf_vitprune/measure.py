@@ -603,7 +603,9 @@ class LatencyModel:
         fixed_ms (`float`): the whole unpruned model minus its layers.
         overhead_ms (`dict[str, float]`): per method, its reduction work at the full token count.
         num_layers (`int`), num_prefix_tokens (`int`), hidden_size (`int`), intermediate_size (`int`).
-        batch_size (`int`), dtype (`str`), device (`str`): what was measured.
+        batch_size (`int`), dtype (`str`), device (`str`), machine (`str`: [`device_name`]), threads (`int`: torch's
+            intra-op threads), rounds (`int`): what was measured and how.
+        quiet (`bool`): whether the timing rounds agreed ([`check_timings`]); a busy measurement is never reused.
     """
 
     tokens: list[int]
@@ -617,6 +619,15 @@ class LatencyModel:
     batch_size: int = 1
     dtype: str = "fp32"
     device: str = "cpu"
+    machine: str = ""
+    threads: int = 0
+    rounds: int = 0
+    quiet: bool = True
+
+    def conditions(self) -> dict:
+        """What the measurement depends on besides the model: device, machine, batch size, dtype, threads, rounds."""
+        return {"device": self.device, "machine": self.machine, "batch_size": self.batch_size, "dtype": self.dtype,
+                "threads": self.threads, "rounds": self.rounds}  # fmt: skip
 
     def layer(self, num_tokens: float) -> float:
         """One layer's milliseconds at `num_tokens` tokens (linear between the measured counts, clamped)."""
@@ -731,7 +742,8 @@ def measure_latency_model(model, methods_: list[str], batch_size: int, dtype: st
     ms = {t.name: 1e3 / t.images_per_s for t in timings}
     layer_ms = [ms[f"layer@{n}"] for n in grid]
     latency = LatencyModel(grid, layer_ms, 0.0, {}, config.num_hidden_layers, prefix, config.hidden_size,
-                           config.intermediate_size, batch_size, dtype, str(device))  # fmt: skip
+                           config.intermediate_size, batch_size, dtype, str(device), device_name(device),
+                           torch.get_num_threads(), rounds, check.quiet)  # fmt: skip
     latency.fixed_ms = max(ms["model"] - config.num_hidden_layers * ms[f"layer@{full}"], 0.0)
     for method in methods_:
         counts = token_counts(model, probe_settings(method, config.num_hidden_layers))[0]

@@ -18,6 +18,7 @@ siblings `token_ops.py` and `token_merging.py`.
 
 import contextlib
 import contextvars
+import inspect
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -177,6 +178,26 @@ class TokenReducer:
     """The smallest keep rate the method takes (exclusive at 0: a pruning layer keeps at least one token)."""
     amount_setting: ClassVar[str] = "keep_rate"
     """The setting that says how much a layer reduces: `keep_rate` (a fraction kept), or `tome_r` (tokens merged)."""
+
+    def __init_subclass__(cls, **kwargs):
+        """Check, when a reducer class is defined, that its `reduce` takes the arguments a forward pass gives it
+        (`hidden_states, statistic, state, amount, layer_idx`; `layer_idx` was added in a later version).
+
+        Raises:
+            TypeError: naming the class and the signature to write, for a `reduce` that cannot take them.
+        """
+        super().__init_subclass__(**kwargs)
+        reduce = cls.__dict__.get("reduce")
+        if reduce is None:
+            return
+        try:
+            inspect.signature(reduce).bind(None, "hidden_states", "statistic", "state", "amount", "layer_idx")
+        except TypeError:
+            raise TypeError(
+                f"{cls.__qualname__}.reduce{inspect.signature(reduce)} cannot take the arguments a forward pass gives "
+                "it: write it as reduce(self, hidden_states, statistic, state, amount, layer_idx) (layer_idx, the "
+                "0-indexed layer, was added as the fifth argument; see README's Changes)."
+            ) from None
 
     def __init__(self, settings, num_prefix_tokens: int, num_hidden_layers: int | None = None):
         self.settings = settings

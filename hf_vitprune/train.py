@@ -365,13 +365,13 @@ def load_training_data(data_args: DataArguments, seed: int):
     train_data = load_image_data(
         data_args.dataset_name, data_args.train_split, data_args.image_column, data_args.label_column,
         max_samples=data_args.max_train_samples, seed=seed, data_dir=data_args.data_dir,
-        revision=data_args.data_revision,
+        revision=data_args.data_revision, split_flag="--train_split",
     )  # fmt: skip
     eval_data = load_image_data(
         data_args.eval_dataset or data_args.dataset_name, data_args.eval_split, data_args.image_column,
         data_args.label_column, max_samples=data_args.max_eval_samples, seed=seed,
         data_dir=None if data_args.eval_dataset else data_args.data_dir,
-        revision=None if data_args.eval_dataset else data_args.data_revision,
+        revision=None if data_args.eval_dataset else data_args.data_revision, split_flag="--eval_split",
     )  # fmt: skip
     unknown = [c for c in eval_data.class_names if c not in train_data.class_names]
     if unknown:

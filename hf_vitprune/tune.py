@@ -22,6 +22,7 @@ Our design, for this project (issue 30): greedy search over a measured latency m
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 import sys
@@ -38,6 +39,7 @@ from .evaluation import Variant, evaluate_variants
 from .measure import (
     LatencyModel,
     check_timings,
+    device_name,
     measure_latency_model,
     time_pruning_settings,
     token_counts,
@@ -45,7 +47,7 @@ from .measure import (
 from .reducers import REDUCERS
 from .report import check_output_dir, write_files
 from .schedule_search import Point, greedy_search, next_step, pareto, search_space, setting_key, uniform_space
-from .token_reduction import PruningSettings
+from .token_reduction import PRUNING_FIELDS, PruningSettings
 
 TUNE_OUTPUTS = ("setting.json", "pareto.md", "pareto.png", "results.md", "results.json")
 """The files a finished `hf-vitprune tune` writes into its `--output_dir` (besides `model/` and `tune_log.jsonl`)."""
@@ -127,6 +129,8 @@ class TuneArguments(ModelSourceArguments, ImageDataArguments, DeviceArguments):
                 [`~arguments.DeviceArguments`] refuses.
         """
         super().__post_init__()
+        if isinstance(self.report_split, str) and self.report_split.lower() in ("none", "null", ""):
+            self.report_split = None  # as the help offers it on the command line
         if self.batch_size is not None:
             raise ValueError(
                 f"--batch_size {self.batch_size}: tune's two batch sizes have their own flags: --throughput_batch_size "
@@ -155,35 +159,86 @@ class TuneArguments(ModelSourceArguments, ImageDataArguments, DeviceArguments):
 
 
 class TuneLog:
-    """`tune_log.jsonl`: the header (what the cached numbers depend on), the latency models (one per batch size and
-    device; the one of `batch_size` on `device` is used), every calibration top-1.
+    """`tune_log.jsonl`: what the cached numbers depend on, the latency models, every calibration top-1.
+
+    One JSON record a line: first the header (`identity`: the model's contents, the calibration images' contents and
+    labels, the seed and dtype, as [`model_fingerprint`] and [`load_split`] give them; `about`: the paths, for people),
+    then `latency` records (each a [`~measure.LatencyModel`] with the conditions it was measured under) and `top1`
+    records (a setting's [`setting_key`] and its calibration top-1 in %). A resumed or repeated tune reuses only what
+    was measured on the same contents: a log of other weights or images (in the same folder or not) is refused, and a
+    latency model is reused only under the same conditions, from a quiet machine, covering every method asked
+    ([`latency_for`]).
+
+    Args:
+        path (`Path`): the log (created with its header when absent or empty).
+        identity (`dict`): what the top-1s depend on; about (`dict`): shown in messages, never compared.
 
     Raises:
-        ValueError: when the log was written for another model, data or calibration subset.
+        ValueError: for a log of another identity, without a header, or with a damaged line (naming the file and the
+            line). A truncated last line (a run killed while writing it) is dropped with a warning instead.
     """
 
-    def __init__(self, path: Path, header: dict, batch_size: int, device: str):
-        self.path, self.header = path, header
+    def __init__(self, path: Path, identity: dict, about: dict | None = None):
+        self.path, self.identity = path, identity
         self.top1: dict[str, float] = {}
-        self.latency: dict | None = None
-        if path.exists():
-            lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            if lines and lines[0].get("kind") == "header" and lines[0]["header"] != header:
-                raise ValueError(
-                    f"{path} was written by a tune of {lines[0]['header']}, not {header}: use another --output_dir "
-                    "(or delete the log to start over)."
-                )
-            for line in lines[1:]:
-                if line["kind"] == "top1":
-                    self.top1[line["key"]] = line["top1"]
-                elif line["kind"] == "latency" and (line["latency"]["batch_size"], line["latency"]["device"]) == (
-                    batch_size,
-                    device,
-                ):
-                    self.latency = line["latency"]
-        else:
+        self.latencies: list[dict] = []
+        records = self._read() if path.exists() else []
+        if not records:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._append({"kind": "header", "header": header})
+            path.write_text("")
+            self._append({"kind": "header", "identity": identity, "about": about or {}})
+            return
+        first = records[0][1]
+        if first.get("kind") != "header" or "identity" not in first:
+            raise ValueError(
+                f"{path} has no header of this hf_vitprune version (its first line is {first.get('kind')!r}): its "
+                "cached numbers cannot be matched to a model and data. Move it away, or use another --tune_log."
+            )
+        if first["identity"] != identity:
+            changed = sorted(k for k in identity if first["identity"].get(k) != identity[k])
+            raise ValueError(
+                f"{path} was written for other {', '.join(changed)} ({first.get('about', {})}): its calibration "
+                "top-1s would be wrong here. Use another --output_dir or --tune_log (or move the log away)."
+            )
+        for number, record in records[1:]:
+            kind = record.get("kind")
+            if kind == "top1" and isinstance(record.get("key"), str) and isinstance(record.get("top1"), (int, float)):
+                self.top1[record["key"]] = float(record["top1"])
+            elif kind == "latency" and isinstance(record.get("latency"), dict):
+                try:
+                    LatencyModel(**record["latency"])
+                except TypeError as error:
+                    raise ValueError(f"{path}:{number}: a latency record this version cannot read ({error}).") from None
+                self.latencies.append(record["latency"])
+            else:
+                raise ValueError(
+                    f"{path}:{number}: not a record this version writes ({json.dumps(record)[:120]}): the log is "
+                    "damaged. Move it away (or use another --tune_log) to start a new one."
+                )
+
+    def _read(self) -> list[tuple[int, dict]]:
+        """`(line number, record)` of every line; a truncated last line is dropped from the file, with a warning."""
+        text = self.path.read_text()
+        lines = text.split("\n")
+        records = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append((number, json.loads(line)))
+            except json.JSONDecodeError as error:
+                if number == len(lines) and not text.endswith("\n"):  # killed while writing its last record
+                    warnings.warn(f"{self.path}:{number}: an unfinished last record (a run stopped while writing "
+                                  "it) was dropped; the rest of the log is used.", stacklevel=3)  # fmt: skip
+                    self.path.write_text(text[: len(text) - len(line)])
+                    break
+                raise ValueError(
+                    f"{self.path}:{number}: not a JSON record ({error}): the log is damaged. Move it away (or use "
+                    "another --tune_log) to start a new one."
+                ) from None
+            if not isinstance(records[-1][1], dict):
+                raise ValueError(f"{self.path}:{number}: not a JSON object: the log is damaged.")
+        return records
 
     def _append(self, record: dict) -> None:
         with self.path.open("a") as handle:
@@ -195,15 +250,53 @@ class TuneLog:
         self._append({"kind": "top1", "key": key, "top1": top1})
 
     def add_latency(self, latency: LatencyModel) -> None:
-        """Record the latency model measured for this log's batch size and device (read back on resumption)."""
-        self.latency = asdict(latency)
-        self._append({"kind": "latency", "latency": self.latency})
+        """Record a measured latency model with its conditions and quietness (read back by [`latency_for`])."""
+        self.latencies.append(asdict(latency))
+        self._append({"kind": "latency", "latency": asdict(latency)})
+
+    def latency_for(self, conditions: dict, methods: list[str]) -> tuple[LatencyModel | None, str]:
+        """The latest latency model measured under `conditions` ([`~measure.LatencyModel.conditions`]) on a quiet
+        machine whose reduction work covers every one of `methods`, and a line saying what was found: `(model, why)`;
+        `(None, why)` when none fits (then the tuner measures)."""
+        if not self.latencies:
+            return None, "no latency model in the log"
+        reasons = []
+        for record in reversed(self.latencies):
+            latency = LatencyModel(**record)
+            if latency.conditions() != conditions:
+                differ = sorted(k for k in conditions if latency.conditions()[k] != conditions[k])
+                reasons.append(f"one for other {', '.join(differ)}")
+            elif not latency.quiet:
+                reasons.append("one measured on a busy machine")
+            elif missing := [m for m in methods if m not in latency.overhead_ms]:
+                reasons.append(f"one without the work of {', '.join(missing)}")
+            else:
+                return latency, f"the latency model of {self.path} ({_conditions_text(conditions)}, quiet)"
+        return None, "the log holds " + "; ".join(dict.fromkeys(reasons))
 
 
-def load_split(args: TuneArguments, split: str, samples: int | None, model):
-    """`(pixel_values (N, 3, H, W), labels (N,), fingerprints set)` of a split, preprocessed as the model expects."""
-    import hashlib
+def _conditions_text(conditions: dict) -> str:
+    return (f"batch {conditions['batch_size']}, {conditions['dtype']}, {conditions['device']}: "
+            f"{conditions['machine']}, {conditions['threads']} threads, {conditions['rounds']} rounds")  # fmt: skip
 
+
+def model_fingerprint(model) -> str:
+    """SHA-256 of what decides a model's predictions: its config (without the path it was loaded from, the library
+    version and the pruning setting a run chooses) and every weight's bytes, in state-dict order. Two folders holding
+    the same checkpoint share it; weights copied over a folder change it."""
+    digest = hashlib.sha256()
+    skipped = ("_name_or_path", "transformers_version", *PRUNING_FIELDS)
+    config = {k: v for k, v in model.config.to_dict().items() if k not in skipped and not k.startswith("_")}
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_split(args: TuneArguments, split: str, samples: int | None, model, split_flag: str = "--calibration_split"):
+    """`(pixel_values (N, 3, H, W), labels (N,), fingerprints, source)` of a split, preprocessed as the model expects;
+    the fingerprints are the SHA-1 of each image file's bytes, in the order of the images. Errors name `split_flag`."""
     from .data import (
         TransformedImages,
         collate_skipping,
@@ -214,7 +307,8 @@ def load_split(args: TuneArguments, split: str, samples: int | None, model):
     )
 
     data = load_image_data(args.dataset_name, split, args.image_column, args.label_column, max_samples=samples,
-                           seed=args.seed, data_dir=args.data_dir)  # fmt: skip
+                           seed=args.seed, data_dir=args.data_dir, revision=args.data_revision,
+                           split_flag=split_flag)  # fmt: skip
     label_ids = resolve_label_mapping(data.class_names, model.config.id2label, args.class_list)
     preprocessing = load_preprocessing(args.model_name_or_path, model.config.image_size)
     images = TransformedImages(data, preprocessing.eval_transform(), label_ids)
@@ -224,7 +318,7 @@ def load_split(args: TuneArguments, split: str, samples: int | None, model):
     for batch_pixels, batch_labels, _ in tqdm(loader, desc=f"read {split}", unit="batch"):
         pixels.append(batch_pixels)
         labels.append(batch_labels)
-    fingerprints = set()
+    fingerprints = []
     for row in data.dataset:
         image = row[data.image_column]
         raw = image.get("bytes") if isinstance(image, dict) else None
@@ -232,7 +326,7 @@ def load_split(args: TuneArguments, split: str, samples: int | None, model):
             raw = Path(image["path"]).read_bytes()
         if raw is None:
             raw = open_rgb(image).tobytes()
-        fingerprints.add(hashlib.sha1(raw).hexdigest())
+        fingerprints.append(hashlib.sha1(raw).hexdigest())
     return torch.cat(pixels), torch.cat(labels), fingerprints, data.source
 
 
@@ -307,28 +401,29 @@ def run_tune(args: TuneArguments, command: str | None = None, latency_model: Lat
     )
     report = None
     if args.report_split is not None:
-        report = load_split(args, args.report_split, args.report_samples, model)
-        shared = calibration_ids & report[2]
+        report = load_split(args, args.report_split, args.report_samples, model, "--report_split")
+        shared = set(calibration_ids) & set(report[2])
         if shared:
             raise ValueError(
                 f"{len(shared)} images of the calibration split {calibration_source} are also in the report split "
                 f"{report[3]} (same file contents): the report would not be held apart. Use disjoint splits."
             )
-    header = {"model": args.model_name_or_path, "calibration": calibration_source, "images": len(labels),
-              "seed": args.seed, "dtype": args.dtype}  # fmt: skip
-    log = TuneLog(
-        Path(args.tune_log) if args.tune_log else out / "tune_log.jsonl",
-        header,
-        args.throughput_batch_size,
-        str(device),
-    )
-    if latency_model is None and log.latency is not None:
-        latency_model = LatencyModel(**log.latency)
+    images = hashlib.sha256(json.dumps(list(zip(calibration_ids, labels.tolist()))).encode()).hexdigest()
+    identity = {"model": model_fingerprint(model), "calibration": images, "images": len(labels), "seed": args.seed,
+                "dtype": args.dtype}  # fmt: skip
+    about = {"model": args.model_name_or_path, "calibration": calibration_source}
+    log = TuneLog(Path(args.tune_log) if args.tune_log else out / "tune_log.jsonl", identity, about)
+    conditions = {"device": str(device), "machine": device_name(device), "batch_size": args.throughput_batch_size,
+                  "dtype": args.dtype, "threads": torch.get_num_threads(), "rounds": args.rounds}  # fmt: skip
     if latency_model is None:
-        print(f"Measuring the latency model (batch {args.throughput_batch_size}, {args.dtype}, {device})")
-        latency_model = measure_latency_model(model, args.pruning_method, args.throughput_batch_size, args.dtype,
-                                              device, args.rounds, args.seed)  # fmt: skip
-        log.add_latency(latency_model)
+        latency_model, why = log.latency_for(conditions, args.pruning_method)
+        if latency_model is not None:
+            print(f"Using {why}: measured earlier, not again.")
+        else:
+            print(f"Measuring the latency model ({_conditions_text(conditions)}): {why}.")
+            latency_model = measure_latency_model(model, args.pruning_method, args.throughput_batch_size, args.dtype,
+                                                  device, args.rounds, args.seed)  # fmt: skip
+            log.add_latency(latency_model)
     unpruned_ms = latency_model.unpruned_ms()
     target_ms = unpruned_ms / args.target_speedup if args.target_speedup else args.target_latency_ms
     best_ms = latency_model.fastest_ms()
@@ -354,16 +449,20 @@ def run_tune(args: TuneArguments, command: str | None = None, latency_model: Lat
         spaces[m] = search_space(m, num_layers, args.search_layers, args.keep_step, args.merge_groups)
         spaces[f"{m} (fixed)"] = uniform_space(m, num_layers, args.keep_step)
     targets = dict.fromkeys(spaces, target_ms)  # each path's predicted target, corrected after each timing
-    speeds, evaluated, chosen = {}, [], {}
+    speeds, evaluated, chosen, failed = {}, [], {}, {}
     protocol, check, corrections = None, None, 0
-    while len(chosen) < len(spaces):
+    while len(chosen) + len(failed) < len(spaces):
         paths = {}
         with tqdm(desc="tune: calibration top-1 of each schedule", unit="schedule") as bar:
             for name, space in spaces.items():  # cached top-1s: a repeated search costs only its new points
-                if name not in chosen:
+                if name not in chosen and name not in failed:
                     paths[name], points = greedy_search(space, predict, top1_of, targets[name], unpruned_ms,
                                                         progress=bar)  # fmt: skip
                     evaluated += points
+        for name, path in list(paths.items()):
+            if len(path) == 1:  # every step adds more reduction work than it saves: nothing to time or choose
+                failed[name] = "no step of its schedule saves time on this device (its reduction work costs more)"
+                del paths[name]
         # The greedy path does not depend on the target (only where it stops), so each round walks the same path.
         candidates, optimistic = {}, []
         for name, path in paths.items():
@@ -382,10 +481,15 @@ def run_tune(args: TuneArguments, command: str | None = None, latency_model: Lat
             # search for more, by the median measured / predicted ratio of the points timed on the path.
             corrections += 1
             for name in optimistic:
-                ratios = [speeds[k].speedup / p.predicted_speedup
-                          for p in paths[name] if (k := setting_key(p.settings)) in speeds]  # fmt: skip
-                targets[name] *= min(1.0, sorted(ratios)[len(ratios) // 2]) * 0.98
+                ratios = sorted(speeds[k].speedup / p.predicted_speedup
+                                for p in paths[name] if (k := setting_key(p.settings)) in speeds)  # fmt: skip
+                if not ratios:
+                    failed[name] = "no point of its path could be timed"
+                    continue
+                targets[name] *= min(1.0, ratios[len(ratios) // 2]) * 0.98
         else:
+            for name in optimistic:
+                failed[name] = f"no schedule of its path reached the target when timed ({corrections} corrections)"
             break
     # each method's choice: the better of its per-layer search and its fixed family (a tie: the faster)
     chosen = {
@@ -393,11 +497,15 @@ def run_tune(args: TuneArguments, command: str | None = None, latency_model: Lat
                     key=lambda c: (c[0].top1, c[1].speedup))
         for method in args.pruning_method if method in chosen or f"{method} (fixed)" in chosen
     }  # fmt: skip
+    not_chosen = {m: failed.get(m, failed.get(f"{m} (fixed)", "")) for m in args.pruning_method if m not in chosen}
+    for method, reason in not_chosen.items():
+        print(f"tune: {method}: no choice: {reason}.", file=sys.stderr)
     if not chosen:
-        measured = ", ".join(f"{k}: {t.speedup:.2f}x" for k, t in speeds.items())
+        measured = ", ".join(f"{k}: {t.speedup:.2f}x" for k, t in speeds.items()) or "nothing timed"
         raise TuneError(
             f"no schedule reached {_target_text(args)} when timed, after {corrections} corrections of the latency "
-            f"model ({measured}). Ask for a lower target, or allow more --refinements."
+            f"model ({measured}; {'; '.join(f'{m}: {r}' for m, r in not_chosen.items())}). Ask for a lower target, "
+            "or allow more --refinements."
         )
     best_method = max(chosen, key=lambda m: (chosen[m][0].top1, chosen[m][1].speedup))  # a tie: the faster
     best = chosen[best_method][0]
@@ -426,7 +534,8 @@ def run_tune(args: TuneArguments, command: str | None = None, latency_model: Lat
             "timing": protocol,
             "timing_check": check,
             "latency_model": asdict(latency_model),
-            "schedules_evaluated": len(log.top1),
+            "schedules_evaluated": len({setting_key(p.settings) for p in evaluated}),
+            "not_chosen": not_chosen,
         },  # fmt: skip
     }
     _write_outputs(out, model, result, evaluated, speeds, args, command)
@@ -529,6 +638,8 @@ def _write_outputs(out: Path, model, result: dict, evaluated: list[Point], speed
         table.append(f"| {row['method']} | {row['setting']} | {row['calibration_top1']:.2f} | "
                      + (f"{row['report_top1']:.2f} | " if has_report else "")
                      + f"{row['predicted_speedup']:.2f}× | {measured} |")  # fmt: skip
+    for method, reason in result["protocol"]["not_chosen"].items():
+        table.append(f"| {method} | no choice: {reason} |" + " |" * (4 if has_report else 3))
     protocol = result["protocol"]
     text = (f"Target: {protocol['target']}. Chosen: `{json.dumps(chosen)}` (best calibration top-1 among the "
             "schedules whose measured speed-up reached the target).\n\n" + "\n".join(table) + "\n\n"

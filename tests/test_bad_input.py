@@ -254,3 +254,19 @@ def test_the_old_flag_spellings_work_on_every_command():
         "d",
         {"fuse_pruned": True},
     )
+
+
+def test_a_custom_reducer_with_the_old_reduce_signature_is_refused_when_defined():
+    """Before `layer_idx` was added a reducer's `reduce` took four arguments: it now fails where it is written, with
+    the signature to write, not deep inside a forward pass."""
+    from hf_vitprune.reducers import AttentionPruner, TokenReducer
+
+    with pytest.raises(TypeError, match=r"Old.reduce\(self, hidden_states, statistic, state, amount\) cannot take"):
+
+        class Old(TokenReducer):
+            def reduce(self, hidden_states, statistic, state, amount):
+                return hidden_states, state
+
+    class New(AttentionPruner):  # the current signature, or one that takes anything, is fine
+        def reduce(self, hidden_states, statistic, state, amount, layer_idx):
+            return super().reduce(hidden_states, statistic, state, amount, layer_idx)

@@ -196,3 +196,15 @@ def test_the_config_fields_are_the_declared_settings():
     fields = {f.name: f for f in dataclasses.fields(PrunedViTConfig)}
     for spec in dataclasses.fields(PruningFields):
         assert fields[spec.name].type == spec.type and fields[spec.name].default == spec.default, spec.name
+
+
+def test_a_grid_warns_for_prune_layers_no_method_reads():
+    """`evaluate --pruning_method tome --prune_layers 3`: the layers have no effect on a merging method, so the grid
+    says so as it does for every other setting (and not when a method reads them)."""
+    from hf_vitprune.arguments import PruningGridArguments
+
+    with pytest.warns(UnreadSettingWarning, match=r"--prune_layers is read by .* which --pruning_method \['tome'\]"):
+        PruningGridArguments(pruning_method=["tome"], prune_layers=[3]).variants()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnreadSettingWarning)
+        PruningGridArguments(pruning_method=["tome", "variance"], prune_layers=[3]).variants()

@@ -69,3 +69,30 @@ def test_the_matched_table_gives_standard_errors_drops_and_both_speedups():
     assert lines[3] == "| 0.6 (0.50×) | PiToMe | pitome@0.5 | 0.600 | 72.00 ± 2.24 | -8.00 | – | – |"
     assert lines[4] == "| 0.6 (0.50×) | ToMe | tome(r=8) | 0.610 | 70.00 ± 2.29 | -10.00 | 1.90× (1.80–2.00) | 1.30× |"
     assert "evit" not in text and len(lines) == 5
+
+
+def test_the_matched_table_keeps_every_setting_of_a_method_apart(tmp_path):
+    """`sweep --pruning_method pitome --pitome_alpha 1 2 --match_gmacs ...`: one matched row and one plot line per
+    alpha, each named by its setting."""
+    import json
+
+    from conftest import make_image_folder
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from hf_vitprune.cli import main as cli_main
+
+    torch.manual_seed(0)
+    base = {k: v for k, v in tiny_config_kwargs(num_labels=2).items() if k not in ("prune_layers", "keep_rate")}
+    ViTForImageClassification(ViTConfig(**base, id2label={0: "cat", 1: "dog"})).save_pretrained(tmp_path / "model")
+    make_image_folder(tmp_path / "data", {"cat": 2, "dog": 2})
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--model_name_or_path", str(tmp_path / "model"), "--dataset_name", str(tmp_path / "data"),
+            "--pruning_method", "pitome", "--pitome_alpha", "1", "2", "--keep_rate", "0.75", "--match_gmacs", "0.004",
+            "--skip_throughput", "--num_workers", "0", "--output_dir", str(out)]  # fmt: skip
+    assert cli_main(argv) == 0
+    rows = json.loads((out / "sweep.json").read_text())["rows"]
+    matched = [r for r in rows if r["matched_target"] is not None]
+    assert sorted(r["pitome_alpha"] for r in matched) == [1.0, 2.0]
+    assert len({r["series"] for r in matched}) == 2 and len({r["name"] for r in rows}) == len(rows)
+    table = (out / "matched_gmacs.md").read_text()
+    assert "| PiToMe |" in table and "| PiToMe [pitome_alpha=2] |" in table
