@@ -151,6 +151,16 @@ class TuneArguments(ModelSourceArguments, ImageDataArguments, DeviceArguments):
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
         if not 0 < self.keep_step < 1:
             raise ValueError(f"--keep_step must lie in (0, 1), got {self.keep_step}.")
+        if self.report_split is not None and self.report_split == self.calibration_split:
+            raise ValueError(
+                f"--calibration_split and --report_split are both {self.report_split!r}: the split the search tunes "
+                "on must be held apart from the one it reports on. Calibrate on train, report on validation (or test)."
+            )
+        for name in ("report_samples", "num_workers", "remeasure", "refinements"):
+            low = 1 if name == "report_samples" else 0
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise ValueError(f"--{name} must be at least {low}, got {value}.")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -391,11 +401,6 @@ def run_tune(args: TuneArguments, command: str | None = None, latency_model: Lat
     _check_model_type(args.model_name_or_path)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_pruned_model(args.model_name_or_path, pruning_method=None).to(device).eval()
-    if args.report_split is not None and args.report_split == args.calibration_split:
-        raise ValueError(
-            f"--calibration_split and --report_split are both {args.report_split!r}: the split the search tunes on "
-            "must be held apart from the one it reports on. Calibrate on train, report on validation (or test)."
-        )
     pixels, labels, calibration_ids, calibration_source = load_split(
         args, args.calibration_split, args.calibration_samples, model
     )

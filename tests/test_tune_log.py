@@ -138,6 +138,10 @@ def test_flags_are_checked_when_parsed(capsys):
     with pytest.raises(ValueError, match="--batch_size 64: tune's two batch sizes have their own flags"):
         TuneArguments(target_speedup=1.5, batch_size=64)
     assert TuneArguments(target_speedup=1.5, report_split="none").report_split is None
+    with pytest.raises(ValueError, match="--calibration_split and --report_split are both 'train'"):
+        TuneArguments(target_speedup=1.5, calibration_split="train", report_split="train")
+    with pytest.raises(ValueError, match="--report_samples must be at least 1, got 0"):
+        TuneArguments(target_speedup=1.5, report_samples=0)
     for command in ("tune", "evaluate"):
         extra = ["--target_speedup", "1.5"] if command == "tune" else []
         assert cli_main([command, "--device", "cuda", *extra]) == 2
