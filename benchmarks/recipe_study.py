@@ -59,6 +59,8 @@ SETTINGS: dict[str, tuple[str, ...]] = {
     # a longer budget: does the gap close with more epochs?
     "unpruned-12ep": ("--pruning_method", "none", "--learning_rate", "5e-4", "--num_train_epochs", "12"),
     "variance-0.5-12ep": (*VARIANCE, "--keep_rate", "0.5", "--learning_rate", "5e-4", "--num_train_epochs", "12"),
+    "variance-0.5-12ep-start9": (*VARIANCE, "--keep_rate", "0.5", "--learning_rate", "5e-4", "--num_train_epochs", "12",
+                                 "--pruning_start_epoch", "9"),
     # pruning switched on late: unpruned until the start epoch, pruned after
     "variance-0.5-start3": (*VARIANCE, "--keep_rate", "0.5", "--learning_rate", "5e-4", "--pruning_start_epoch", "3"),
     "variance-0.5-start2": (*VARIANCE, "--keep_rate", "0.5", "--learning_rate", "5e-4", "--pruning_start_epoch", "2"),
