@@ -164,7 +164,7 @@ def test_self_distillation_copies_the_model_unpruned_when_pruning_starts(workspa
     assert all(torch.equal(a[k], b[k]) for k in a) and any(not torch.equal(a[k], c[k]) for k in a)
     recorded = json.loads((distilled / "pruning_results.json").read_text())["training"]["distillation"]
     assert recorded["teacher"] == "the model itself at epoch 0.5, unpruned"
-    assert cli_main(_args(workspace, tmp_path / "refused", "--distill_from", "self")) == 2
+    assert cli_main(_args(workspace, tmp_path / "refused", "--distill_from", "self", "--pruning_start_epoch", "0")) == 2
     assert "--distill_from self distils the pruned stage from the unpruned one" in capsys.readouterr().err
 
 

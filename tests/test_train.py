@@ -55,6 +55,8 @@ def test_train_saves_a_loadable_model_card_and_results(workspace):
     ).exists()
     results = json.loads((out / "pruning_results.json").read_text())
     assert results["pruning"]["pruning_method"] == "medad" and results["pruning"]["tokens"] == "16→8+1→5+1"
+    # 4 steps of 4 of the 16 images: one epoch; pruning from three quarters of it, the default recipe
+    assert results["training"]["pruning start epoch"] == 0.75
     assert 0 <= results["metrics"]["pruned"]["top1"] <= 100
     assert results["metrics"]["pruned"]["gmacs"] < results["metrics"]["unpruned"]["gmacs"]
     eval_metrics = json.loads((out / "eval_results.json").read_text())
@@ -175,6 +177,23 @@ def test_pruning_start_epoch_trains_unpruned_steps_first(tiny_config):
         schedule.on_step_end(None, SimpleNamespace(epoch=epoch), None, model=model)
         assert (model.config.pruning_method, model.config.keep_rate) == ("variance", 0.5)
     assert seen == [(None, 0.5), (None, 0.5), ("variance", 0.75), ("variance", 0.5)]
+
+
+def test_pruning_starts_after_three_quarters_of_the_run_by_default():
+    """The recipe docs/training.md chose: unpruned for the first three quarters, in epochs or in --max_steps."""
+    from types import SimpleNamespace
+
+    from hf_vitprune.train import PRUNING_START_FRACTION, ModelArguments, resolve_pruning_start
+
+    assert PRUNING_START_FRACTION == 0.75
+    run = SimpleNamespace(num_train_epochs=4.0, max_steps=-1, per_device_train_batch_size=32,
+                          gradient_accumulation_steps=1, world_size=1, device="cpu")  # fmt: skip
+    assert resolve_pruning_start(ModelArguments(), run, 680, "variance") == 3.0
+    assert resolve_pruning_start(ModelArguments(), run, 680, None) == 0.0
+    assert resolve_pruning_start(ModelArguments(pruning_start_epoch=0), run, 680, "variance") == 0.0
+    assert resolve_pruning_start(ModelArguments(pruning_start_epoch=1.5), run, 680, "tome") == 1.5
+    steps = SimpleNamespace(**{**vars(run), "max_steps": 44})  # 680 images at batch 32: 22 steps an epoch
+    assert resolve_pruning_start(ModelArguments(), steps, 680, "variance") == 1.5
 
 
 def test_a_schedule_that_cannot_act_is_refused():
