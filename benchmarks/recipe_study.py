@@ -59,6 +59,11 @@ SETTINGS: dict[str, tuple[str, ...]] = {
     # a longer budget: does the gap close with more epochs?
     "unpruned-12ep": ("--pruning_method", "none", "--learning_rate", "5e-4", "--num_train_epochs", "12"),
     "variance-0.5-12ep": (*VARIANCE, "--keep_rate", "0.5", "--learning_rate", "5e-4", "--num_train_epochs", "12"),
+    # Imagenette (2 epochs, batch 64, the default learning rate 1e-3 per 256 images): pruning for the last quarter
+    "variance-0.7-start1.5-lr2.5e-4": (*VARIANCE, "--keep_rate", "0.7", "--learning_rate", "2.5e-4",
+                                       "--pruning_start_epoch", "1.5"),
+    "variance-0.5-start1.5-lr2.5e-4": (*VARIANCE, "--keep_rate", "0.5", "--learning_rate", "2.5e-4",
+                                       "--pruning_start_epoch", "1.5"),
     "variance-0.5-12ep-start9": (*VARIANCE, "--keep_rate", "0.5", "--learning_rate", "5e-4", "--num_train_epochs", "12",
                                  "--pruning_start_epoch", "9"),
     # pruning switched on late: unpruned until the start epoch, pruned after
