@@ -287,6 +287,9 @@ def test_help_documents_every_argument(capsys):
     recipe = {"num_train_epochs", "weight_decay", "lr_scheduler_type", "warmup_steps", "overwrite_output_dir"}
     assert recipe <= {f.name for f in dataclasses.fields(PruningTrainingArguments)}  # no name checked in vain
     assert all(f.metadata.get("help") for f in dataclasses.fields(PruningTrainingArguments) if f.name in recipe)
+    # the recipe a pruning setting gets, named where a user looks for it
+    assert "Default: after three quarters of the run" in text and "docs/training.md" in text
+    assert "0: pruning on from the first step (the paper's recipe)" in text
 
 
 @pytest.mark.parametrize("suffix", [".json", ".yaml"])
