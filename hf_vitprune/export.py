@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .arguments import PruningArguments, overwrite_file_field, parse_arguments
-from .measure import LogitsOnly, _model_image_size
+from .measure import LogitsOnly, model_image_size
 
 FORMATS = ("onnx", "pt2")
 
@@ -103,7 +103,7 @@ def export_model(model: nn.Module, output: str | Path, format: str = "onnx", ops
     Raises:
         torch's export errors, unchanged, for a model it cannot trace.
     """
-    size = _model_image_size(model)
+    size = model_image_size(model)
     example = torch.randn(2, model.config.num_channels, size, size, generator=torch.Generator().manual_seed(0))
     batch = torch.export.Dim("batch", min=1, max=4096)
     wrapped = LogitsOnly(model).eval()

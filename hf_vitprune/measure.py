@@ -51,7 +51,8 @@ class LogitsOnly(nn.Module):
         return outputs.logits if getattr(outputs, "logits", None) is not None else outputs.last_hidden_state
 
 
-def _model_image_size(model: nn.Module) -> int:
+def model_image_size(model: nn.Module) -> int:
+    """The side in pixels of the images `model` takes (its config's `image_size`, the first of a pair)."""
     size = model.config.image_size
     return size[0] if isinstance(size, (list, tuple)) else size
 
@@ -80,12 +81,12 @@ def count_gmacs(model: nn.Module, image_size: int | None = None) -> float:
         warnings.simplefilter("ignore")  # fvcore's import warns about torch.jit.script's deprecation
         from fvcore.nn import FlopCountAnalysis
 
-    size = image_size or _model_image_size(model)
+    size = image_size or model_image_size(model)
     param = next(model.parameters())
     generator = torch.Generator().manual_seed(0)
     pixel_values = torch.randn(1, model.config.num_channels, size, size, generator=generator)
     pixel_values = pixel_values.to(device=param.device, dtype=param.dtype)
-    wrapped = LogitsOnly(model, interpolate_pos_encoding=size != _model_image_size(model))
+    wrapped = LogitsOnly(model, interpolate_pos_encoding=size != model_image_size(model))
     was_training = model.training
     model.eval()
     try:
@@ -555,7 +556,7 @@ def time_pruning_settings(
         raise ValueError("need at least one round and one variant, got no variant.")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval().to(device)
-    size = _model_image_size(model)
+    size = model_image_size(model)
     generator = torch.Generator().manual_seed(0)
     batch = torch.randn(batch_size, model.config.num_channels, size, size, generator=generator).to(device)
     single = batch[:1].clone()
@@ -675,7 +676,7 @@ class LatencyModel:
 
 def token_counts(model, settings: dict) -> list[tuple[int, int]]:
     """Tokens `(entering, leaving)` of each layer of `model` under `settings` (prefix included), from the method's
-    own schedule (`TokenReducer._schedule`)."""
+    own schedule (`TokenReducer.layer_schedule`)."""
     config = model.config
     prefix = config.num_prefix_tokens
     patches = model.base_model.embeddings.patch_embeddings.num_patches
