@@ -14,7 +14,8 @@ Data: `flowers` is `../shared/data/oxford-17-flowers` (train 680 / val 340 / tes
 epochs, batch 32); `imagenette` is `../shared/data/imagenette` (train 9,469 / val 3,925 images, new 10-way head, 2
 epochs, batch 64). The learning rate is a setting's flag (the study's reference rate is chosen
 on val with the unpruned model). `--copy-results DIR` copies every run's `pruning_results.json` and every
-evaluation's `results.json` (no weights) to `DIR/<setting>-seed<N>/`, so the tables can be recomputed from git.
+evaluation's `results.json` (no weights) to `DIR/<setting>-seed<N>/` in the runs' own layout, so
+`python benchmarks/recipe_study.py DIR --data NAME --table-only` recomputes the table from git.
 """
 
 from __future__ import annotations
@@ -151,8 +152,8 @@ def table(args, splits: tuple[str, ...], log: Path) -> str:
 
 
 def copy_results(args, splits: tuple[str, ...]) -> None:
-    """Copy each run's `pruning_results.json` and its evaluations' `results.json` (no weights) under
-    `args.copy_results`."""
+    """Copy each run's `pruning_results.json` and its evaluations' `eval-<split>/results.json` (no weights) under
+    `args.copy_results`, in the runs' layout (so `--table-only` reads the copy as it reads the runs)."""
     for name in args.settings:
         for seed in args.seeds:
             run_dir = args.out / f"{name}-seed{seed}"
@@ -163,7 +164,8 @@ def copy_results(args, splits: tuple[str, ...]) -> None:
             shutil.copy(run_dir / "pruning_results.json", target / "pruning_results.json")
             for split in splits:
                 if (run_dir / f"eval-{split}" / "results.json").exists():
-                    shutil.copy(run_dir / f"eval-{split}" / "results.json", target / f"results-{split}.json")
+                    (target / f"eval-{split}").mkdir(exist_ok=True)
+                    shutil.copy(run_dir / f"eval-{split}" / "results.json", target / f"eval-{split}" / "results.json")
 
 
 def main(argv: list[str] | None = None) -> None:
