@@ -432,3 +432,31 @@ def test_diff_results_matches_rows_by_their_settings_not_their_names(tmp_path):
     assert diff_results.diff(str(tmp_path / "old.json"), str(tmp_path / "new.json")) == [
         "pitome@0.7[pitome_alpha=2]: top1 50.0 -> 75.0"
     ]
+
+
+def test_recipe_study_tabulates_seeds_and_recomputes_the_table_from_its_copy(tmp_path, capsys):
+    """`--table-only` gives mean (min–max) over seeds per split and budget; `--copy-results` keeps only the small
+    files, in the runs' layout, so the same table comes back from the copy (docs/training.md's tables)."""
+    recipe_study = load_benchmark("recipe_study")
+    runs = tmp_path / "runs"
+    scores = {0: (90.0, 91.0, 89.0), 1: (92.0, 90.0, 88.0)}  # unpruned, keep 0.7, keep 0.5
+    for seed, (unpruned, keep07, keep05) in scores.items():
+        run = runs / f"unpruned-lr5e-4-seed{seed}"
+        for split in ("val", "test"):
+            (run / f"eval-{split}").mkdir(parents=True)
+            rows = [{"name": "unpruned", "pruning_method": None, "top1": unpruned},
+                    {"name": "variance@0.7+fusion", "pruning_method": "variance", "top1": keep07},
+                    {"name": "variance@0.5+fusion", "pruning_method": "variance", "top1": keep05}]  # fmt: skip
+            (run / f"eval-{split}" / "results.json").write_text(json.dumps({"rows": rows}))
+        (run / "pruning_results.json").write_text("{}")
+        (run / "model.safetensors").write_text("weights stay behind")
+    common = ["--data", "flowers", "--table-only", "--seeds", "0", "1", "--settings", "unpruned-lr5e-4"]
+    copy = tmp_path / "copy"
+    recipe_study.main([str(runs), *common, "--output", str(tmp_path / "a.md"), "--copy-results", str(copy)])
+    table = (tmp_path / "a.md").read_text().split("\n\n", 1)[1]
+    cells = "91.00 (90.00–92.00) | 90.50 (90.00–91.00) | 88.50 (88.00–89.00)"
+    assert f"| unpruned-lr5e-4 | {cells} | {cells} | 2 |" in table
+    assert sorted(p.name for p in (copy / "unpruned-lr5e-4-seed0").rglob("*")) == [
+        "eval-test", "eval-val", "pruning_results.json", "results.json", "results.json"]  # fmt: skip
+    recipe_study.main([str(copy), *common, "--output", str(tmp_path / "b.md")])
+    assert (tmp_path / "b.md").read_text().split("\n\n", 1)[1] == table
