@@ -67,6 +67,8 @@ SETTINGS: dict[str, tuple[str, ...]] = {
     "variance-0.5-start2": (*VARIANCE, "--keep_rate", "0.5", "--learning_rate", "5e-4", "--pruning_start_epoch", "2"),
     "variance-0.5-start3-lr2.5e-4": (*VARIANCE, "--keep_rate", "0.5", "--learning_rate", "2.5e-4",
                                      "--pruning_start_epoch", "3"),
+    "variance-0.7-start3-lr2.5e-4": (*VARIANCE, "--keep_rate", "0.7", "--learning_rate", "2.5e-4",
+                                     "--pruning_start_epoch", "3"),
     # late start with the unpruned stage distilled into the pruned one
     "variance-0.5-start3-self": (*VARIANCE, "--keep_rate", "0.5", "--learning_rate", "5e-4", "--pruning_start_epoch",
                                  "3", "--distill_from", "self"),
