@@ -52,7 +52,8 @@ class LogitsOnly(nn.Module):
 
 
 def model_image_size(model: nn.Module) -> int:
-    """The side in pixels of the images `model` takes (its config's `image_size`, the first of a pair)."""
+    """The side in pixels (`int`) of the images `model` takes: its config's `image_size`, the first of a pair (HF ViT
+    configs hold an `int`, some others a pair). Raises `AttributeError` for a model without `config.image_size`."""
     size = model.config.image_size
     return size[0] if isinstance(size, (list, tuple)) else size
 
